@@ -1,0 +1,246 @@
+"""Starlette routes: read-only answers built from one snapshot each.
+
+A handler takes `registry.snapshot` once and builds its body, ETag and
+`X-Registry-Revision` from it. Bodies of nodes are pre-serialised in the snapshot, so a
+lookup is a dictionary hit and a few byte joins.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import orjson
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from . import __version__
+from .snapshot import Snapshot, etag_of
+
+SERVICE = "droq-registry-service"
+DESCRIPTION = "Registry service for mapping executor nodes to their supported components"
+STATUSES = ("active", "inactive", "deploying")
+
+#: What a node id or a component class can be; anything else cannot be in the registry.
+NODE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+COMPONENT_CLASS = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+class JSONResponse(Response):
+    """orjson-rendered JSON (Starlette's own uses the standard library)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _headers(snap: Snapshot, etag: str | None = None) -> dict[str, str]:
+    headers = {"x-registry-revision": str(snap.revision), "cache-control": "no-cache"}
+    if etag is not None:
+        headers["etag"] = etag
+    return headers
+
+
+def _matches(request: Request, etag: str) -> bool:
+    """If-None-Match with the weak comparison RFC 9110 asks for."""
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    if header.strip() == "*":
+        return True
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == etag:
+            return True
+    return False
+
+
+def ok(request: Request, snap: Snapshot, body: bytes, etag: str) -> Response:
+    """200 with the body, or 304 when the client already has it."""
+    headers = _headers(snap, etag)
+    if _matches(request, etag):
+        return Response(status_code=304, headers=headers)
+    return Response(body, 200, headers, media_type="application/json")
+
+
+def error(snap: Snapshot, status: int, detail: str) -> Response:
+    return JSONResponse({"detail": detail}, status, _headers(snap))
+
+
+def _snapshot(request: Request) -> Snapshot:
+    return request.app.state.registry.snapshot  # type: ignore[no-any-return]
+
+
+async def root(request: Request) -> Response:
+    snap = _snapshot(request)
+    return JSONResponse(
+        {"service": SERVICE, "version": __version__, "description": DESCRIPTION},
+        headers=_headers(snap),
+    )
+
+
+async def health(request: Request) -> Response:
+    state = request.app.state
+    registry, watcher = state.registry, state.watch_status
+    snap = registry.snapshot
+    status = registry.status
+    degraded = watcher.state in ("polling", "waiting") or status.folder_present is False
+    sources = snap.sources.values()
+    body = {
+        "status": "degraded" if degraded else "healthy",
+        "service": SERVICE,
+        "version": __version__,
+        "ready": status.ready,
+        "revision": snap.revision,
+        "watcher": {"state": watcher.state, "error": watcher.error, "restarts": watcher.restarts},
+        "assets_dir": str(registry.folder),
+        "assets_dir_present": status.folder_present,
+        "last_reconcile_at": status.last_reconcile_at,
+        "last_reconcile_ms": status.last_duration_ms,
+        "last_reconcile_error": status.last_error,
+        "nodes": len(snap.nodes),
+        "components": sum(len(v.paths) for v in snap.nodes.values()),
+        "files": len(snap.sources),
+        "files_in_error": sum(1 for s in sources if s.state != "ok"),
+    }
+    return JSONResponse(body, headers=_headers(snap))
+
+
+async def ready(request: Request) -> Response:
+    registry = request.app.state.registry
+    snap = registry.snapshot
+    if registry.status.ready:
+        return JSONResponse({"status": "ready", "revision": snap.revision}, headers=_headers(snap))
+    detail = "the first load of the node files has not committed yet"
+    if registry.status.folder_present is False:
+        detail = f"waiting for the assets folder {registry.folder}"
+    return JSONResponse({"status": "starting", "detail": detail}, 503, _headers(snap))
+
+
+def _node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
+    def build() -> tuple[bytes, str]:
+        views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
+        parts = [
+            b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
+            for v in views
+        ]
+        body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
+        return body, etag_of(body)
+
+    return snap.cached(("nodes", status), build)  # type: ignore[no-any-return]
+
+
+async def list_nodes(request: Request) -> Response:
+    snap = _snapshot(request)
+    status = request.query_params.get("status", "active")
+    if status not in STATUSES and status != "all":
+        return error(snap, 400, "status must be one of active, inactive, deploying, all")
+    return ok(request, snap, *_node_list(snap, status))
+
+
+async def get_node(request: Request) -> Response:
+    snap = _snapshot(request)
+    node_id = request.path_params["node_id"]
+    view = snap.nodes.get(node_id) if NODE_ID.fullmatch(node_id) else None
+    if view is None:
+        return error(snap, 404, f"Node {_quote(node_id)} not found in registry")
+    return ok(request, snap, *view.detail())
+
+
+def _candidates(snap: Snapshot, component_class: str) -> tuple[str, ...]:
+    if not COMPONENT_CLASS.fullmatch(component_class):
+        return ()
+    return snap.index.get(component_class, ())
+
+
+def _component_missing(snap: Snapshot, component_class: str) -> Response:
+    return error(snap, 404, f"Component {_quote(component_class)} not found in any executor node")
+
+
+async def component_node(request: Request) -> Response:
+    snap = _snapshot(request)
+    component_class = request.path_params["component_class"]
+    candidates = _candidates(snap, component_class)
+    if not candidates:
+        return _component_missing(snap, component_class)
+    return ok(request, snap, *snap.nodes[candidates[0]].lookup(component_class))
+
+
+async def component_nodes(request: Request) -> Response:
+    snap = _snapshot(request)
+    component_class = request.path_params["component_class"]
+    candidates = _candidates(snap, component_class)
+    if not candidates:
+        return _component_missing(snap, component_class)
+    views = [snap.nodes[n] for n in candidates]
+    parts = [
+        b'{"node":' + v.node_json + b',"module_path":' + orjson.dumps(v.paths[component_class]) + b"}"
+        for v in views
+    ]
+    body = (
+        b'{"component_class":' + orjson.dumps(component_class) + b',"nodes":['
+        + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
+    )
+    return ok(request, snap, body, etag_of(body))
+
+
+async def list_sources(request: Request) -> Response:
+    snap = _snapshot(request)
+
+    def build() -> tuple[bytes, str]:
+        rows = [
+            {
+                "path": s.path,
+                "node_id": s.node_id,
+                "state": s.state,
+                "error": s.error,
+                "content_hash": s.content_hash,
+                "applied_at": s.applied_at,
+                "updated_at": s.updated_at,
+                "serving_last_good": s.state != "ok" and s.node_id is not None
+                and s.node_id in snap.nodes and snap.nodes[s.node_id].source == s.path,
+            }
+            for _, s in sorted(snap.sources.items())
+        ]
+        body = orjson.dumps(
+            {
+                "sources": rows,
+                "total_sources": len(rows),
+                "errors": sum(1 for r in rows if r["state"] != "ok"),
+            }
+        )
+        return body, etag_of(body)
+
+    return ok(request, snap, *snap.cached("sources", build))
+
+
+def _quote(value: str) -> str:
+    """A path parameter as it goes back into a message: shortened, quoted like the old API."""
+    return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and wrong methods answer JSON too."""
+    assert isinstance(exc, HTTPException)
+    snap = _snapshot(request)
+    headers = dict(exc.headers or {}) | _headers(snap)
+    return JSONResponse({"detail": exc.detail}, exc.status_code, headers)
+
+
+def routes() -> list[Route]:
+    get: Callable[[str, Any], Route] = lambda path, endpoint: Route(path, endpoint, methods=["GET"])
+    return [
+        get("/", root),
+        get("/health", health),
+        get("/ready", ready),
+        get("/api/v1/nodes", list_nodes),
+        get("/api/v1/nodes/{node_id}", get_node),
+        get("/api/v1/components/{component_class}/node", component_node),
+        get("/api/v1/components/{component_class}/nodes", component_nodes),
+        get("/api/v1/sources", list_sources),
+    ]

@@ -1,0 +1,71 @@
+"""create_app(settings): the Starlette app and the lifespan that owns the store and watcher."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from . import api, watch
+from .nodefile import Schema
+from .reconcile import Registry, Result
+from .settings import Settings
+from .store import Store
+
+log = logging.getLogger("droq_registry")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The service. Nothing is opened until the lifespan starts."""
+    schema = Schema.load(settings.schema_path)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store.open(settings.db_path)
+        try:
+            registry = Registry(settings, store, schema)
+            status = watch.WatchStatus(state="starting" if settings.reload else "off")
+            app.state.registry = registry
+            app.state.watch_status = status
+            reconciler = watch.Reconciler(registry, _on_commit)
+            log.info(
+                "serving revision %d from %s; loading %s (reload=%s)",
+                registry.revision, settings.db_path, settings.assets_dir, settings.reload,
+            )
+            async with anyio.create_task_group() as tg:
+                if settings.reload:
+                    tg.start_soon(
+                        watch.run_watcher,
+                        reconciler,
+                        status,
+                        settings.resync_seconds,
+                        settings.watch_step_ms,
+                        settings.watch_debounce_ms,
+                    )
+                else:
+                    tg.start_soon(_load_only, reconciler, status)
+                yield
+                tg.cancel_scope.cancel()
+            status.state = "stopped"
+        finally:
+            store.close()
+
+    app = Starlette(
+        routes=api.routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: api.http_error},
+    )
+    return app
+
+
+async def _load_only(reconciler: watch.Reconciler, status: watch.WatchStatus) -> None:
+    await watch.load_once(reconciler, status)
+    status.state = "off"
+
+
+async def _on_commit(result: Result) -> None:
+    """Hook for listeners of new revisions (the change feed wakes its waiters here)."""

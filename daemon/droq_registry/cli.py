@@ -1,0 +1,109 @@
+"""`droq-registry serve | validate PATH...`; the only module that imports uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .diff import Failed, Parsed, conflict_message
+from .logs import configure_logging, uvicorn_log_config
+from .nodefile import Schema
+from .reconcile import is_node_file, read_source
+from .settings import Settings, SettingsError
+from .store import Store, StoreError
+
+PROG = "droq-registry"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description="Droq registry service")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the registry (configured by environment variables)")
+    check = commands.add_parser("validate", help="check node files or folders of them")
+    check.add_argument("paths", nargs="+", metavar="PATH")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        return validate(args.paths)
+    return serve()
+
+
+def serve() -> int:
+    """Run the service until SIGTERM/SIGINT."""
+    try:
+        settings = Settings.from_env()
+        Schema.load(settings.schema_path)
+        Store.open(settings.db_path).close()
+    except (SettingsError, StoreError) as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings)
+
+    import uvicorn
+
+    from .app import create_app
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings),
+        timeout_graceful_shutdown=2,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def service_main() -> int:
+    """`droq-registry-service`: the same command, serving when given no sub-command."""
+    return main(sys.argv[1:] or ["serve"])
+
+
+def validate(paths: Sequence[str]) -> int:
+    """Check node files with the service's own rules; print `file: error` lines."""
+    schema = Schema.load(Settings().schema_path)
+    files: list[tuple[Path, str]] = []
+    failures = 0
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            names = sorted(n for n in os.listdir(path) if is_node_file(n))
+            files.extend((path, name) for name in names if (path / name).is_file())
+        elif path.is_file():
+            files.append((path.parent, path.name))
+        else:
+            print(f"{raw}: no such file or folder")
+            failures += 1
+    owners: dict[str, str] = {}
+    for folder, name in files:
+        shown = str(folder / name)
+        outcome, _ = read_source(folder, name, schema)
+        if isinstance(outcome, Parsed):
+            owner = owners.setdefault(outcome.node_id, shown)
+            if owner != shown:
+                print(f"{shown}: {conflict_message(outcome.node_id, owner)}")
+                failures += 1
+            else:
+                print(f"{shown}: ok ({outcome.node_id})")
+        elif isinstance(outcome, Failed):
+            print(f"{shown}: {outcome.error}")
+            failures += 1
+    if failures:
+        print(f"{failures} of {len(files)} file(s) refused", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig()
+    raise SystemExit(main())

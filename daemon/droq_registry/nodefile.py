@@ -1,0 +1,235 @@
+"""Bytes of a node file -> a `Node`, or a `NodeFileError` that names the file and the place.
+
+Pure: no file system, no clock. Validation uses the JSON Schema in `config/`: fastjsonschema
+compiles it for the common case (every file that is fine), and jsonschema explains a rejection,
+because its errors carry the exact path and the failing sub-schema.
+"""
+
+from __future__ import annotations
+
+import codecs
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import fastjsonschema
+import jsonschema
+import orjson
+
+from .model import CORE_FIELDS, Component, Node
+
+#: Larger files are refused before they are parsed: no real node file comes close.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+#: Keys of a file that are not passed through as extra fields.
+_STRUCTURAL = frozenset(("components", "supported_components"))
+
+_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "source_code_location": None,
+    "docker_image": None,
+    "deployment_location": "local",
+    "api_url": None,
+    "ip_address": None,
+    "status": "active",
+    "priority": 0,
+}
+
+
+def _refuse_remote(uri: str) -> Any:
+    raise ValueError(f"the node schema may not refer to {uri}: only local references resolve")
+
+
+#: The schema is local; never let a `$ref` reach for the network.
+_NO_REMOTE = {"http": _refuse_remote, "https": _refuse_remote, "file": _refuse_remote}
+
+
+class NodeFileError(Exception):
+    """A node file that cannot be used. `where` is a dotted path inside the document."""
+
+    def __init__(self, path: str, where: str | None, why: str) -> None:
+        super().__init__(path, where, why)
+        self.path = path
+        self.where = where
+        self.why = why
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    @property
+    def message(self) -> str:
+        """The error without the file name: `components.Foo.path: expected ...`."""
+        return f"{self.where}: {self.why}" if self.where else self.why
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The compiled node-file schema; build it once with `Schema.load()`."""
+
+    raw: dict[str, Any]
+    _check_node: Callable[[Any], Any]
+    _check_components: Callable[[Any], Any]
+    _explain_node: jsonschema.Draft7Validator
+    _explain_components: jsonschema.Draft7Validator
+
+    @classmethod
+    def load(cls, path: Path) -> Schema:
+        """Read and compile the schema at `path`."""
+        return cls.from_dict(orjson.loads(path.read_bytes()))
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Schema:
+        # The shape of a `components_json_path` file: the same schema, entered at its
+        # components definition (in draft 7, `$ref` overrides its sibling keywords).
+        components = {**raw, "$ref": "#/definitions/components"}
+        jsonschema.Draft7Validator.check_schema(raw)
+        return cls(
+            raw=raw,
+            _check_node=fastjsonschema.compile(raw, handlers=_NO_REMOTE),
+            _check_components=fastjsonschema.compile(components, handlers=_NO_REMOTE),
+            _explain_node=jsonschema.Draft7Validator(raw),
+            _explain_components=jsonschema.Draft7Validator(components),
+        )
+
+    def check_node(self, path: str, document: Any) -> None:
+        self._check(self._check_node, self._explain_node, path, document)
+
+    def check_components(self, path: str, document: Any) -> None:
+        self._check(self._check_components, self._explain_components, path, document)
+
+    @staticmethod
+    def _check(
+        fast: Callable[[Any], Any], explain: jsonschema.Draft7Validator, path: str, document: Any
+    ) -> None:
+        try:
+            fast(document)
+        except fastjsonschema.JsonSchemaValueException as fast_error:
+            best = jsonschema.exceptions.best_match(explain.iter_errors(document))
+            if best is None:  # the two libraries disagree: report what the fast one said
+                where = ".".join(str(p) for p in fast_error.path[1:]) or None
+                raise NodeFileError(path, where, fast_error.message) from None
+            raise _explain(path, best) from None
+
+
+def _explain(path: str, error: jsonschema.ValidationError) -> NodeFileError:
+    """Turn jsonschema's error into `where: why` with the schema's own wording."""
+    where = _where(error.absolute_path) or None
+    expected = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
+    got = _show(error.instance)
+    keyword = error.validator
+    if keyword == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        return NodeFileError(path, where, f"missing required key {_show(missing[0])}")
+    if keyword == "oneOf" and where is None:
+        present = [k for k in ("components", "components_json_path") if k in error.instance]
+        if present:
+            why = 'give either "components" or "components_json_path", not both'
+        else:
+            why = 'missing "components" (or "components_json_path"); "components": {} declares none'
+            close = difflib.get_close_matches("components", list(error.instance), n=1, cutoff=0.75)
+            if close:
+                why += f' (is {_show(close[0])} a misspelling of "components"?)'
+        return NodeFileError(path, where, why)
+    if expected:
+        return NodeFileError(path, where, f"expected {expected}, got {got}")
+    return NodeFileError(path, where, error.message)
+
+
+def _where(parts: Iterable[Any]) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = orjson.dumps(value).decode()
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_json(raw: bytes, path: str) -> Any:
+    """Decode a UTF-8 JSON document (a leading byte-order mark is allowed)."""
+    if len(raw) > MAX_FILE_BYTES:
+        raise NodeFileError(path, None, f"file is larger than {MAX_FILE_BYTES} bytes")
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    if not raw.strip():
+        raise NodeFileError(path, None, "file is empty")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise NodeFileError(path, None, f"not valid UTF-8 at byte {exc.start} (line {line})") from None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        reason = exc.msg.split(":")[0] if exc.msg else "invalid JSON"
+        raise NodeFileError(
+            path, None, f"not valid JSON: {reason} at line {exc.lineno} column {exc.colno}"
+        ) from None
+
+
+def parse_document(raw: bytes, path: str, schema: Schema) -> dict[str, Any]:
+    """Bytes -> the validated document of a node file (components not yet resolved)."""
+    document = load_json(raw, path)
+    if not isinstance(document, dict):
+        raise NodeFileError(path, None, f"expected a JSON object, got {_show(document)}")
+    schema.check_node(path, document)
+    return document
+
+
+def parse_components(raw: bytes, path: str, schema: Schema) -> dict[str, Any]:
+    """Bytes of a `components_json_path` file -> its validated component map."""
+    document = load_json(raw, path)
+    schema.check_components(path, document)
+    return document  # type: ignore[no-any-return]
+
+
+def build_node(document: dict[str, Any], components: dict[str, Any]) -> Node:
+    """A validated document and its component map -> `Node` with defaults filled in."""
+    fields = {key: document.get(key, default) for key, default in _DEFAULTS.items()}
+    fields["priority"] = int(fields["priority"])
+    extra = {
+        key: document[key]
+        for key in sorted(document)
+        if key not in _STRUCTURAL and key not in CORE_FIELDS
+    }
+    parts = []
+    for cls in sorted(components):
+        spec = components[cls]
+        if isinstance(spec, str):
+            parts.append(Component(cls, spec, {}))
+        else:
+            info = {k: spec[k] for k in sorted(spec) if k != "path"}
+            parts.append(Component(cls, spec["path"], info))
+    return Node(
+        node_id=document["node_id"],
+        name=document["name"],
+        extra=extra,
+        components=tuple(parts),
+        **fields,
+    )
+
+
+def encode(node: Node) -> bytes:
+    """The canonical bytes of a node: equal nodes give equal bytes, on every machine."""
+    return orjson.dumps(
+        {
+            **{name: getattr(node, name) for name in CORE_FIELDS},
+            "extra": node.extra,
+            "components": [[c.component_class, c.module_path, c.info] for c in node.components],
+        },
+        option=orjson.OPT_SORT_KEYS,
+    )
+
+
+def decode(doc: bytes) -> Node:
+    """The inverse of `encode` (for documents this module wrote; not validated again)."""
+    data = orjson.loads(doc)
+    components = tuple(Component(c, p, i) for c, p, i in data.pop("components"))
+    return Node(components=components, **data)

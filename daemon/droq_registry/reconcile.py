@@ -1,0 +1,372 @@
+"""One pass from the folder to a committed revision: list, read, parse, diff, apply, publish.
+
+`Registry` holds what the last commit left (sources, served nodes, the current snapshot)
+and `Registry.reconcile()` brings it up to date with the folder. It is blocking (file
+system and SQLite) and not re-entrant: the watcher runs it in a worker thread, one at a
+time. A failed commit leaves memory as it was, so the next pass tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from . import diff, nodefile
+from .diff import Failed, Gone, Outcome, Parsed, Served
+from .model import FileSig, Source
+from .nodefile import NodeFileError, Schema
+from .settings import Settings
+from .snapshot import ChangeLog, Snapshot
+from .store import Store
+
+log = logging.getLogger("droq_registry.reconcile")
+
+#: A file modified this close to when it was read may change again with the same stat
+#: (file-system clocks tick coarsely), so a rescan reads it again (git's "racy clean").
+RACY_NS = 2_000_000_000
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_node_file(name: str) -> bool:
+    """Node files: `*.json` directly in the folder, not hidden (`.swp`, Kubernetes' `..data`)."""
+    return name.endswith(".json") and not name.startswith(".")
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A file's stat when it was last read, and when that was."""
+
+    sig: FileSig
+    read_ns: int
+
+    def still(self, sig: FileSig | None) -> bool:
+        return sig == self.sig and self.read_ns - sig.mtime_ns > RACY_NS
+
+
+def file_sig(path: str) -> FileSig | None:
+    """Stat through symbolic links; None for anything that is not a regular file now."""
+    try:
+        st = os.stat(path)
+    except OSError:  # gone, a dangling link, a link loop, a bad path
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return FileSig(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
+
+
+def read_file(path: str) -> bytes:
+    """Read a regular file without blocking on a FIFO that replaced it after `stat`."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise IsADirectoryError(0, "not a regular file")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > nodefile.MAX_FILE_BYTES:
+                break
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def list_folder(folder: Path) -> dict[str, FileSig] | None:
+    """Every node file in `folder` with its stat; None when the folder is not there."""
+    try:
+        entries = list(os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    found = {}
+    for entry in entries:
+        if is_node_file(entry.name):
+            sig = file_sig(entry.path)
+            if sig is not None:
+                found[entry.name] = sig
+    return found
+
+
+def resolve_components_path(folder: Path, ref: str) -> str:
+    """Where `components_json_path` points; it may not leave the assets folder's parent."""
+    root = os.path.abspath(folder.parent)
+    target = os.path.abspath(os.path.join(folder, ref))
+    real_root = os.path.realpath(root)
+    for candidate, base in ((target, root), (os.path.realpath(target), real_root)):
+        if os.path.commonpath([candidate, base]) != base:
+            raise NodeFileError(
+                "", "components_json_path", f"{ref!r} resolves outside {root} (not allowed)"
+            )
+    return target
+
+
+def read_source(folder: Path, name: str, schema: Schema) -> tuple[Outcome, dict[str, FileSig | None]]:
+    """Read one node file (and its components file) -> an outcome and the deps' stats."""
+    path = os.path.join(folder, name)
+    try:
+        raw = read_file(path)
+    except FileNotFoundError:
+        return Gone(), {}
+    except OSError as exc:
+        return Failed(f"cannot read the file: {exc.strerror or exc}"), {}
+    digest = hashlib.sha256(raw)
+    try:
+        document = nodefile.parse_document(raw, name, schema)
+    except NodeFileError as exc:
+        return Failed(exc.message, "sha256:" + digest.hexdigest()), {}
+    ref = document.get("components_json_path")
+    if ref is None:
+        node = nodefile.build_node(document, document["components"])
+        return Parsed(node.node_id, nodefile.encode(node), "sha256:" + digest.hexdigest()), {}
+    try:
+        target = resolve_components_path(folder, ref)
+    except NodeFileError as exc:
+        digest.update(b"\0escapes")
+        return Failed(exc.message, "sha256:" + digest.hexdigest()), {}
+    deps = (target,)
+    sigs = {target: file_sig(target)}
+    try:
+        extra = read_file(target)
+    except OSError as exc:
+        digest.update(b"\0missing")
+        why = "no such file" if isinstance(exc, FileNotFoundError) else (exc.strerror or str(exc))
+        return Failed(f"components_json_path: {ref}: {why}", "sha256:" + digest.hexdigest(), deps), sigs
+    digest.update(b"\0" + extra)
+    content_hash = "sha256:" + digest.hexdigest()
+    try:
+        components = nodefile.parse_components(extra, ref, schema)
+    except NodeFileError as exc:
+        return Failed(f"components_json_path: {exc}", content_hash, deps), sigs
+    node = nodefile.build_node(document, components)
+    return Parsed(node.node_id, nodefile.encode(node), content_hash, deps), sigs
+
+
+@dataclass
+class Status:
+    """What /health reports of the reconciler; written by it, read by anyone."""
+
+    ready: bool = False
+    folder_present: bool | None = None
+    last_reconcile_at: str | None = None
+    last_duration_ms: float | None = None
+    last_error: str | None = None
+    reconciles: dict[str, int] = field(default_factory=lambda: {"changed": 0, "unchanged": 0, "failed": 0})
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one pass did."""
+
+    revision: int
+    changed: bool
+    counts: dict[str, int]
+    duration_ms: float
+    read: int
+
+
+class Registry:
+    """The registry's state between commits, and the reconcile that advances it."""
+
+    def __init__(self, settings: Settings, store: Store, schema: Schema) -> None:
+        self.settings = settings
+        self.folder = settings.assets_dir
+        self.store = store
+        self.schema = schema
+        self.status = Status()
+        self._lock = threading.Lock()
+        loaded = store.load()
+        self.sources: dict[str, Source] = loaded.sources
+        self.served: dict[str, Served] = loaded.served
+        self.claims: dict[str, set[str]] = {}
+        for source in self.sources.values():
+            self._claim(source)
+        self._seen: dict[str, Seen] = {}
+        self._dep_seen: dict[str, Seen | None] = {}
+        self.changes = ChangeLog(loaded.changes, loaded.changes_floor, settings.changes_keep)
+        self.snapshot = Snapshot.empty().evolve(
+            loaded.revision,
+            {k: (v.owner, v.doc) for k, v in self.served.items()},
+            (),
+            self.sources,
+            (),
+        )
+
+    @property
+    def revision(self) -> int:
+        return self.snapshot.revision
+
+    def deps(self) -> set[str]:
+        """Every components file some node file points to (the watcher watches their folders)."""
+        return {dep for source in self.sources.values() for dep in source.deps}
+
+    def reconcile(self, named: Iterable[str] | None = None) -> Result:
+        """Bring the store up to date with the folder.
+
+        `named` are absolute paths the watcher reported. When every one of them is a node
+        file or a components file, only those are looked at; otherwise (and with None) the
+        whole folder is listed and every file whose stat moved is read.
+        """
+        with self._lock:
+            started = time.perf_counter()
+            try:
+                result = self._reconcile(None if named is None else set(named), started)
+            except Exception as exc:
+                self.status.reconciles["failed"] += 1
+                self.status.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reconcile failed; the last committed state is still served")
+                raise
+            self.status.last_error = None
+            return result
+
+    def _reconcile(self, named: set[str] | None, started: float) -> Result:
+        folder = self.folder
+        forced, targeted = self._classify(named)
+        if targeted:
+            listing = {name: file_sig(os.path.join(folder, name)) for name in forced}
+        else:
+            found = list_folder(folder)
+            if found is None:
+                if self.status.folder_present is not False:
+                    log.warning("assets folder %s is missing; serving the last state and waiting for it", folder)
+                self.status.folder_present = False
+                raise FolderMissing(str(folder))
+            if self.status.folder_present is False:
+                log.info("assets folder %s is back; loading it", folder)
+            self.status.folder_present = True
+            listing = dict(found)
+            listing.update({name: None for name in self.sources if name not in found})
+
+        outcomes: dict[str, Outcome] = {}
+        seen_now: dict[str, Seen] = {}
+        dep_seen_now: dict[str, Seen | None] = {}
+        read = 0
+        for name, sig in listing.items():
+            known = self.sources.get(name)
+            if sig is None:
+                if known is not None:
+                    outcomes[name] = Gone()
+                continue
+            if name not in forced and known is not None and self._unchanged(name, sig, known):
+                continue
+            read_ns = time.time_ns()
+            outcome, dep_sigs = read_source(folder, name, self.schema)
+            read += 1
+            seen_now[name] = Seen(sig, read_ns)
+            for dep, dep_sig in dep_sigs.items():
+                dep_seen_now[dep] = None if dep_sig is None else Seen(dep_sig, read_ns)
+            if isinstance(outcome, Gone):
+                if known is not None:
+                    outcomes[name] = outcome
+            elif known is None or outcome.content_hash != known.content_hash:
+                outcomes[name] = outcome
+
+        now = utc_now()
+        plan = diff.plan(self.sources, self.claims, self.served, outcomes, now)
+        revision = self.revision
+        if plan:
+            revision += 1
+            changes, floor = self.store.apply(plan, revision, now, self.settings.changes_keep)
+            self._commit(plan)
+            self.changes.extend(changes, floor)
+            self.snapshot = self.snapshot.evolve(
+                revision,
+                {k: (v.owner, v.doc) for k, v in plan.nodes_put.items()},
+                plan.nodes_drop,
+                plan.sources_put,
+                plan.sources_drop,
+            )
+        self._seen.update(seen_now)
+        self._dep_seen.update(dep_seen_now)
+        for name in plan.sources_drop:
+            self._seen.pop(name, None)
+
+        duration_ms = (time.perf_counter() - started) * 1000
+        status = self.status
+        status.ready = True
+        status.last_reconcile_at = now
+        status.last_duration_ms = round(duration_ms, 3)
+        status.reconciles["changed" if plan else "unchanged"] += 1
+        counts = plan.counts
+        if plan:
+            log.info(
+                "reconciled revision %d: added=%d updated=%d removed=%d errors=%d files_read=%d duration_ms=%.1f",
+                revision, counts["added"], counts["updated"], counts["removed"], counts["errors"], read, duration_ms,
+            )
+            for source in plan.sources_put.values():
+                if source.state != "ok":
+                    log.warning("%s: %s", source.path, source.error)
+        return Result(revision, bool(plan), counts, duration_ms, read)
+
+    def _classify(self, named: set[str] | None) -> tuple[set[str], bool]:
+        """Names to read regardless of stat, and whether they are all that needs a look."""
+        if named is None:
+            return set(), False
+        folder = os.path.abspath(self.folder)
+        users: dict[str, list[str]] = {}
+        for source in self.sources.values():
+            for dep in source.deps:
+                users.setdefault(dep, []).append(source.path)
+        forced: set[str] = set()
+        targeted = True
+        for path in named:
+            path = os.path.abspath(path)
+            if path in users:
+                forced.update(users[path])
+            elif os.path.dirname(path) == folder and is_node_file(os.path.basename(path)):
+                forced.add(os.path.basename(path))
+            else:
+                targeted = False
+        return forced, targeted and bool(forced)
+
+    def _unchanged(self, name: str, sig: FileSig, known: Source) -> bool:
+        seen = self._seen.get(name)
+        if seen is None or not seen.still(sig):
+            return False
+        for dep in known.deps:
+            if dep not in self._dep_seen:
+                return False
+            before, now_sig = self._dep_seen[dep], file_sig(dep)
+            if (before is None) != (now_sig is None) or (before is not None and not before.still(now_sig)):
+                return False
+        return True
+
+    def _commit(self, plan: diff.Plan) -> None:
+        for path, source in plan.sources_drop.items():
+            self._unclaim(source)
+            self.sources.pop(path, None)
+        for path, source in plan.sources_put.items():
+            old = self.sources.get(path)
+            if old is not None:
+                self._unclaim(old)
+            self.sources[path] = source
+            self._claim(source)
+        for node_id in plan.nodes_drop:
+            self.served.pop(node_id, None)
+        self.served.update(plan.nodes_put)
+
+    def _claim(self, source: Source) -> None:
+        if source.node_id is not None and source.doc is not None:
+            self.claims.setdefault(source.node_id, set()).add(source.path)
+
+    def _unclaim(self, source: Source) -> None:
+        if source.node_id is not None:
+            paths = self.claims.get(source.node_id)
+            if paths is not None:
+                paths.discard(source.path)
+                if not paths:
+                    del self.claims[source.node_id]
+
+
+class FolderMissing(Exception):
+    """The assets folder is not there; nothing was changed."""

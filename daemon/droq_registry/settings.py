@@ -1,0 +1,127 @@
+"""Runtime settings, read once from the environment into a frozen object.
+
+`Settings.from_env()` is the only place in the package that reads `os.environ`; every
+other module receives the values it needs. A bad value raises `SettingsError` with one
+line that names the variable, which the CLI prints instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
+
+
+class SettingsError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 0 < port < 65536:
+        raise ValueError("expected a port number between 1 and 65535")
+    return port
+
+
+def _non_negative_float(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("expected a number of seconds, 0 or more")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("expected a whole number, 1 or more")
+    return number
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        lowered = value.strip().lower()
+        if lowered not in choices:
+            raise ValueError("expected one of " + ", ".join(choices))
+        return lowered
+
+    return parse
+
+
+def _text(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service can be told from outside. Paths are kept as given."""
+
+    host: str = "0.0.0.0"
+    port: int = 8002
+    log_level: str = "info"
+    log_format: str = "text"
+    reload: bool = True
+    db_path: Path = Path("registry.db")
+    assets_dir: Path = Path("assets/nodes")
+    resync_seconds: float = 60.0
+    changes_keep: int = 10_000
+    # How long the watcher waits for a batch of events to go quiet (milliseconds).
+    watch_step_ms: int = 10
+    watch_debounce_ms: int = 400
+    schema_path: Path = field(default_factory=lambda: default_schema_path())
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `environ` (default `os.environ`); raise SettingsError."""
+        env = os.environ if environ is None else environ
+        defaults = cls()
+
+        def get(name: str, parse: Callable[[str], T], default: T) -> T:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return parse(raw)
+            except ValueError as exc:
+                reason = str(exc) if "expected" in str(exc) or "must" in str(exc) else "invalid value"
+                raise SettingsError(f"{name}={raw!r}: {reason}") from None
+
+        return cls(
+            host=get("HOST", _text, defaults.host),
+            port=get("PORT", _port, defaults.port),
+            log_level=get("LOG_LEVEL", _choice(LOG_LEVELS), defaults.log_level),
+            log_format=get("LOG_FORMAT", _choice(LOG_FORMATS), defaults.log_format),
+            reload=get("RELOAD", _bool, defaults.reload),
+            db_path=Path(get("REGISTRY_DB_PATH", _text, str(defaults.db_path))),
+            assets_dir=Path(get("REGISTRY_ASSETS_DIR", _text, str(defaults.assets_dir))),
+            resync_seconds=get("REGISTRY_RESYNC_SECONDS", _non_negative_float, defaults.resync_seconds),
+            changes_keep=get("REGISTRY_CHANGES_KEEP", _positive_int, defaults.changes_keep),
+            watch_step_ms=get("REGISTRY_WATCH_STEP_MS", _positive_int, defaults.watch_step_ms),
+            watch_debounce_ms=get("REGISTRY_WATCH_DEBOUNCE_MS", _positive_int, defaults.watch_debounce_ms),
+            schema_path=Path(get("REGISTRY_SCHEMA_PATH", _text, str(defaults.schema_path))),
+        )
+
+    def with_(self, **changes: object) -> Settings:
+        """A copy with some values replaced (tests and the CLI use it)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def default_schema_path() -> Path:
+    """The node-file JSON Schema shipped in the package (a link to `config/` in a checkout)."""
+    return Path(__file__).resolve().parent / "node.schema.json"

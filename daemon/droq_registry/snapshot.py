@@ -1,0 +1,171 @@
+"""The read model: an immutable view of one committed revision, with answers as bytes.
+
+After every commit the reconciler builds the next `Snapshot` from the previous one and the
+plan it just wrote (work proportional to the change), then swaps it in with one assignment.
+A request takes the current snapshot once and builds its whole answer, ETag and revision
+header from it, so no answer mixes two states.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import orjson
+
+from . import nodefile
+from .model import CORE_FIELDS, Change, Source
+
+
+def etag_of(*parts: bytes) -> str:
+    """A strong ETag from content: the same bytes give the same tag on every replica."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+    return f'"{digest.hexdigest()}"'
+
+
+class NodeView:
+    """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}."""
+
+    __slots__ = (
+        "node_id",
+        "status",
+        "priority",
+        "source",
+        "node_json",
+        "components_json",
+        "paths",
+        "info",
+        "digest",
+        "_detail",
+    )
+
+    def __init__(self, source: str, doc: bytes) -> None:
+        node = nodefile.decode(doc)
+        self.node_id = node.node_id
+        self.status = node.status
+        self.priority = node.priority
+        self.source = source
+        self.paths: dict[str, str] = {c.component_class: c.module_path for c in node.components}
+        self.info: dict[str, Mapping[str, Any]] = {
+            c.component_class: c.info for c in node.components if c.info
+        }
+        public: dict[str, Any] = {name: getattr(node, name) for name in CORE_FIELDS}
+        public["supported_components"] = list(self.paths)
+        public.update(node.extra)
+        self.node_json = orjson.dumps(public)
+        self.components_json = orjson.dumps(self.paths)
+        self.digest = hashlib.blake2b(self.node_json + b"\0" + self.components_json, digest_size=16).digest()
+        self._detail: tuple[bytes, str] | None = None
+
+    def detail(self) -> tuple[bytes, str]:
+        """The body and ETag of `GET /api/v1/nodes/{id}`, built on first use."""
+        if self._detail is None:
+            body = b'{"node":' + self.node_json + b',"components":' + self.components_json + b"}"
+            self._detail = (body, etag_of(body))
+        return self._detail
+
+    def lookup(self, component_class: str) -> tuple[bytes, str]:
+        """The body and ETag of `GET /api/v1/components/{class}/node` answered by this node."""
+        module = orjson.dumps(self.paths[component_class])
+        body = (
+            b'{"node":' + self.node_json + b',"components":' + self.components_json
+            + b',"module_path":' + module + b"}"
+        )
+        return body, etag_of(b"lookup", self.digest, module)
+
+
+def _rank(view: NodeView) -> tuple[int, str]:
+    return (-view.priority, view.node_id)
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """One committed revision of the registry, ready to answer from."""
+
+    revision: int
+    nodes: Mapping[str, NodeView]
+    #: component class -> active nodes that declare it, best first.
+    index: Mapping[str, tuple[str, ...]]
+    sources: Mapping[str, Source]
+    cache: dict[Any, Any] = field(default_factory=dict)
+
+    @classmethod
+    def empty(cls) -> Snapshot:
+        return cls(revision=0, nodes={}, index={}, sources={})
+
+    def evolve(
+        self,
+        revision: int,
+        nodes_put: Mapping[str, tuple[str, bytes]],
+        nodes_drop: Iterable[str],
+        sources_put: Mapping[str, Source],
+        sources_drop: Iterable[str],
+    ) -> Snapshot:
+        """The next snapshot: this one with the given nodes and sources replaced."""
+        nodes = dict(self.nodes)
+        index = dict(self.index)
+        touched: set[str] = set()
+        for node_id in [*nodes_drop, *nodes_put]:
+            old = nodes.pop(node_id, None)
+            if old is not None and old.status == "active":
+                touched.update(old.paths)
+        for node_id, (source, doc) in nodes_put.items():
+            view = NodeView(source, doc)
+            nodes[node_id] = view
+            if view.status == "active":
+                touched.update(view.paths)
+        changed = set(nodes_drop) | set(nodes_put)
+        for cls in touched:
+            keep = [n for n in index.get(cls, ()) if n not in changed]
+            keep += [
+                n
+                for n in changed
+                if n in nodes and nodes[n].status == "active" and cls in nodes[n].paths
+            ]
+            if keep:
+                index[cls] = tuple(sorted(keep, key=lambda n: _rank(nodes[n])))
+            else:
+                index.pop(cls, None)
+        sources = dict(self.sources)
+        for path in sources_drop:
+            sources.pop(path, None)
+        sources.update(sources_put)
+        return Snapshot(revision=revision, nodes=nodes, index=index, sources=sources)
+
+    def cached(self, key: Any, build: Any) -> Any:
+        """Build a derived answer once per snapshot (a benign race builds it twice)."""
+        try:
+            return self.cache[key]
+        except KeyError:
+            value = self.cache[key] = build()
+            return value
+
+
+class ChangeLog:
+    """The newest change records, in revision order; `floor` is the oldest complete point."""
+
+    def __init__(self, changes: Iterable[Change], floor: int, keep: int) -> None:
+        self._changes: list[Change] = list(changes)
+        self._revisions: list[int] = [c.revision for c in self._changes]
+        self.floor = floor
+        self.keep = keep
+
+    def extend(self, changes: list[Change], floor: int) -> None:
+        self._changes.extend(changes)
+        self._revisions.extend(c.revision for c in changes)
+        self.floor = max(self.floor, floor)
+        if len(self._changes) > self.keep * 2:  # trim in batches, not on every append
+            cut = bisect.bisect_right(self._revisions, self.floor)
+            del self._changes[:cut]
+            del self._revisions[:cut]
+
+    def since(self, revision: int, until: int) -> list[Change]:
+        """Records with `revision < r <= until` (the caller checks `revision >= floor`)."""
+        start = bisect.bisect_right(self._revisions, max(revision, self.floor))
+        stop = bisect.bisect_right(self._revisions, until)
+        return self._changes[start:stop]
