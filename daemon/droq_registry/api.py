@@ -8,15 +8,17 @@ lookup is a dictionary hit and a few byte joins.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from . import __version__
+from .model import Change
 from .snapshot import Snapshot, etag_of
 
 SERVICE = "droq-registry-service"
@@ -219,6 +221,107 @@ async def list_sources(request: Request) -> Response:
     return ok(request, snap, *snap.cached("sources", build))
 
 
+MAX_WAIT_SECONDS = 60.0
+_NUMBER = re.compile(r"\d{1,18}")
+
+
+def _change(c: Change) -> dict[str, Any]:
+    return {"revision": c.revision, "kind": c.kind, "node_id": c.node_id, "source": c.source, "at": c.at}
+
+
+def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
+    """The revision a client has seen, or the reason it cannot be used."""
+    if value is None or value == "":
+        return 0
+    if not _NUMBER.fullmatch(value):
+        return f"{name} must be a revision number (a whole number, 0 or more), got {_quote(value)}"
+    since = int(value)
+    if since > snap.revision:
+        return f"{name}={since} is ahead of the registry's revision {snap.revision}"
+    return since
+
+
+def _expired(registry: Any, since: int) -> str | None:
+    floor = registry.changes.floor
+    if since < floor:
+        return (
+            f"changes after revision {since} are no longer kept (the log starts after revision {floor}); "
+            "re-list the registry and follow changes from the X-Registry-Revision of that answer"
+        )
+    return None
+
+
+async def list_changes(request: Request) -> Response:
+    """The change log after `since`; with `wait`, held until a change commits."""
+    registry = request.app.state.registry
+    snap = registry.snapshot
+    since = _since(request.query_params.get("since"), snap, "since")
+    if isinstance(since, str):
+        return error(snap, 400, since)
+    raw_wait = request.query_params.get("wait")
+    wait = 0.0
+    if raw_wait is not None:
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            return error(snap, 400, f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
+    expired = _expired(registry, since)
+    if expired:
+        return JSONResponse({"detail": expired, "revision": snap.revision}, 410, _headers(snap))
+    if wait and snap.revision == since:
+        await request.app.state.feed.wait_beyond(since, wait)
+        snap = registry.snapshot
+        if _expired(registry, since):  # the log moved past `since` while we waited
+            return JSONResponse({"detail": _expired(registry, since), "revision": snap.revision}, 410, _headers(snap))
+    changes = registry.changes.since(since, snap.revision)
+    body = orjson.dumps({"revision": snap.revision, "changes": [_change(c) for c in changes]})
+    return ok(request, snap, body, etag_of(body))
+
+
+async def events(request: Request) -> Response:
+    """Server-Sent Events: every change record, `id` = its revision; resumable."""
+    registry = request.app.state.registry
+    feed = request.app.state.feed
+    snap = registry.snapshot
+    raw = request.headers.get("last-event-id") or request.query_params.get("since")
+    if raw is None:
+        start: int | str = snap.revision
+    else:
+        start = _since(raw.strip(), snap, "Last-Event-ID" if request.headers.get("last-event-id") else "since")
+    if isinstance(start, str):
+        return error(snap, 400, start)
+
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        last = int(start)
+        while not feed.closed.is_set():
+            current = registry.snapshot
+            expired = _expired(registry, last)
+            if expired:
+                yield ServerSentEvent(
+                    orjson.dumps({"revision": current.revision, "detail": expired}).decode(),
+                    event="relist",
+                    id=str(current.revision),
+                )
+                last = current.revision
+            for change in registry.changes.since(last, current.revision):
+                yield ServerSentEvent(orjson.dumps(_change(change)).decode(), event="change", id=str(change.revision))
+            last = current.revision
+            await feed.wait_beyond(last, KEEPALIVE_SECONDS)
+
+    return EventSourceResponse(
+        stream(),
+        headers=_headers(snap),
+        ping=KEEPALIVE_SECONDS,
+        shutdown_event=feed.closed,
+    )
+
+
+#: A comment line this often keeps idle streams open through proxies.
+KEEPALIVE_SECONDS = 15.0
+
+
 def _quote(value: str) -> str:
     """A path parameter as it goes back into a message: shortened, quoted like the old API."""
     return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
@@ -243,4 +346,6 @@ def routes() -> list[Route]:
         get("/api/v1/components/{component_class}/node", component_node),
         get("/api/v1/components/{component_class}/nodes", component_nodes),
         get("/api/v1/sources", list_sources),
+        get("/api/v1/changes", list_changes),
+        get("/api/v1/events", events),
     ]

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from . import api, watch
+from .feed import Feed
 from .nodefile import Schema
 from .reconcile import Registry, Result
 from .settings import Settings
@@ -31,7 +32,13 @@ def create_app(settings: Settings) -> Starlette:
             status = watch.WatchStatus(state="starting" if settings.reload else "off")
             app.state.registry = registry
             app.state.watch_status = status
-            reconciler = watch.Reconciler(registry, _on_commit)
+            feed = Feed(lambda: registry.revision)
+            app.state.feed = feed
+
+            async def on_commit(result: Result) -> None:
+                feed.notify()
+
+            reconciler = watch.Reconciler(registry, on_commit)
             log.info(
                 "serving revision %d from %s; loading %s (reload=%s)",
                 registry.revision, settings.db_path, settings.assets_dir, settings.reload,
@@ -48,8 +55,11 @@ def create_app(settings: Settings) -> Starlette:
                     )
                 else:
                     tg.start_soon(_load_only, reconciler, status)
-                yield
-                tg.cancel_scope.cancel()
+                try:
+                    yield
+                finally:
+                    feed.close()
+                    tg.cancel_scope.cancel()
             status.state = "stopped"
         finally:
             store.close()
@@ -65,7 +75,3 @@ def create_app(settings: Settings) -> Starlette:
 async def _load_only(reconciler: watch.Reconciler, status: watch.WatchStatus) -> None:
     await watch.load_once(reconciler, status)
     status.state = "off"
-
-
-async def _on_commit(result: Result) -> None:
-    """Hook for listeners of new revisions (the change feed wakes its waiters here)."""
