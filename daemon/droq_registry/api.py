@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from . import __version__
@@ -86,13 +87,27 @@ async def root(request: Request) -> Response:
     )
 
 
+def state_counts(registry: Any, watcher: Any) -> dict[str, float]:
+    """Counts of the served state, for /health and /metrics."""
+    snap = registry.snapshot
+    return {
+        "revision": snap.revision,
+        "nodes": len(snap.nodes),
+        "components": sum(len(v.paths) for v in snap.nodes.values()),
+        "files": len(snap.sources),
+        "files_in_error": sum(1 for s in snap.sources.values() if s.state != "ok"),
+        "ready": 1 if registry.status.ready else 0,
+        "watcher_up": 1 if watcher.state == "watching" else 0,
+    }
+
+
 async def health(request: Request) -> Response:
     state = request.app.state
     registry, watcher = state.registry, state.watch_status
     snap = registry.snapshot
     status = registry.status
     degraded = watcher.state in ("polling", "waiting") or status.folder_present is False
-    sources = snap.sources.values()
+    counts = state_counts(registry, watcher)
     body = {
         "status": "degraded" if degraded else "healthy",
         "service": SERVICE,
@@ -105,10 +120,10 @@ async def health(request: Request) -> Response:
         "last_reconcile_at": status.last_reconcile_at,
         "last_reconcile_ms": status.last_duration_ms,
         "last_reconcile_error": status.last_error,
-        "nodes": len(snap.nodes),
-        "components": sum(len(v.paths) for v in snap.nodes.values()),
-        "files": len(snap.sources),
-        "files_in_error": sum(1 for s in sources if s.state != "ok"),
+        "nodes": counts["nodes"],
+        "components": counts["components"],
+        "files": counts["files"],
+        "files_in_error": counts["files_in_error"],
     }
     return JSONResponse(body, headers=_headers(snap))
 
@@ -327,6 +342,12 @@ def _quote(value: str) -> str:
     return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
 
 
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    body = generate_latest(request.app.state.metrics.registry)
+    return Response(body, headers={"cache-control": "no-cache"}, media_type=CONTENT_TYPE_LATEST)
+
+
 async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer JSON too."""
     assert isinstance(exc, HTTPException)
@@ -348,4 +369,5 @@ def routes() -> list[Route]:
         get("/api/v1/sources", list_sources),
         get("/api/v1/changes", list_changes),
         get("/api/v1/events", events),
+        get("/metrics", metrics),
     ]

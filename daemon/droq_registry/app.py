@@ -9,9 +9,12 @@ from typing import AsyncIterator
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 
 from . import api, watch
+from .auth import TokenAuth
 from .feed import Feed
+from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
 from .reconcile import Registry, Result
 from .settings import Settings
@@ -23,22 +26,25 @@ log = logging.getLogger("droq_registry")
 def create_app(settings: Settings) -> Starlette:
     """The service. Nothing is opened until the lifespan starts."""
     schema = Schema.load(settings.schema_path)
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.api_token is None:
+            log.warning("REGISTRY_API_TOKEN is not set: /api/v1 and /metrics are open to anyone who can reach them")
         store = Store.open(settings.db_path)
         try:
             registry = Registry(settings, store, schema)
             status = watch.WatchStatus(state="starting" if settings.reload else "off")
+            feed = Feed(lambda: registry.revision)
             app.state.registry = registry
             app.state.watch_status = status
-            feed = Feed(lambda: registry.revision)
             app.state.feed = feed
 
             async def on_commit(result: Result) -> None:
                 feed.notify()
 
-            reconciler = watch.Reconciler(registry, on_commit)
+            reconciler = watch.Reconciler(registry, on_commit, metrics.reconciled)
             log.info(
                 "serving revision %d from %s; loading %s (reload=%s)",
                 registry.revision, settings.db_path, settings.assets_dir, settings.reload,
@@ -64,10 +70,19 @@ def create_app(settings: Settings) -> Starlette:
         finally:
             store.close()
 
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    if settings.api_token is not None:
+        middleware.append(Middleware(TokenAuth, token=settings.api_token))
     app = Starlette(
         routes=api.routes(),
         lifespan=lifespan,
+        middleware=middleware,
         exception_handlers={HTTPException: api.http_error},
+    )
+    app.state.metrics = metrics
+    metrics.watch_state(
+        lambda: api.state_counts(app.state.registry, app.state.watch_status),
+        lambda: app.state.watch_status.restarts,
     )
     return app
 

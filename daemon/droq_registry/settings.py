@@ -85,6 +85,8 @@ class Settings:
     watch_step_ms: int = 10
     watch_debounce_ms: int = 400
     schema_path: Path = field(default_factory=lambda: default_schema_path())
+    #: When set, /api/... and /metrics need `Authorization: Bearer <token>`.
+    api_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,11 +117,30 @@ class Settings:
             watch_step_ms=get("REGISTRY_WATCH_STEP_MS", _positive_int, defaults.watch_step_ms),
             watch_debounce_ms=get("REGISTRY_WATCH_DEBOUNCE_MS", _positive_int, defaults.watch_debounce_ms),
             schema_path=Path(get("REGISTRY_SCHEMA_PATH", _text, str(defaults.schema_path))),
+            api_token=_token(env),
         )
 
     def with_(self, **changes: object) -> Settings:
         """A copy with some values replaced (tests and the CLI use it)."""
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def _token(env: Mapping[str, str]) -> str | None:
+    """REGISTRY_API_TOKEN, or the contents of REGISTRY_API_TOKEN_FILE (a mounted secret)."""
+    token = env.get("REGISTRY_API_TOKEN") or None
+    path = env.get("REGISTRY_API_TOKEN_FILE") or None
+    if token is not None and path is not None:
+        raise SettingsError("set REGISTRY_API_TOKEN or REGISTRY_API_TOKEN_FILE, not both")
+    if path is not None:
+        try:
+            token = Path(path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"REGISTRY_API_TOKEN_FILE={path!r}: cannot read it: {exc}") from None
+        if not token:
+            raise SettingsError(f"REGISTRY_API_TOKEN_FILE={path!r}: the file is empty")
+    if token is not None and (token != token.strip() or not token.isprintable()):
+        raise SettingsError("REGISTRY_API_TOKEN: must be printable, without surrounding spaces")
+    return token
 
 
 def default_schema_path() -> Path:

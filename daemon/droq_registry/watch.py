@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Iterable
 
@@ -46,20 +47,29 @@ def _identity(path: str) -> tuple[int, int] | None:
 class Reconciler:
     """Runs reconciles one at a time, off the event loop, and tells listeners of commits."""
 
-    def __init__(self, registry: Registry, on_commit: Callable[[Result], Awaitable[None] | None]) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        on_commit: Callable[[Result], Awaitable[None] | None],
+        on_pass: Callable[[str, float], None] = lambda result, seconds: None,
+    ) -> None:
         self.registry = registry
         self._on_commit = on_commit
+        self._on_pass = on_pass
         self._lock = anyio.Lock()
 
     async def run(self, named: Iterable[str] | None = None) -> Result | None:
         """One reconcile; None when the folder is missing or the pass failed (logged)."""
         async with self._lock:
+            started = time.perf_counter()
             try:
                 result = await anyio.to_thread.run_sync(self.registry.reconcile, named)
             except FolderMissing:
                 return None
             except Exception:  # logged by the registry; the last good state stays served
+                self._on_pass("failed", time.perf_counter() - started)
                 return None
+        self._on_pass("changed" if result.changed else "unchanged", result.duration_ms / 1000)
         if result.changed:
             pending = self._on_commit(result)
             if pending is not None:
