@@ -18,7 +18,7 @@ from starlette.routing import Route
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from . import __version__
+from . import __version__, openapi
 from .model import Change
 from .snapshot import Snapshot, etag_of
 
@@ -237,7 +237,7 @@ async def list_sources(request: Request) -> Response:
 
 
 MAX_WAIT_SECONDS = 60.0
-_NUMBER = re.compile(r"\d{1,18}")
+_NUMBER = re.compile(r"\d{1,64}")
 
 
 def _change(c: Change) -> dict[str, Any]:
@@ -342,6 +342,14 @@ def _quote(value: str) -> str:
     return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
 
 
+async def openapi_document(request: Request) -> Response:
+    """The API contract (OpenAPI 3.1)."""
+    state = request.app.state
+    if getattr(state, "openapi", None) is None:
+        state.openapi = orjson.dumps(openapi.build(auth=state.auth))
+    return Response(state.openapi, media_type="application/json")
+
+
 async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     body = generate_latest(request.app.state.metrics.registry)
@@ -370,4 +378,5 @@ def routes() -> list[Route]:
         get("/api/v1/changes", list_changes),
         get("/api/v1/events", events),
         get("/metrics", metrics),
+        get("/openapi.json", openapi_document),
     ]

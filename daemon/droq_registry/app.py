@@ -80,6 +80,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: api.http_error},
     )
     app.state.metrics = metrics
+    app.state.auth = settings.api_token is not None
     metrics.watch_state(
         lambda: api.state_counts(app.state.registry, app.state.watch_status),
         lambda: app.state.watch_status.restarts,

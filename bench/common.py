@@ -1,0 +1,584 @@
+"""Shared helpers for the benchmark scripts in bench/.
+
+Everything here talks to real processes: `Server` starts `python -m droq_registry serve`
+(or the reference app) on 127.0.0.1 with a free port and a temporary database, waits for
+it with a deadline, and stops it by its PID (SIGTERM, then SIGKILL). `run_wrk` drives the
+`wrk` load generator and parses its output. `Report` prints a table and writes it, with the
+command line, date and machine, to bench/results/<name>.md (and the target checks to a
+.json beside it, which bench/summarize.py gathers into summary.md).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+RESULTS = BENCH / "results"
+PYTHON = sys.executable
+
+#: Where the server's own logs are kept while it runs (one file per start).
+LOG_TAIL_LINES = 30
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """Peak resident set size (VmHWM) of a live process, in MiB; None if unreadable."""
+    return _proc_status_mb(pid, "VmHWM")
+
+
+def rss_mb(pid: int) -> float | None:
+    """Current resident set size (VmRSS) of a live process, in MiB."""
+    return _proc_status_mb(pid, "VmRSS")
+
+
+def _proc_status_mb(pid: int, key: str) -> float | None:
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.M)
+    return int(match.group(1)) / 1024 if match else None
+
+
+def stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
+    """Stop one process we started: SIGTERM, wait up to `grace` s, then SIGKILL."""
+    if proc.poll() is not None:
+        return proc.returncode
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return proc.wait()
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        return proc.wait(timeout=grace)
+
+
+class ServerError(RuntimeError):
+    """The server exited or did not become ready in time; the message has its log tail."""
+
+
+@dataclass
+class Server:
+    """One server process on 127.0.0.1 (the registry, or any command given in `argv`).
+
+    Use as a context manager, or call `start()`/`stop()`. `started_at` is the
+    `time.perf_counter()` just before the process was spawned.
+    """
+
+    assets_dir: Path | None = None
+    db_path: Path | None = None
+    log_level: str = "warning"
+    reload: bool = True
+    resync_seconds: float = 60.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    argv: Sequence[str] | None = None  # default: the registry service
+    port: int = 0
+    log_path: Path | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("REGISTRY_") and k not in ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
+        }
+        env.update(
+            HOST="127.0.0.1",
+            PORT=str(self.port),
+            LOG_LEVEL=self.log_level,
+            RELOAD="true" if self.reload else "false",
+            REGISTRY_RESYNC_SECONDS=str(self.resync_seconds),
+        )
+        if self.db_path is not None:
+            env["REGISTRY_DB_PATH"] = str(self.db_path)
+        if self.assets_dir is not None:
+            env["REGISTRY_ASSETS_DIR"] = str(self.assets_dir)
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> Server:
+        if not self.port:
+            self.port = free_port()
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
+            os.close(fd)
+            self.log_path = Path(name)
+        argv = list(self.argv) if self.argv is not None else [PYTHON, "-m", "droq_registry", "serve"]
+        log = open(self.log_path, "ab")
+        try:
+            self.started_at = time.perf_counter()
+            self.proc = subprocess.Popen(
+                argv,
+                env=self.env(),
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in the terminal does not reach it directly
+            )
+        finally:
+            log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0, path: str = "/ready", interval: float = 0.01) -> float:
+        """Poll `path` until it answers 200; return seconds since the process was spawned."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
+            try:
+                status, _, _ = get(self.port, path, timeout=2.0)
+                if status == 200:
+                    return time.perf_counter() - self.started_at
+            except OSError:
+                pass
+            time.sleep(interval)
+        raise ServerError(f"{self.base}{path} not 200 within {timeout:.0f}s\n{self.log_tail()}")
+
+    def wait_until(self, condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
+        """Poll `condition()` until truthy (returned) or raise ServerError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
+            value = condition()
+            if value:
+                return value
+            time.sleep(interval)
+        raise ServerError(f"condition not met within {timeout:.0f}s\n{self.log_tail()}")
+
+    def health(self) -> dict[str, Any]:
+        status, _, body = get(self.port, "/health")
+        if status != 200:
+            raise ServerError(f"/health answered {status}")
+        return json.loads(body)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        return stop_pid(self.proc)
+
+    def cleanup(self) -> None:
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def reference_server(body_file: Path) -> Server:
+    """The bare Starlette reference app (bench/reference_app.py) serving `body_file`."""
+    return Server(argv=[PYTHON, str(BENCH / "reference_app.py"), "--body-file", str(body_file)])
+
+
+def temp_workdir(prefix: str) -> Path:
+    """A fresh temporary folder for node files and databases (outside the checkout)."""
+    return Path(tempfile.mkdtemp(prefix=f"droq-bench-{prefix}-"))
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- HTTP
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None,
+        timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One GET on a new connection: (status, lower-cased headers, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        body = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+    finally:
+        conn.close()
+
+
+class KeepAlive:
+    """A keep-alive HTTP/1.1 connection that reconnects once if the server closed it."""
+
+    def __init__(self, port: int, timeout: float = 5.0) -> None:
+        self.port = port
+        self.timeout = timeout
+        self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+        for attempt in (0, 1):
+            try:
+                self.conn.request("GET", path, headers=headers or {})
+                resp = self.conn.getresponse()
+                body = resp.read()
+                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+            except (http.client.HTTPException, ConnectionError):
+                self.conn.close()
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+# --------------------------------------------------------------------------- wrk
+
+
+WRK_MISSING = (
+    "wrk is not installed. It is the Debian package `wrk`: "
+    "apt-get update && apt-get install -y wrk"
+)
+
+
+def require_wrk() -> str:
+    """The path of `wrk`, or exit with a clear message saying how to install it."""
+    path = shutil.which("wrk")
+    if path is None:
+        print(WRK_MISSING, file=sys.stderr)
+        raise SystemExit(2)
+    return path
+
+
+@dataclass
+class WrkResult:
+    url: str
+    requests: int
+    seconds: float
+    rps: float
+    latency_ms: dict[str, float]  # "avg", "max", "50", "75", "90", "99"
+    non_2xx_3xx: int
+    socket_errors: dict[str, int]
+    raw: str
+
+    @property
+    def p50(self) -> float:
+        return self.latency_ms["50"]
+
+    @property
+    def p99(self) -> float:
+        return self.latency_ms["99"]
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not match:
+        raise ValueError(f"cannot read wrk duration {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def parse_wrk(output: str, url: str = "") -> WrkResult:
+    """Read wrk's --latency report (requests, req/s, latency percentiles, errors)."""
+    lat: dict[str, float] = {}
+    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.M)
+    if m:
+        lat["avg"], lat["max"] = _ms(m.group(1)), _ms(m.group(3))
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M):
+        lat[pct] = _ms(value)
+    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    if not m or "99" not in lat:
+        raise ValueError(f"unexpected wrk output:\n{output}")
+    requests, seconds = int(m.group(1)), _ms(m.group(2) + m.group(3)) / 1000
+    rps_m = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()))) if sock else {}
+    return WrkResult(
+        url=url,
+        requests=requests,
+        seconds=seconds,
+        rps=float(rps_m.group(1)) if rps_m else requests / seconds,
+        latency_ms=lat,
+        non_2xx_3xx=int(non.group(1)) if non else 0,
+        socket_errors=errors,
+        raw=output,
+    )
+
+
+def run_wrk(url: str, duration: float, threads: int = 2, connections: int = 32,
+            headers: dict[str, str] | None = None, timeout: str = "5s") -> WrkResult:
+    """Run wrk against `url` for `duration` seconds with --latency; parse its report.
+
+    Extra request headers go through a small Lua script (wrk.headers), which is how the
+    304 revalidation bench sends If-None-Match.
+    """
+    wrk = require_wrk()
+    secs = max(1, round(duration))
+    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{secs}s", f"--timeout={timeout}", "--latency"]
+    script = None
+    if headers:
+        fd, name = tempfile.mkstemp(prefix="bench-wrk-", suffix=".lua")
+        lines = [f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in headers.items()]
+        os.write(fd, ("\n".join(lines) + "\n").encode())
+        os.close(fd)
+        script = name
+        argv += ["-s", script]
+    argv.append(url)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30)
+    finally:
+        if script:
+            os.unlink(script)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
+    return parse_wrk(done.stdout, url)
+
+
+def _lua(text: str) -> str:
+    """A Lua long-bracket-free string literal (quotes and backslashes escaped)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """The pct-th percentile (0-100) with linear interpolation between closest ranks."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}f}"
+
+
+# --------------------------------------------------------------------------- targets
+
+
+@dataclass
+class Check:
+    """One target: `value` against `limit`; `higher` says which side is good."""
+
+    name: str
+    value: float
+    limit: float
+    unit: str
+    higher: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.limit if self.higher else self.value <= self.limit
+
+    def verdict(self) -> str:
+        if self.ok:
+            return "PASS"
+        if self.higher:
+            short = (self.limit - self.value) / self.limit * 100 if self.limit else float("inf")
+            return f"MISS ({short:.0f}% below the limit)"
+        over = self.value / self.limit if self.limit else float("inf")
+        return f"MISS ({over:.2f}x the limit)"
+
+    def target(self) -> str:
+        return f"{'>=' if self.higher else '<='} {fmt(self.limit, 2)} {self.unit}".strip()
+
+    def row(self) -> list[str]:
+        return [self.name, f"{fmt(self.value, 2)} {self.unit}".strip(), self.target(), self.verdict()]
+
+
+# --------------------------------------------------------------------------- reports
+
+
+def machine() -> dict[str, str]:
+    """nproc, CPU model, kernel, Python and the server stack's versions."""
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "unknown"
+    try:
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        if m:
+            mem = f"{int(m.group(1)) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    versions = []
+    for mod in ("uvicorn", "starlette", "uvloop", "httptools", "watchfiles", "orjson"):
+        try:
+            from importlib.metadata import version
+
+            versions.append(f"{mod} {version(mod)}")
+        except Exception:  # not installed
+            versions.append(f"{mod} -")
+    return {
+        "code": code_version(),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "stack": ", ".join(versions),
+    }
+
+
+def code_version() -> str:
+    """The checkout's commit, and whether the service code has uncommitted changes (read-only git)."""
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # `git status` must not even refresh the index
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, env=env).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "daemon"],
+                               capture_output=True, text=True, timeout=10, env=env).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head or 'unknown'}{' + uncommitted changes in daemon/' if dirty else ''}"
+
+
+def command_line() -> str:
+    """The command as it was run, relative to the checkout when possible."""
+    exe = os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(str(ROOT)) else sys.executable
+    script = os.path.relpath(os.path.abspath(sys.argv[0]), ROOT)
+    return " ".join(shlex.quote(a) for a in [exe, script, *sys.argv[1:]])
+
+
+def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    out = [line(headers), "| " + " | ".join("-" * w for w in widths) + " |"]
+    out += [line(r) for r in rows]
+    return "\n".join(out)
+
+
+class Report:
+    """Collects sections (tables, notes) and target checks; prints and writes them."""
+
+    def __init__(self, name: str, title: str) -> None:
+        self.name = name
+        self.title = title
+        self.sections: list[str] = []
+        self.checks: list[Check] = []
+        self.figures: dict[str, Any] = {}
+        self.started = datetime.now(timezone.utc)
+
+    def table(self, heading: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        text = f"### {heading}\n\n{markdown_table(headers, rows)}"
+        print("\n" + text, flush=True)
+        self.sections.append(text)
+
+    def note(self, text: str) -> None:
+        print("\n" + text, flush=True)
+        self.sections.append(text)
+
+    def check(self, name: str, value: float, limit: float, unit: str = "", higher: bool = False) -> Check:
+        c = Check(name, value, limit, unit, higher)
+        self.checks.append(c)
+        return c
+
+    def write(self) -> Path:
+        """Print the targets table and write bench/results/<name>.md and <name>.json."""
+        if self.checks:
+            self.table("Targets", ["target", "measured", "limit", "verdict"], [c.row() for c in self.checks])
+        info = machine()
+        head = [
+            f"# {self.title}",
+            "",
+            f"- command: `{command_line()}`",
+            f"- date: {self.started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
+            f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info['memory']}, "
+            f"kernel {info['kernel']}",
+            f"- software: Python {info['python']}; {info['stack']}",
+            f"- code: {info['code']}",
+        ]
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"{self.name}.md"
+        path.write_text("\n".join(head) + "\n\n" + "\n\n".join(self.sections) + "\n")
+        sidecar = {
+            "name": self.name,
+            "title": self.title,
+            "command": command_line(),
+            "date": self.started.isoformat(timespec="seconds"),
+            "machine": info,
+            "figures": self.figures,
+            "checks": [
+                {"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit,
+                 "higher": c.higher, "ok": c.ok, "verdict": c.verdict()}
+                for c in self.checks
+            ],
+        }
+        (RESULTS / f"{self.name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        print(f"\nwritten {os.path.relpath(path, ROOT)}", flush=True)
+        return path
+
+
+def write_node_file(path: Path, data: bytes) -> None:
+    """Rewrite a file in place with one write() (open O_TRUNC, write, close)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def write_node_file_atomic(path: Path, data: bytes) -> None:
+    """Write a hidden temporary file beside `path` and rename it over (editors, config tools)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_node_file(tmp, data)
+    os.replace(tmp, path)

@@ -1,0 +1,156 @@
+"""Start-up cost: first load of a large registry, restart with nothing changed, peak memory.
+
+    .venv/bin/python bench/startup.py [--nodes 1000] [--components 350] [--restarts 3]
+
+Generates N synthetic node files of M components (gen_nodes.py; default 1,000 x 350, about
+93 MB of JSON) and starts `python -m droq_registry serve` on them with a new database:
+
+  first load   time from spawning the process to GET /ready answering 200
+  restart      stop it (SIGTERM), start again on the same database and folder, nothing
+               changed: time to /ready 200 (repeated --restarts times; the median counts)
+  peak RSS     VmHWM of the server process after the first load (and after the watcher's
+               first full rescan, which follows it)
+
+Also shown: time until the process answers HTTP at all (interpreter, imports, the database
+load), the reconcile's own duration from the server's log line, and the database size.
+Targets: first load <= 10 s, restart <= 2 s, peak RSS <= 200 MiB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import common
+import gen_nodes
+
+RECONCILED = re.compile(r"reconciled revision (\d+): .*files_read=(\d+) duration_ms=([\d.]+)")
+
+
+def time_to_listen_and_ready(server: common.Server, timeout: float) -> tuple[float, float]:
+    """(seconds to the first HTTP answer of any status, seconds to /ready 200) from spawn."""
+    deadline = time.monotonic() + timeout
+    listening = None
+    while time.monotonic() < deadline:
+        if server.proc is not None and server.proc.poll() is not None:
+            raise common.ServerError(f"server exited with {server.proc.returncode}\n{server.log_tail()}")
+        try:
+            status, _, _ = common.get(server.port, "/ready", timeout=5.0)
+        except OSError:
+            time.sleep(0.005)
+            continue
+        now = time.perf_counter() - server.started_at
+        if listening is None:
+            listening = now
+        if status == 200:
+            return listening, now
+        time.sleep(0.005)
+    raise common.ServerError(f"/ready not 200 within {timeout:.0f}s\n{server.log_tail()}")
+
+
+def reconcile_lines(server: common.Server) -> list[tuple[int, int, float]]:
+    """(revision, files_read, duration_ms) of every reconcile the server logged."""
+    return [(int(r), int(n), float(d)) for r, n, d in RECONCILED.findall(server.log_text())]
+
+
+def one_start(folder: Path, db: Path, timeout: float) -> dict[str, float | None]:
+    """Start, wait for /ready and the watcher, read the figures, stop."""
+    server = common.Server(assets_dir=folder, db_path=db, log_level="info")
+    with server:
+        listen_s, ready_s = time_to_listen_and_ready(server, timeout)
+        rss_ready = common.peak_rss_mb(server.pid)
+        health = server.health()
+        server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
+        time.sleep(0.5)  # the watcher's first full rescan runs right after it starts
+        rss_after = common.peak_rss_mb(server.pid)
+        rss_now = common.rss_mb(server.pid)
+    lines = reconcile_lines(server)
+    server.cleanup()
+    return {
+        "listen_s": listen_s,
+        "ready_s": ready_s,
+        "reconcile_ms": health.get("last_reconcile_ms"),
+        "logged_ms": lines[0][2] if lines else None,
+        "files_read": lines[0][1] if lines else None,
+        "nodes": health.get("nodes"),
+        "components": health.get("components"),
+        "peak_rss_ready": rss_ready,
+        "peak_rss_after_rescan": rss_after,
+        "rss_now": rss_now,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     epilog=__doc__.split("\n\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=1000, help="synthetic node files (default 1000)")
+    parser.add_argument("--components", type=int, default=350, help="components per node (default 350)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--restarts", type=int, default=3, help="restarts to time (default 3)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds allowed per start (default 120)")
+    parser.add_argument("--name", default="startup", help="result file name (default startup)")
+    args = parser.parse_args(argv)
+    if args.nodes < 1 or args.restarts < 1:
+        parser.error("--nodes and --restarts must be 1 or more")
+
+    report = common.Report(args.name, f"Start-up: {args.nodes} nodes x {args.components} components")
+    workdir = common.temp_workdir("startup")
+    folder = workdir / "nodes"
+    db = workdir / "registry.db"
+    try:
+        t = time.perf_counter()
+        paths = gen_nodes.generate(folder, args.nodes, args.components, args.seed)
+        size_mb = sum(p.stat().st_size for p in paths) / 1e6
+        print(f"generated {len(paths)} files ({size_mb:.1f} MB) in {time.perf_counter() - t:.1f}s", flush=True)
+
+        first = one_start(folder, db, args.timeout)
+        print(f"first load: ready in {first['ready_s']:.2f}s (listening {first['listen_s']:.2f}s), "
+              f"peak RSS {first['peak_rss_ready']:.0f} MiB", flush=True)
+        db_mb = sum(p.stat().st_size for p in workdir.glob("registry.db*")) / 1e6
+        restarts = []
+        for i in range(args.restarts):
+            r = one_start(folder, db, args.timeout)
+            restarts.append(r)
+            print(f"restart {i + 1}: ready in {r['ready_s']:.2f}s (listening {r['listen_s']:.2f}s, "
+                  f"first pass {common.fmt(r['reconcile_ms'], 0)} ms)", flush=True)
+
+        def row(label: str, r: dict[str, float | None]) -> list[str]:
+            return [label, common.fmt(r["listen_s"], 2), common.fmt(r["ready_s"], 2),
+                    common.fmt(r["reconcile_ms"], 0),
+                    common.fmt(r["peak_rss_ready"], 0), common.fmt(r["peak_rss_after_rescan"], 0),
+                    common.fmt(r["rss_now"], 0)]
+
+        report.table(
+            f"{args.nodes} node files x {args.components} components ({size_mb:.0f} MB of JSON; "
+            f"{first['nodes']} nodes, {first['components']} components served; database {db_mb:.0f} MB)",
+            ["start", "listening s", "/ready 200 s", "first pass ms", "VmHWM at ready MiB",
+             "VmHWM after rescan MiB", "VmRSS MiB"],
+            [row("first load (new database)", first)]
+            + [row(f"restart {i + 1} (nothing changed)", r) for i, r in enumerate(restarts)],
+        )
+        restart_s = statistics.median(r["ready_s"] for r in restarts)  # type: ignore[misc]
+        peak = max(first["peak_rss_ready"] or 0, first["peak_rss_after_rescan"] or 0)
+        report.check("first load: spawn to /ready 200", first["ready_s"], 10.0, "s")  # type: ignore[arg-type]
+        report.check(f"restart, nothing changed: median of {len(restarts)}", restart_s, 2.0, "s")
+        report.check("peak RSS after the first load (VmHWM)", peak, 200.0, "MiB")
+        report.note(
+            "'listening' is the first HTTP answer of any status (503 while loading): interpreter start, "
+            "imports and, on a restart, reading the served state back from the database. 'first pass ms' "
+            "is the first reconcile's own duration (/health last_reconcile_ms). Page cache warm: the "
+            "files were just written."
+        )
+        report.figures = {"first": first, "restarts": restarts, "restart_median_s": restart_s,
+                          "peak_rss_mib": peak, "json_mb": size_mb, "db_mb": db_mb}
+        report.write()
+    finally:
+        common.remove_tree(workdir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,921 @@
+"""Hot reload through the real path: files in tmp_path, the real watcher, SQLite and HTTP.
+
+Every test edits a real folder while the app runs, then waits (bounded polling) for the
+HTTP answers to show the effect. Where a test fakes anything, it replaces the one seam
+`droq_registry.watch.awatch`, to lose events or to make the watcher fail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import anyio
+import orjson
+import pytest
+from starlette.testclient import TestClient
+
+from conftest import make_settings, node_doc, wait_until, write_json
+from droq_registry import watch
+from droq_registry.app import create_app
+
+DEADLINE = 10.0
+BURST_DEADLINE = 30.0
+
+CORE_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "source_code_location": None,
+    "docker_image": None,
+    "deployment_location": "local",
+    "api_url": None,
+    "ip_address": None,
+    "status": "active",
+    "priority": 0,
+}
+
+
+class Timestamp:
+    """Equal to any UTC timestamp the service writes (`2026-01-01T00:00:00.000Z`)."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", other) is not None
+
+    def __repr__(self) -> str:
+        return "<timestamp>"
+
+
+TIMESTAMP = Timestamp()
+
+
+def detail(doc: dict[str, Any], components: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The body `GET /api/v1/nodes/{id}` answers for a node file `doc`.
+
+    `components` is the component map when `doc` refers to a components_json_path file.
+    """
+    comps = doc["components"] if components is None else components
+    node = {"node_id": doc["node_id"], "name": doc["name"]}
+    node.update({key: doc.get(key, default) for key, default in CORE_DEFAULTS.items()})
+    node["supported_components"] = sorted(comps)
+    node.update({k: v for k, v in doc.items() if k not in node and k not in ("components", "supported_components")})
+    paths = {cls: spec if isinstance(spec, str) else spec["path"] for cls, spec in sorted(comps.items())}
+    return {"node": node, "components": paths}
+
+
+def sha256(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def get_node(client: TestClient, node_id: str) -> tuple[int, Any]:
+    response = client.get(f"/api/v1/nodes/{node_id}")
+    return response.status_code, response.json()
+
+
+def sources(client: TestClient) -> dict[str, dict[str, Any]]:
+    """/api/v1/sources as {path: row}."""
+    return {row["path"]: row for row in client.get("/api/v1/sources").json()["sources"]}
+
+
+def revision(client: TestClient) -> int:
+    response = client.get("/ready")
+    assert response.status_code == 200
+    assert response.headers["x-registry-revision"] == str(response.json()["revision"])
+    return int(response.json()["revision"])
+
+
+def health(client: TestClient) -> dict[str, Any]:
+    return client.get("/health").json()  # type: ignore[no-any-return]
+
+
+def node_is(client: TestClient, node_id: str, expected: Any) -> bool:
+    return get_node(client, node_id) == (200, expected)
+
+
+def node_gone(client: TestClient, node_id: str) -> bool:
+    return get_node(client, node_id)[0] == 404
+
+
+def watched(client_for: Callable[..., TestClient], assets: Path, **settings: Any) -> TestClient:
+    """A ready client whose file watcher is running (so edits go through its events).
+
+    The watcher reports "watching" on its first batch: the event of a hidden probe file
+    (not a node file), or else its one-second timeout.
+    """
+    client = client_for(assets, reload=True, **settings)
+    (assets / ".probe").write_bytes(b"")
+    wait_until(lambda: health(client)["watcher"]["state"] == "watching", DEADLINE)
+    return client
+
+
+class Poller:
+    """GETs one path over and over from a thread and keeps every (status, body) it saw."""
+
+    def __init__(self, client: TestClient, path: str) -> None:
+        self.client = client
+        self.path = path
+        self.seen: list[tuple[int, Any]] = []
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="poller", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                response = self.client.get(self.path)
+                self.seen.append((response.status_code, response.json()))
+                time.sleep(0.001)
+        except BaseException as exc:  # surfaced in the test's thread by __exit__
+            self._error = exc
+
+    def more(self, count: int = 20) -> None:
+        """Wait until `count` more answers came in (the poller kept looking afterwards)."""
+        target = len(self.seen) + count
+        wait_until(lambda: len(self.seen) >= target or self._error, DEADLINE)
+
+    def __enter__(self) -> Poller:
+        self._thread.start()
+        self.more(5)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(DEADLINE)
+        assert not self._thread.is_alive()
+        if self._error is not None:
+            raise self._error
+
+    def statuses(self) -> set[int]:
+        return {status for status, _ in self.seen}
+
+    def bodies(self) -> list[Any]:
+        """The distinct bodies in the order they were first seen."""
+        out: list[Any] = []
+        for _, body in self.seen:
+            if not out or out[-1] != body:
+                out.append(body)
+        return out
+
+
+# Ways of writing a node file ------------------------------------------------------------
+
+
+def test_plain_write_of_a_new_file_adds_the_node(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    client = watched(client_for, assets)
+    assert client.get("/api/v1/nodes").json() == {"nodes": [], "total_nodes": 0}
+    before = revision(client)
+
+    doc = node_doc("alpha", {"Adder": "pkg.math.adder", "Sub": {"path": "pkg.math.sub", "author": "x"}},
+                   description="adds", priority=3, category="Math")
+    raw = write_json(assets / "alpha.json", doc).read_bytes()
+
+    wait_until(lambda: node_is(client, "alpha", detail(doc)), DEADLINE)
+    assert revision(client) == before + 1
+    assert client.get("/api/v1/components/Sub/node").json()["module_path"] == "pkg.math.sub"
+    assert client.get("/api/v1/sources").json() == {
+        "sources": [
+            {
+                "path": "alpha.json",
+                "node_id": "alpha",
+                "state": "ok",
+                "error": None,
+                "content_hash": sha256(raw),
+                "applied_at": TIMESTAMP,
+                "updated_at": TIMESTAMP,
+                "serving_last_good": False,
+            }
+        ],
+        "total_sources": 1,
+        "errors": 0,
+    }
+
+
+def test_plain_write_over_a_file_updates_the_node(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    write_json(assets / "a.json", node_doc("a", {"Old": "pkg.old"}))
+    client = watched(client_for, assets)
+    applied_before = sources(client)["a.json"]["applied_at"]
+
+    new = node_doc("a", {"New": "pkg.new", "Other": "pkg.other"}, name="Renamed", status="inactive")
+    raw = write_json(assets / "a.json", new).read_bytes()
+
+    wait_until(lambda: node_is(client, "a", detail(new)), DEADLINE)
+    row = sources(client)["a.json"]
+    assert row == {
+        "path": "a.json",
+        "node_id": "a",
+        "state": "ok",
+        "error": None,
+        "content_hash": sha256(raw),
+        "applied_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+        "serving_last_good": False,
+    }
+    assert row["applied_at"] > applied_before
+    # The old component is gone from the index, the new ones are there (inactive: not offered).
+    assert client.get("/api/v1/components/Old/node").status_code == 404
+    assert health(client)["components"] == 2
+
+
+def test_edit_that_changes_the_node_id_replaces_the_node(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    write_json(assets / "a.json", node_doc("first-id"))
+    client = watched(client_for, assets)
+
+    new = node_doc("second-id")
+    write_json(assets / "a.json", new)
+
+    wait_until(lambda: node_is(client, "second-id", detail(new)), DEADLINE)
+    assert node_gone(client, "first-id")
+    assert client.get("/api/v1/nodes").json()["total_nodes"] == 1
+
+
+@pytest.mark.parametrize("temp_name", ["sedAb12Cd", ".a.json.Xy3Zq9"], ids=["sed-i", "rsync"])
+def test_atomic_save_replaces_the_node_without_a_gap(
+    assets: Path, client_for: Callable[..., TestClient], temp_name: str
+) -> None:
+    old = node_doc("a", {"Old": "pkg.old"})
+    write_json(assets / "a.json", old)
+    client = watched(client_for, assets)
+
+    new = node_doc("a", {"New": "pkg.new"}, name="Saved atomically")
+    with Poller(client, "/api/v1/nodes/a") as poller:
+        raw = write_json(assets / temp_name, new).read_bytes()
+        os.replace(assets / temp_name, assets / "a.json")
+        wait_until(lambda: node_is(client, "a", detail(new)), DEADLINE)
+        poller.more()
+
+    assert poller.statuses() == {200}
+    assert poller.bodies() == [detail(old), detail(new)]
+    assert list(sources(client)) == ["a.json"]  # the temporary file never became a source
+    assert sources(client)["a.json"]["content_hash"] == sha256(raw)
+
+
+def test_slow_writer_serves_the_old_node_until_the_file_is_complete(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    old = node_doc("a", {"Old": "pkg.old"})
+    write_json(assets / "a.json", old)
+    client = watched(client_for, assets)
+
+    new = node_doc("a", {f"New{i}": f"pkg.new{i}" for i in range(50)}, name="Written slowly")
+    raw = orjson.dumps(new, option=orjson.OPT_INDENT_2)
+    half = len(raw) // 2
+    with Poller(client, "/api/v1/nodes/a") as poller:
+        with open(assets / "a.json", "wb") as handle:
+            handle.write(raw[:half])
+            handle.flush()
+            paused_at = time.monotonic()
+            # While the writer pauses, the service sees half a file and keeps the old node.
+            wait_until(
+                lambda: (sources(client)["a.json"]["error"] or "").startswith("not valid JSON"), DEADLINE
+            )
+            assert get_node(client, "a") == (200, detail(old))
+            assert sources(client)["a.json"]["serving_last_good"] is True
+            time.sleep(max(0.0, 0.3 - (time.monotonic() - paused_at)))  # the writer's pause
+            handle.write(raw[half:])
+        wait_until(lambda: node_is(client, "a", detail(new)), DEADLINE)
+        poller.more()
+
+    assert poller.statuses() == {200}
+    assert poller.bodies() == [detail(old), detail(new)]
+    row = sources(client)["a.json"]
+    assert (row["state"], row["error"], row["content_hash"], row["serving_last_good"]) == (
+        "ok", None, sha256(raw), False,
+    )
+
+
+def test_file_moved_in_from_another_folder_adds_the_node(
+    tmp_path: Path, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = watched(client_for, assets)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    doc = node_doc("moved-in")
+    write_json(outside / "moved-in.json", doc)
+    assert os.stat(outside).st_dev == os.stat(assets).st_dev  # a rename, not a copy
+
+    os.rename(outside / "moved-in.json", assets / "moved-in.json")
+
+    wait_until(lambda: node_is(client, "moved-in", detail(doc)), DEADLINE)
+    assert list(sources(client)) == ["moved-in.json"]
+
+
+def test_removed_file_takes_its_node_and_components_away(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", node_doc("a", {"OnlyInA": "pkg.a", "Shared": "pkg.a.shared"}))
+    keep = node_doc("b", {"Shared": "pkg.b.shared"})
+    write_json(assets / "b.json", keep)
+    client = watched(client_for, assets)
+    assert health(client)["components"] == 3
+    before = revision(client)
+
+    os.remove(assets / "a.json")
+
+    wait_until(lambda: node_gone(client, "a"), DEADLINE)
+    assert revision(client) == before + 1
+    assert client.get("/api/v1/components/OnlyInA/node").json() == {
+        "detail": "Component 'OnlyInA' not found in any executor node"
+    }
+    assert client.get("/api/v1/components/Shared/nodes").json()["total_nodes"] == 1
+    assert node_is(client, "b", detail(keep))
+    assert list(sources(client)) == ["b.json"]
+    counts = health(client)
+    assert (counts["nodes"], counts["components"], counts["files"]) == (1, 1, 1)
+
+
+def test_renamed_file_keeps_serving_the_node_without_a_gap(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    doc = node_doc("a")
+    write_json(assets / "old-name.json", doc)
+    client = watched(client_for, assets)
+
+    with Poller(client, "/api/v1/nodes/a") as poller:
+        os.rename(assets / "old-name.json", assets / "new-name.json")
+        wait_until(lambda: list(sources(client)) == ["new-name.json"], DEADLINE)
+        poller.more()
+
+    assert poller.statuses() == {200}
+    assert poller.bodies() == [detail(doc)]
+    assert sources(client)["new-name.json"]["state"] == "ok"
+
+
+def test_burst_of_500_new_files_adds_every_node(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    client = watched(client_for, assets)
+
+    for i in range(500):
+        write_json(assets / f"node-{i:03d}.json", node_doc(f"node-{i:03d}", {f"C{i}": f"pkg.c{i}"}))
+
+    wait_until(lambda: client.get("/api/v1/nodes").json()["total_nodes"] == 500, BURST_DEADLINE)
+    listed = client.get("/api/v1/sources").json()
+    assert (listed["total_sources"], listed["errors"]) == (500, 0)
+    assert [n["metadata"]["node_id"] for n in client.get("/api/v1/nodes").json()["nodes"]] == [
+        f"node-{i:03d}" for i in range(500)
+    ]
+    counts = health(client)
+    assert (counts["nodes"], counts["components"], counts["files_in_error"]) == (500, 500, 0)
+
+
+def test_reconcile_that_finds_nothing_changed_writes_nothing(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+    client = watched(client_for, assets)
+    rev = revision(client)
+    listed = client.get("/api/v1/sources").json()
+
+    def reconciled_after(mark: str | None) -> bool:
+        return health(client)["last_reconcile_at"] != mark
+
+    # touch: a new mtime, the same bytes
+    mark = health(client)["last_reconcile_at"]
+    os.utime(assets / "a.json")
+    wait_until(lambda: reconciled_after(mark), DEADLINE)
+    assert client.get("/api/v1/nodes/a").headers["x-registry-revision"] == str(rev)
+
+    # an atomic save of identical content: a new inode, the same bytes
+    mark = health(client)["last_reconcile_at"]
+    (assets / "a.json.tmp").write_bytes((assets / "a.json").read_bytes())
+    os.replace(assets / "a.json.tmp", assets / "a.json")
+    wait_until(lambda: reconciled_after(mark), DEADLINE)
+    assert client.get("/api/v1/nodes/a").headers["x-registry-revision"] == str(rev)
+
+    # A real change afterwards is the very next revision: the two passes above wrote none.
+    write_json(assets / "b.json", node_doc("b"))
+    wait_until(lambda: get_node(client, "b")[0] == 200, DEADLINE)
+    assert revision(client) == rev + 1
+    assert sources(client)["a.json"] == listed["sources"][0]
+
+
+def test_readers_never_see_a_half_applied_change(
+    tmp_path: Path, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    # Two nodes share one components file: editing it changes both in one reconcile.
+    shared = tmp_path / "assets" / "components"
+    shared.mkdir()
+    write_json(shared / "shared.json", {f"Old{i}": f"pkg.old{i}" for i in range(20)})
+    for name in ("a", "b"):
+        write_json(assets / f"{name}.json", {"node_id": name, "name": name,
+                                             "components_json_path": "../components/shared.json"})
+    client = watched(client_for, assets)
+    before = revision(client)
+    new_components = sorted(f"New{i}" for i in range(30))
+
+    with Poller(client, "/api/v1/nodes?status=all") as poller:
+        write_json(shared / ".shared.json.tmp", {cls: f"pkg.{cls.lower()}" for cls in new_components})
+        os.replace(shared / ".shared.json.tmp", shared / "shared.json")
+        wait_until(
+            lambda: [n["metadata"]["supported_components"] for n in client.get("/api/v1/nodes").json()["nodes"]]
+            == [new_components, new_components],
+            DEADLINE,
+        )
+        poller.more()
+
+    assert revision(client) == before + 1
+    assert poller.statuses() == {200}
+    seen = [
+        [(n["metadata"]["node_id"], n["metadata"]["supported_components"]) for n in body["nodes"]]
+        for body in poller.bodies()
+    ]
+    old_components = sorted(f"Old{i}" for i in range(20))
+    assert seen == [
+        [("a", old_components), ("b", old_components)],
+        [("a", new_components), ("b", new_components)],
+    ]
+
+
+# Invalid files ----------------------------------------------------------------------------
+
+GOOD = node_doc("a", {"Good": "pkg.good"})
+FIXED = node_doc("a", {"Fixed": "pkg.fixed"}, name="Fixed a")
+BAD_EDITS = {
+    "bad-json": (
+        b'{"node_id": "a", "name": "Node a", "components": {"Comp": "pkg.comp"},}',
+        "not valid JSON: trailing comma is not allowed at line 1 column 70",
+    ),
+    "half-written": (
+        orjson.dumps(FIXED)[:30],
+        "not valid JSON: unexpected end of data at line 1 column 31",
+    ),
+    "wrong-types": (
+        orjson.dumps({"node_id": "a", "name": 42, "components": {"Comp": "pkg.comp"}}),
+        "name: expected a string, got 42",
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", list(BAD_EDITS))
+def test_invalid_edit_keeps_serving_the_last_good_node_until_fixed(
+    assets: Path, client_for: Callable[..., TestClient], bad: str
+) -> None:
+    write_json(assets / "a.json", GOOD)
+    client = watched(client_for, assets)
+    good_row = sources(client)["a.json"]
+    raw, message = BAD_EDITS[bad]
+
+    (assets / "a.json").write_bytes(raw)
+
+    wait_until(lambda: sources(client)["a.json"]["state"] == "error", DEADLINE)
+    assert sources(client)["a.json"] == {
+        "path": "a.json",
+        "node_id": "a",
+        "state": "error",
+        "error": message,
+        "content_hash": sha256(raw),
+        "applied_at": good_row["applied_at"],
+        "updated_at": TIMESTAMP,
+        "serving_last_good": True,
+    }
+    assert get_node(client, "a") == (200, detail(GOOD))
+    assert client.get("/api/v1/components/Good/node").status_code == 200
+    assert health(client)["files_in_error"] == 1
+    assert client.get("/api/v1/sources").json()["errors"] == 1
+
+    fixed = write_json(assets / "a.json", FIXED).read_bytes()
+
+    wait_until(lambda: node_is(client, "a", detail(FIXED)), DEADLINE)
+    row = sources(client)["a.json"]
+    assert row == {
+        "path": "a.json",
+        "node_id": "a",
+        "state": "ok",
+        "error": None,
+        "content_hash": sha256(fixed),
+        "applied_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+        "serving_last_good": False,
+    }
+    assert row["applied_at"] > good_row["applied_at"]
+    assert health(client)["files_in_error"] == 0
+
+
+def test_new_invalid_file_adds_nothing_and_is_marked_in_error(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", GOOD)
+    client = watched(client_for, assets)
+    nodes_before = client.get("/api/v1/nodes").json()
+
+    raw = orjson.dumps({"node_id": "b", "name": "b", "components": {"Comp": 5}})
+    (assets / "b.json").write_bytes(raw)
+
+    wait_until(lambda: "b.json" in sources(client), DEADLINE)
+    assert sources(client)["b.json"] == {
+        "path": "b.json",
+        "node_id": None,
+        "state": "error",
+        "error": 'components.Comp: expected a dotted module path or an object with a "path", got 5',
+        "content_hash": sha256(raw),
+        "applied_at": None,
+        "updated_at": TIMESTAMP,
+        "serving_last_good": False,
+    }
+    assert client.get("/api/v1/nodes").json() == nodes_before
+    assert node_gone(client, "b")
+    assert (health(client)["files_in_error"], health(client)["nodes"]) == (1, 1)
+
+
+def test_deleting_an_invalid_file_removes_its_last_good_node(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", GOOD)
+    client = watched(client_for, assets)
+    (assets / "a.json").write_bytes(b"{ not json")
+    wait_until(lambda: sources(client)["a.json"]["serving_last_good"] is True, DEADLINE)
+
+    os.remove(assets / "a.json")
+
+    wait_until(lambda: node_gone(client, "a"), DEADLINE)
+    assert client.get("/api/v1/sources").json() == {"sources": [], "total_sources": 0, "errors": 0}
+    assert client.get("/api/v1/components/Good/node").status_code == 404
+    assert (health(client)["nodes"], health(client)["components"]) == (0, 0)
+
+
+# Ownership of a node id -------------------------------------------------------------------
+
+
+def test_file_whose_name_sorts_first_owns_the_node_id(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    from_b = node_doc("shared-id", {"FromB": "pkg.b"}, name="declared by b")
+    write_json(assets / "b.json", from_b)
+    client = watched(client_for, assets)
+    assert node_is(client, "shared-id", detail(from_b))
+
+    from_a = node_doc("shared-id", {"FromA": "pkg.a"}, name="declared by a")
+    write_json(assets / "a.json", from_a)
+
+    wait_until(lambda: node_is(client, "shared-id", detail(from_a)), DEADLINE)
+    rows = sources(client)
+    assert (rows["a.json"]["state"], rows["a.json"]["error"]) == ("ok", None)
+    assert rows["b.json"] == {
+        "path": "b.json",
+        "node_id": "shared-id",
+        "state": "conflict",
+        "error": "node_id 'shared-id' is already declared by a.json (the file whose name sorts first owns it)",
+        "content_hash": sha256((assets / "b.json").read_bytes()),
+        "applied_at": TIMESTAMP,
+        "updated_at": TIMESTAMP,
+        "serving_last_good": False,
+    }
+    assert client.get("/api/v1/components/FromB/node").status_code == 404
+    assert health(client)["files_in_error"] == 1
+
+
+def test_conflicting_file_takes_over_in_the_same_reconcile_when_the_owner_is_removed(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    from_a = node_doc("shared-id", {"FromA": "pkg.a"}, name="declared by a")
+    from_b = node_doc("shared-id", {"FromB": "pkg.b"}, name="declared by b")
+    write_json(assets / "a.json", from_a)
+    write_json(assets / "b.json", from_b)
+    client = watched(client_for, assets)
+    assert sources(client)["b.json"]["state"] == "conflict"
+    before = revision(client)
+
+    with Poller(client, "/api/v1/nodes/shared-id") as poller:
+        os.remove(assets / "a.json")
+        wait_until(lambda: node_is(client, "shared-id", detail(from_b)), DEADLINE)
+        poller.more()
+
+    assert poller.statuses() == {200}
+    assert poller.bodies() == [detail(from_a), detail(from_b)]
+    assert revision(client) == before + 1
+    row = sources(client)
+    assert list(row) == ["b.json"]
+    assert (row["b.json"]["state"], row["b.json"]["error"]) == ("ok", None)
+
+
+# components_json_path -------------------------------------------------------------------
+
+
+def test_editing_the_components_file_updates_the_node(
+    tmp_path: Path, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    components_dir = tmp_path / "assets" / "components"
+    components_dir.mkdir()
+    write_json(components_dir / "x.json", {"First": "pkg.first"})
+    doc = {"node_id": "x", "name": "X", "components_json_path": "../components/x.json"}
+    write_json(assets / "x.json", doc)
+    client = watched(client_for, assets)
+    assert get_node(client, "x") == (200, detail(doc, {"First": "pkg.first"}))
+    hash_before = sources(client)["x.json"]["content_hash"]
+
+    write_json(components_dir / "x.json", {"Second": "pkg.second", "Third": {"path": "pkg.third"}})
+
+    expected = detail(doc, {"Second": "pkg.second", "Third": {"path": "pkg.third"}})
+    wait_until(lambda: node_is(client, "x", expected), DEADLINE)
+    row = sources(client)["x.json"]
+    assert (row["state"], row["error"]) == ("ok", None)
+    assert row["content_hash"] != hash_before
+    assert row["content_hash"].startswith("sha256:")
+    assert client.get("/api/v1/components/First/node").status_code == 404
+
+
+# The Kubernetes ConfigMap volume layout ----------------------------------------------------
+
+
+class ConfigMap:
+    """A ConfigMap volume as the kubelet writes it, updated the way the kubelet updates it.
+
+    `..<timestamp>/` holds the keys, `..data` links to it, each key `k.json` links to
+    `..data/k.json`. An update writes a new timestamped folder, points `..data_tmp` at it,
+    renames that over `..data` (the atomic swap), adds links for new keys, removes links of
+    keys that went away, and deletes the old folder.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.generation = 0
+        self.current: str | None = None
+        self.keys: set[str] = set()
+
+    def publish(self, files: dict[str, bytes]) -> None:
+        stamp = f"..2026_01_01_00_00_{self.generation:02d}.000000001"
+        self.generation += 1
+        (self.folder / stamp).mkdir()
+        for name, raw in files.items():
+            (self.folder / stamp / name).write_bytes(raw)
+        os.symlink(stamp, self.folder / "..data_tmp")
+        os.rename(self.folder / "..data_tmp", self.folder / "..data")
+        for name in sorted(set(files) - self.keys):
+            os.symlink(f"..data/{name}", self.folder / name)
+        for name in sorted(self.keys - set(files)):
+            os.unlink(self.folder / name)
+        if self.current is not None:
+            shutil.rmtree(self.folder / self.current)
+        self.current = stamp
+        self.keys = set(files)
+
+
+def test_configmap_update_swaps_the_node_without_a_gap(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    volume = ConfigMap(assets)
+    old = node_doc("a", {"Old": "pkg.old"})
+    volume.publish({"a.json": orjson.dumps(old)})
+    client = watched(client_for, assets)
+    assert get_node(client, "a") == (200, detail(old))
+    assert list(sources(client)) == ["a.json"]  # `..data` and `..<timestamp>` are not node files
+
+    new = node_doc("a", {"New": "pkg.new"}, name="From the new ConfigMap")
+    with Poller(client, "/api/v1/nodes/a") as poller:
+        volume.publish({"a.json": orjson.dumps(new)})
+        wait_until(lambda: node_is(client, "a", detail(new)), DEADLINE)
+        poller.more()
+
+    assert poller.statuses() == {200}
+    assert poller.bodies() == [detail(old), detail(new)]
+    assert sources(client)["a.json"]["content_hash"] == sha256(orjson.dumps(new))
+
+
+def test_configmap_new_key_adds_a_node_and_removed_key_removes_it(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    volume = ConfigMap(assets)
+    a = node_doc("a")
+    volume.publish({"a.json": orjson.dumps(a)})
+    client = watched(client_for, assets)
+
+    b = node_doc("b", {"FromB": "pkg.b"})
+    volume.publish({"a.json": orjson.dumps(a), "b.json": orjson.dumps(b)})
+    wait_until(lambda: node_is(client, "b", detail(b)), DEADLINE)
+    assert list(sources(client)) == ["a.json", "b.json"]
+
+    volume.publish({"b.json": orjson.dumps(b)})
+    wait_until(lambda: node_gone(client, "a"), DEADLINE)
+    assert node_is(client, "b", detail(b))
+    assert client.get("/api/v1/sources").json()["sources"][0]["path"] == "b.json"
+    assert client.get("/api/v1/sources").json()["total_sources"] == 1
+
+
+# Rescans: what the watcher missed ---------------------------------------------------------
+
+
+async def silent_awatch(*paths: Any, **options: Any) -> Any:
+    """A watcher that lost every event: it reports nothing until it is stopped."""
+    await anyio.sleep_forever()
+    yield set()  # pragma: no cover - never reached
+
+
+def test_rescan_applies_changes_the_watcher_never_reported(
+    monkeypatch: pytest.MonkeyPatch, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    monkeypatch.setattr(watch, "awatch", silent_awatch)
+    write_json(assets / "changed.json", node_doc("changed", {"Old": "pkg.old"}))
+    write_json(assets / "removed.json", node_doc("removed"))
+    client = client_for(assets, reload=True, resync_seconds=0.2)
+
+    added = node_doc("added")
+    changed = node_doc("changed", {"New": "pkg.new"})
+    write_json(assets / "added.json", added)
+    write_json(assets / "changed.json", changed)
+    os.remove(assets / "removed.json")
+
+    wait_until(
+        lambda: node_is(client, "added", detail(added))
+        and node_is(client, "changed", detail(changed))
+        and node_gone(client, "removed"),
+        DEADLINE,
+    )
+    assert list(sources(client)) == ["added.json", "changed.json"]
+    assert health(client)["watcher"]["state"] == "starting"  # the fake never reported a batch
+
+
+def test_rescan_detects_a_content_change_that_keeps_size_and_mtime(
+    monkeypatch: pytest.MonkeyPatch, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    monkeypatch.setattr(watch, "awatch", silent_awatch)
+    path = write_json(assets / "a.json", node_doc("a", {"Aaaa": "pkg.aaaa"}))
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(path, ns=(an_hour_ago, an_hour_ago))  # long settled: not "racy", no reason to re-read
+    client = client_for(assets, reload=True, resync_seconds=0.2)
+    old_stat = os.stat(path)
+
+    new = node_doc("a", {"Bbbb": "pkg.bbbb"})
+    raw = orjson.dumps(new, option=orjson.OPT_INDENT_2)
+    assert len(raw) == old_stat.st_size
+    with open(path, "r+b") as handle:  # in place: same inode
+        handle.write(raw)
+    os.utime(path, ns=(old_stat.st_atime_ns, old_stat.st_mtime_ns))
+    now_stat = os.stat(path)
+    assert (now_stat.st_size, now_stat.st_mtime_ns, now_stat.st_ino) == (
+        old_stat.st_size, old_stat.st_mtime_ns, old_stat.st_ino,
+    )
+
+    wait_until(lambda: node_is(client, "a", detail(new)), DEADLINE)
+    assert sources(client)["a.json"]["content_hash"] == sha256(raw)
+
+
+# Watcher failure ----------------------------------------------------------------------------
+
+
+def test_failed_watcher_is_reported_and_changes_are_still_applied_by_polling(
+    monkeypatch: pytest.MonkeyPatch, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    def failing_awatch(*paths: Any, **options: Any) -> Any:
+        raise OSError("OS file watch limit reached")
+
+    monkeypatch.setattr(watch, "awatch", failing_awatch)
+    write_json(assets / "a.json", node_doc("a"))
+    client = client_for(assets, reload=True)
+
+    wait_until(lambda: health(client)["watcher"]["restarts"] >= 1, DEADLINE)
+    body = health(client)
+    assert body["status"] == "degraded"
+    assert body["watcher"]["state"] == "polling"
+    assert body["watcher"]["error"] == "OSError: OS file watch limit reached"
+
+    added = node_doc("b")
+    changed = node_doc("a", {"New": "pkg.new"})
+    write_json(assets / "b.json", added)
+    write_json(assets / "a.json", changed)
+
+    wait_until(lambda: node_is(client, "b", detail(added)) and node_is(client, "a", detail(changed)), DEADLINE)
+    assert health(client)["watcher"]["state"] == "polling"
+
+
+# The assets folder itself ------------------------------------------------------------------
+
+
+def test_missing_assets_folder_is_reported_and_loaded_once_created(tmp_path: Path) -> None:
+    folder = tmp_path / "assets" / "nodes"
+    with TestClient(create_app(make_settings(folder, reload=True))) as client:
+        wait_until(lambda: health(client)["assets_dir_present"] is False, DEADLINE)
+        body = health(client)
+        assert (body["status"], body["ready"], body["watcher"]["state"]) == ("degraded", False, "waiting")
+        response = client.get("/ready")
+        assert (response.status_code, response.json()) == (
+            503,
+            {"status": "starting", "detail": f"waiting for the assets folder {folder}"},
+        )
+
+        folder.mkdir(parents=True)
+        doc = node_doc("late")
+        write_json(folder / "late.json", doc)
+
+        wait_until(lambda: client.get("/ready").status_code == 200, DEADLINE)
+        wait_until(lambda: node_is(client, "late", detail(doc)), DEADLINE)
+        wait_until(lambda: health(client)["status"] == "healthy", DEADLINE)
+        assert health(client)["assets_dir_present"] is True
+
+
+def test_assets_folder_removed_and_recreated_is_loaded_again(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+    client = watched(client_for, assets)
+
+    shutil.rmtree(assets)
+    wait_until(lambda: health(client)["assets_dir_present"] is False, DEADLINE)
+    assert health(client)["status"] == "degraded"
+
+    assets.mkdir()
+    back = node_doc("a", {"Back": "pkg.back"})
+    again = node_doc("b")
+    write_json(assets / "a.json", back)
+    write_json(assets / "b.json", again)
+
+    wait_until(lambda: node_is(client, "a", detail(back)) and node_is(client, "b", detail(again)), DEADLINE)
+    wait_until(lambda: health(client)["watcher"]["state"] == "watching", DEADLINE)
+    assert health(client)["assets_dir_present"] is True
+    assert list(sources(client)) == ["a.json", "b.json"]
+
+    # ...and it is watched again: a later edit is applied.
+    later = node_doc("c")
+    write_json(assets / "c.json", later)
+    wait_until(lambda: node_is(client, "c", detail(later)), DEADLINE)
+
+
+def test_dangling_symlink_counts_as_no_file(assets: Path, client_for: Callable[..., TestClient]) -> None:
+    os.symlink("nowhere.json", assets / "x.json")
+    client = watched(client_for, assets)
+    assert client.get("/api/v1/sources").json() == {"sources": [], "total_sources": 0, "errors": 0}
+
+    os.symlink("also-nowhere.json", assets / "y.json")
+    marker = node_doc("marker")
+    write_json(assets / "marker.json", marker)  # written after the link: its reconcile saw both
+
+    wait_until(lambda: node_is(client, "marker", detail(marker)), DEADLINE)
+    listed = client.get("/api/v1/sources").json()
+    assert ([row["path"] for row in listed["sources"]], listed["errors"]) == (["marker.json"], 0)
+    assert health(client)["files_in_error"] == 0
+
+
+# RELOAD=false, and what /health and /api/v1/sources say -----------------------------------
+
+
+def test_reload_false_loads_once_and_starts_no_watcher(
+    monkeypatch: pytest.MonkeyPatch, real_assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    calls: list[Any] = []
+
+    def spy_awatch(*paths: Any, **options: Any) -> Any:
+        calls.append(paths)
+        raise AssertionError("RELOAD=false must not watch")
+
+    monkeypatch.setattr(watch, "awatch", spy_awatch)
+    client = client_for(real_assets, reload=False)
+
+    wait_until(lambda: health(client)["watcher"]["state"] == "off", DEADLINE)
+    body = health(client)
+    assert (body["status"], body["watcher"], body["nodes"]) == (
+        "healthy", {"state": "off", "error": None, "restarts": 0}, 4,
+    )
+    assert calls == []
+
+
+def test_sources_lists_every_file_with_its_content_hash(
+    real_assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = client_for(real_assets, reload=True)
+    expected = []
+    for path in sorted(real_assets.glob("*.json")):
+        raw = path.read_bytes()
+        expected.append(
+            {
+                "path": path.name,
+                "node_id": orjson.loads(raw)["node_id"],
+                "state": "ok",
+                "error": None,
+                "content_hash": sha256(raw),
+                "applied_at": TIMESTAMP,
+                "updated_at": TIMESTAMP,
+                "serving_last_good": False,
+            }
+        )
+    assert client.get("/api/v1/sources").json() == {"sources": expected, "total_sources": 4, "errors": 0}
+    for path in real_assets.glob("*.json"):
+        doc = orjson.loads(path.read_bytes())
+        assert get_node(client, doc["node_id"]) == (200, detail(doc))
+
+
+def test_health_reports_the_watcher_and_the_counts(
+    real_assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = watched(client_for, real_assets)
+    components = sum(len(orjson.loads(p.read_bytes())["components"]) for p in real_assets.glob("*.json"))
+    (real_assets / "broken.json").write_bytes(b"[]")
+    wait_until(lambda: health(client)["files"] == 5, DEADLINE)
+
+    body = health(client)
+    assert isinstance(body.pop("last_reconcile_ms"), float)
+    assert body == {
+        "status": "healthy",
+        "service": "droq-registry-service",
+        "version": "1.0.0",
+        "ready": True,
+        "revision": 2,
+        "watcher": {"state": "watching", "error": None, "restarts": 0},
+        "assets_dir": str(real_assets),
+        "assets_dir_present": True,
+        "last_reconcile_at": TIMESTAMP,
+        "last_reconcile_error": None,
+        "nodes": 4,
+        "components": components,
+        "files": 5,
+        "files_in_error": 1,
+    }
+    assert sources(client)["broken.json"]["error"] == "expected a JSON object, got a list"
