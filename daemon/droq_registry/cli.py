@@ -28,10 +28,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("serve", help="serve the registry (configured by environment variables)")
     check = commands.add_parser("validate", help="check node files or folders of them")
     check.add_argument("paths", nargs="+", metavar="PATH")
+    probe_cmd = commands.add_parser(
+        "probe", help="exit 0 if the local service answers 200 (for container health checks)"
+    )
+    probe_cmd.add_argument("path", nargs="?", default="/health")
     args = parser.parse_args(argv)
     if args.command == "validate":
         return validate(args.paths)
+    if args.command == "probe":
+        return probe(args.path)
     return serve()
+
+
+def probe(path: str) -> int:
+    """GET http://127.0.0.1:$PORT<path>; the slim image has no curl, and needs none."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    url = f"http://127.0.0.1:{settings.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (loopback only)
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"{PROG}: {url}: {exc}", file=sys.stderr)
+        return 1
 
 
 def serve() -> int:
