@@ -75,12 +75,12 @@ def error(snap: Snapshot, status: int, detail: str) -> Response:
     return JSONResponse({"detail": detail}, status, _headers(snap))
 
 
-def _snapshot(request: Request) -> Snapshot:
+def snapshot_of(request: Request) -> Snapshot:
     return request.app.state.registry.snapshot  # type: ignore[no-any-return]
 
 
 async def root(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     return JSONResponse(
         {"service": SERVICE, "version": __version__, "description": DESCRIPTION},
         headers=_headers(snap),
@@ -153,7 +153,7 @@ def _node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
 
 
 async def list_nodes(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     status = request.query_params.get("status", "active")
     if status not in STATUSES and status != "all":
         return error(snap, 400, "status must be one of active, inactive, deploying, all")
@@ -161,7 +161,7 @@ async def list_nodes(request: Request) -> Response:
 
 
 async def get_node(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     node_id = request.path_params["node_id"]
     view = snap.nodes.get(node_id) if NODE_ID.fullmatch(node_id) else None
     if view is None:
@@ -180,7 +180,7 @@ def _component_missing(snap: Snapshot, component_class: str) -> Response:
 
 
 async def component_node(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     component_class = request.path_params["component_class"]
     candidates = _candidates(snap, component_class)
     if not candidates:
@@ -189,7 +189,7 @@ async def component_node(request: Request) -> Response:
 
 
 async def component_nodes(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     component_class = request.path_params["component_class"]
     candidates = _candidates(snap, component_class)
     if not candidates:
@@ -207,7 +207,7 @@ async def component_nodes(request: Request) -> Response:
 
 
 async def list_sources(request: Request) -> Response:
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
 
     def build() -> tuple[bytes, str]:
         rows = [
@@ -359,7 +359,7 @@ async def metrics(request: Request) -> Response:
 async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer JSON too."""
     assert isinstance(exc, HTTPException)
-    snap = _snapshot(request)
+    snap = snapshot_of(request)
     headers = dict(exc.headers or {}) | _headers(snap)
     return JSONResponse({"detail": exc.detail}, exc.status_code, headers)
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator
 
 import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
 
-from . import api, watch
+from . import api, explore, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .metrics import Metrics, MetricsMiddleware
@@ -21,6 +25,9 @@ from .settings import Settings
 from .store import Store
 
 log = logging.getLogger("droq_registry")
+
+#: The dashboard: plain HTML, CSS and JavaScript shipped in the package, no build step.
+UI_DIR = Path(__file__).resolve().parent / "ui"
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -73,8 +80,13 @@ def create_app(settings: Settings) -> Starlette:
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.api_token is not None:
         middleware.append(Middleware(TokenAuth, token=settings.api_token))
+    routes = [
+        *api.routes(),
+        *explore.routes(),
+        Mount("/ui", UIFiles(directory=UI_DIR, html=True), name="ui"),
+    ]
     app = Starlette(
-        routes=api.routes(),
+        routes=routes,
         lifespan=lifespan,
         middleware=middleware,
         exception_handlers={HTTPException: api.http_error},
@@ -86,6 +98,22 @@ def create_app(settings: Settings) -> Starlette:
         lambda: app.state.watch_status.restarts,
     )
     return app
+
+
+class UIFiles(StaticFiles):
+    """The dashboard's files, with a policy that lets the page load nothing from elsewhere."""
+
+    POLICY = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["content-security-policy"] = self.POLICY
+        response.headers["x-content-type-options"] = "nosniff"
+        response.headers["cache-control"] = "no-cache"
+        return response
 
 
 async def _load_only(reconciler: watch.Reconciler, status: watch.WatchStatus) -> None:

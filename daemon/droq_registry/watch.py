@@ -145,6 +145,12 @@ async def _watch(
     """One life of `awatch`; returns when the folder or the set of watched folders changed."""
     registry = reconciler.registry
     first = True
+    # awatch sets up its watches on the first iteration; a failure there raises at once
+    # and turns this into "polling", so the state is right within moments either way.
+    if status.state != "watching":
+        log.info("watching %s for node files", folder)
+    status.state = "watching"
+    status.error = None
     async for changes in awatch(
         folder,
         *[d for d in dep_dirs if d != folder],
@@ -154,10 +160,6 @@ async def _watch(
         rust_timeout=1_000,
         yield_on_timeout=True,
     ):
-        if status.state != "watching":
-            log.info("watching %s for node files", folder)
-        status.state = "watching"
-        status.error = None
         if first:
             # Events between the last full scan and the watch starting were not seen.
             first = False
