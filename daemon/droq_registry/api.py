@@ -237,7 +237,7 @@ async def list_sources(request: Request) -> Response:
 
 
 MAX_WAIT_SECONDS = 60.0
-_NUMBER = re.compile(r"\d{1,64}")
+_NUMBER = re.compile(r"[0-9]{1,64}")
 
 
 def _change(c: Change) -> dict[str, Any]:
@@ -320,8 +320,16 @@ async def events(request: Request) -> Response:
                     id=str(current.revision),
                 )
                 last = current.revision
-            for change in registry.changes.since(last, current.revision):
-                yield ServerSentEvent(orjson.dumps(_change(change)).decode(), event="change", id=str(change.revision))
+            changes = registry.changes.since(last, current.revision)
+            for i, change in enumerate(changes):
+                # Only a revision's last record carries the id: a client cut off in the middle
+                # of a revision resumes from the one before and gets all of it again.
+                complete = i + 1 == len(changes) or changes[i + 1].revision != change.revision
+                yield ServerSentEvent(
+                    orjson.dumps(_change(change)).decode(),
+                    event="change",
+                    id=str(change.revision) if complete else None,
+                )
             last = current.revision
             await feed.wait_beyond(last, KEEPALIVE_SECONDS)
 

@@ -43,6 +43,7 @@ class TokenAuth:
                 "type": "http.response.start",
                 "status": 401,
                 "headers": [
+                    (b"x-registry-revision", str(scope["app"].state.registry.revision).encode()),
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", challenge.encode()),

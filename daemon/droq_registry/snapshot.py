@@ -147,25 +147,32 @@ class Snapshot:
 
 
 class ChangeLog:
-    """The newest change records, in revision order; `floor` is the oldest complete point."""
+    """The newest change records, in revision order; `floor` is the oldest complete point.
+
+    Written by the reconciler's thread, read by requests: the records and their revisions
+    are one tuple, replaced whole, so a reader never pairs one list with another's trim.
+    """
 
     def __init__(self, changes: Iterable[Change], floor: int, keep: int) -> None:
-        self._changes: list[Change] = list(changes)
-        self._revisions: list[int] = [c.revision for c in self._changes]
+        records = tuple(changes)
+        self._log: tuple[tuple[Change, ...], tuple[int, ...]] = (records, tuple(c.revision for c in records))
         self.floor = floor
         self.keep = keep
 
     def extend(self, changes: list[Change], floor: int) -> None:
-        self._changes.extend(changes)
-        self._revisions.extend(c.revision for c in changes)
-        self.floor = max(self.floor, floor)
-        if len(self._changes) > self.keep * 2:  # trim in batches, not on every append
-            cut = bisect.bisect_right(self._revisions, self.floor)
-            del self._changes[:cut]
-            del self._revisions[:cut]
+        records, revisions = self._log
+        records += tuple(changes)
+        revisions += tuple(c.revision for c in changes)
+        floor = max(self.floor, floor)
+        if len(records) > self.keep * 2:  # trim in batches, not on every append
+            cut = bisect.bisect_right(revisions, floor)
+            records, revisions = records[cut:], revisions[cut:]
+        self._log = (records, revisions)
+        self.floor = floor
 
     def since(self, revision: int, until: int) -> list[Change]:
         """Records with `revision < r <= until` (the caller checks `revision >= floor`)."""
-        start = bisect.bisect_right(self._revisions, max(revision, self.floor))
-        stop = bisect.bisect_right(self._revisions, until)
-        return self._changes[start:stop]
+        records, revisions = self._log
+        start = bisect.bisect_right(revisions, max(revision, self.floor))
+        stop = bisect.bisect_right(revisions, until)
+        return list(records[start:stop])
