@@ -105,7 +105,7 @@ def validate(paths: Sequence[str]) -> int:
     """Check node files with the service's own rules; print `file: error` lines."""
     schema = Schema.load(Settings().schema_path)
     files: list[tuple[Path, str]] = []
-    failures = 0
+    missing = 0
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
@@ -115,23 +115,29 @@ def validate(paths: Sequence[str]) -> int:
             files.append((path.parent, path.name))
         else:
             print(f"{raw}: no such file or folder")
-            failures += 1
-    owners: dict[str, str] = {}
-    for folder, name in files:
-        shown = str(folder / name)
-        outcome, _ = read_source(folder, name, schema)
+            missing += 1
+    failures = missing
+    outcomes = [(folder / name, read_source(folder, name, schema)[0]) for folder, name in files]
+    # The file whose name sorts first owns a node_id, as in the service.
+    owners: dict[str, Path] = {}
+    for path, outcome in sorted(outcomes, key=lambda item: (item[0].name, str(item[0]))):
         if isinstance(outcome, Parsed):
-            owner = owners.setdefault(outcome.node_id, shown)
-            if owner != shown:
-                print(f"{shown}: {conflict_message(outcome.node_id, owner)}")
+            owners.setdefault(outcome.node_id, path)
+    for path, outcome in outcomes:
+        if isinstance(outcome, Parsed):
+            owner = owners[outcome.node_id]
+            if owner != path:
+                print(f"{path}: {conflict_message(outcome.node_id, str(owner))}")
                 failures += 1
             else:
-                print(f"{shown}: ok ({outcome.node_id})")
+                print(f"{path}: ok ({outcome.node_id})")
         elif isinstance(outcome, Failed):
-            print(f"{shown}: {outcome.error}")
+            print(f"{path}: {outcome.error}")
             failures += 1
     if failures:
-        print(f"{failures} of {len(files)} file(s) refused", file=sys.stderr)
+        refused = failures - missing
+        print(f"{refused} of {len(files)} file(s) refused" + (f", {missing} path(s) not found" if missing else ""),
+              file=sys.stderr)
     return 1 if failures else 0
 
 

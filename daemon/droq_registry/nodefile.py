@@ -8,6 +8,7 @@ because its errors carry the exact path and the failing sub-schema.
 from __future__ import annotations
 
 import codecs
+import copy
 import difflib
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,10 +85,11 @@ class Schema:
         # components definition (in draft 7, `$ref` overrides its sibling keywords).
         components = {**raw, "$ref": "#/definitions/components"}
         jsonschema.Draft7Validator.check_schema(raw)
+        # fastjsonschema rewrites the `$ref`s of the schema it is given in place: give it copies.
         return cls(
             raw=raw,
-            _check_node=fastjsonschema.compile(raw, handlers=_NO_REMOTE),
-            _check_components=fastjsonschema.compile(components, handlers=_NO_REMOTE),
+            _check_node=fastjsonschema.compile(copy.deepcopy(raw), handlers=_NO_REMOTE),
+            _check_components=fastjsonschema.compile(copy.deepcopy(components), handlers=_NO_REMOTE),
             _explain_node=jsonschema.Draft7Validator(raw),
             _explain_components=jsonschema.Draft7Validator(components),
         )
@@ -106,9 +108,12 @@ class Schema:
             fast(document)
         except fastjsonschema.JsonSchemaValueException as fast_error:
             best = jsonschema.exceptions.best_match(explain.iter_errors(document))
-            if best is None:  # the two libraries disagree: report what the fast one said
-                where = ".".join(str(p) for p in fast_error.path[1:]) or None
-                raise NodeFileError(path, where, fast_error.message) from None
+            if best is None:  # the libraries disagree (regex dialects): explain the fast one's find
+                where = _where(fast_error.path[1:]) or None
+                definition = fast_error.definition if isinstance(fast_error.definition, dict) else {}
+                expected = definition.get("x-expected")
+                why = f"expected {expected}, got {_show(fast_error.value)}" if expected else fast_error.message
+                raise NodeFileError(path, where, why) from None
             raise _explain(path, best) from None
 
 

@@ -211,6 +211,55 @@ def _build() -> dict[str, Any]:
                                            "restarts": {"type": "integer"}}},
             },
         },
+        "NodeComponents": {
+            "type": "object", "required": ["node_id", "components", "total_components"],
+            "properties": {
+                "node_id": {"type": "string"},
+                "components": {"type": "array", "items": {
+                    "type": "object", "required": ["component_class", "module_path"],
+                    "properties": {"component_class": {"type": "string"}, "module_path": {"type": "string"}},
+                    "additionalProperties": True,
+                    "description": "The class, its module path, and the other keys of its object form "
+                                   "(display_name, description, author, ...)."}},
+                "total_components": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
+        "SearchResults": {
+            "type": "object", "required": ["query", "results", "truncated"],
+            "properties": {
+                "query": {"type": "string"},
+                "results": {"type": "array", "items": {
+                    "type": "object",
+                    "required": ["component_class", "display_name", "description", "module_path", "node_id",
+                                 "candidates", "declared_by"],
+                    "properties": {
+                        "component_class": {"type": "string"},
+                        "display_name": nullable,
+                        "description": nullable,
+                        "module_path": {"type": "string"},
+                        "node_id": nullable,
+                        "candidates": {"type": "array", "items": {"type": "string"}},
+                        "declared_by": {"type": "string"},
+                    },
+                    "additionalProperties": False}},
+                "truncated": {"type": "boolean"},
+            },
+            "additionalProperties": False,
+        },
+        "SharedClasses": {
+            "type": "object", "required": ["classes", "total_classes"],
+            "properties": {
+                "classes": {"type": "array", "items": {
+                    "type": "object", "required": ["component_class", "nodes", "chosen"],
+                    "properties": {"component_class": {"type": "string"},
+                                   "nodes": {"type": "array", "items": {"type": "string"}, "minItems": 2},
+                                   "chosen": {"type": "string"}},
+                    "additionalProperties": False}},
+                "total_classes": {"type": "integer", "minimum": 0},
+            },
+            "additionalProperties": False,
+        },
         "Ready": {
             "type": "object", "required": ["status"],
             "properties": {"status": {"enum": ["ready", "starting"]}, "revision": {"type": "integer"},
@@ -251,6 +300,20 @@ def _build() -> dict[str, Any]:
             "Every active node that declares a component class",
             _json(_ref("Candidates"), "Candidates, best first.", etag=True),
             ("404", _error("No active node declares the class.")), params=[component_class]),
+        "/api/v1/nodes/{node_id}/components": _read(
+            "A node's components with their details (for people)",
+            _json(_ref("NodeComponents"), "Components sorted by class.", etag=True),
+            ("404", _error("No such node.")), params=[node_id]),
+        "/api/v1/search": _read(
+            "Components whose class, display name or description contains a text",
+            _json(_ref("SearchResults"), "At most 50 matches, each with the node a lookup would choose.",
+                  etag=True),
+            ("400", _error("Empty or too long q.")),
+            params=[{"name": "q", "in": "query", "required": True, "description": "The text (any case).",
+                     "schema": {"type": "string", "minLength": 1, "maxLength": 200}, "example": "TextInput"}]),
+        "/api/v1/shared-classes": _read(
+            "Classes that more than one active node declares",
+            _json(_ref("SharedClasses"), "Each with its candidates, best first.", etag=True)),
         "/api/v1/sources": _read(
             "Every node file the registry knows, with its state",
             _json(_ref("Sources"), "Files sorted by path.", etag=True)),
@@ -274,6 +337,11 @@ def _build() -> dict[str, Any]:
             {"description": "Prometheus text exposition format.",
              "content": {"text/plain": {"schema": {"type": "string"}}}},
             conditional=False),
+        "/ui/": _read(
+            "The dashboard (HTML)",
+            {"description": "The page; it asks for the token itself when one is needed.",
+             "content": {"text/html": {"schema": {"type": "string"}}}},
+            secured=False, conditional=False),
         "/openapi.json": _read(
             "This document", {"description": "OpenAPI 3.1.", "content": {"application/json": {"schema": {"type": "object"}}}},
             secured=False, conditional=False),

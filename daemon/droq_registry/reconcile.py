@@ -91,6 +91,8 @@ def list_folder(folder: Path) -> dict[str, FileSig] | None:
         return None
     found = {}
     for entry in entries:
+        if not _storable(entry.name):
+            continue
         if is_node_file(entry.name):
             sig = file_sig(entry.path)
             if sig is not None:
@@ -98,8 +100,25 @@ def list_folder(folder: Path) -> dict[str, FileSig] | None:
     return found
 
 
+_unnameable: set[str] = set()
+
+
+def _storable(name: str) -> bool:
+    """A file name that is not valid UTF-8 cannot be stored or shown: skip it, say so once."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if name not in _unnameable:
+            _unnameable.add(name)
+            log.warning("ignoring %r: its name is not valid UTF-8", name)
+        return False
+    return True
+
+
 def resolve_components_path(folder: Path, ref: str) -> str:
     """Where `components_json_path` points; it may not leave the assets folder's parent."""
+    if "\0" in ref:
+        raise NodeFileError("", "components_json_path", "must not contain a NUL character")
     root = os.path.abspath(folder.parent)
     target = os.path.abspath(os.path.join(folder, ref))
     real_root = os.path.realpath(root)
@@ -221,6 +240,8 @@ class Registry:
             started = time.perf_counter()
             try:
                 result = self._reconcile(None if named is None else set(named), started)
+            except FolderMissing:
+                raise  # reported once by _reconcile; not a failed pass
             except Exception as exc:
                 self.status.reconciles["failed"] += 1
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
@@ -323,7 +344,11 @@ class Registry:
             path = os.path.abspath(path)
             if path in users:
                 forced.update(users[path])
-            elif os.path.dirname(path) == folder and is_node_file(os.path.basename(path)):
+            elif (
+                os.path.dirname(path) == folder
+                and is_node_file(os.path.basename(path))
+                and _storable(os.path.basename(path))
+            ):
                 forced.add(os.path.basename(path))
             else:
                 targeted = False
