@@ -110,8 +110,7 @@ class Schema:
             best = jsonschema.exceptions.best_match(explain.iter_errors(document))
             if best is None:  # the libraries disagree (regex dialects): explain the fast one's find
                 where = _where(fast_error.path[1:]) or None
-                definition = fast_error.definition if isinstance(fast_error.definition, dict) else {}
-                expected = definition.get("x-expected")
+                expected = _expected(fast_error.definition, str(fast_error.rule))
                 why = f"expected {expected}, got {_show(fast_error.value)}" if expected else fast_error.message
                 raise NodeFileError(path, where, why) from None
             raise _explain(path, best) from None
@@ -120,9 +119,9 @@ class Schema:
 def _explain(path: str, error: jsonschema.ValidationError) -> NodeFileError:
     """Turn jsonschema's error into `where: why` with the schema's own wording."""
     where = _where(error.absolute_path) or None
-    expected = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
-    got = _show(error.instance)
     keyword = error.validator
+    expected = _expected(error.schema, str(keyword))
+    got = _show(error.instance)
     if keyword == "required":
         missing = [k for k in error.validator_value if k not in error.instance]
         return NodeFileError(path, where, f"missing required key {_show(missing[0])}")
@@ -139,6 +138,14 @@ def _explain(path: str, error: jsonschema.ValidationError) -> NodeFileError:
     if expected:
         return NodeFileError(path, where, f"expected {expected}, got {got}")
     return NodeFileError(path, where, error.message)
+
+
+def _expected(schema: Any, keyword: str) -> str | None:
+    """The schema's own wording of what it wants: `x-expected`, per keyword if it is an object."""
+    expected = schema.get("x-expected") if isinstance(schema, dict) else None
+    if isinstance(expected, dict):
+        expected = expected.get(keyword, expected.get("default"))
+    return expected if isinstance(expected, str) else None
 
 
 def _where(parts: Iterable[Any]) -> str:

@@ -109,26 +109,24 @@ class Snapshot:
         """The next snapshot: this one with the given nodes and sources replaced."""
         nodes = dict(self.nodes)
         index = dict(self.index)
+        changed = set(nodes_drop) | set(nodes_put)
         touched: set[str] = set()
-        for node_id in [*nodes_drop, *nodes_put]:
+        for node_id in changed:
             old = nodes.pop(node_id, None)
             if old is not None and old.status == "active":
                 touched.update(old.paths)
+        added: dict[str, list[str]] = {}
         for node_id, (source, doc) in nodes_put.items():
             view = NodeView(source, doc)
             nodes[node_id] = view
             if view.status == "active":
-                touched.update(view.paths)
-        changed = set(nodes_drop) | set(nodes_put)
-        for cls in touched:
+                for cls in view.paths:
+                    added.setdefault(cls, []).append(node_id)
+        for cls in touched.union(added):
             keep = [n for n in index.get(cls, ()) if n not in changed]
-            keep += [
-                n
-                for n in changed
-                if n in nodes and nodes[n].status == "active" and cls in nodes[n].paths
-            ]
+            keep += added.get(cls, ())
             if keep:
-                index[cls] = tuple(sorted(keep, key=lambda n: _rank(nodes[n])))
+                index[cls] = tuple(sorted(keep, key=lambda n: _rank(nodes[n]))) if len(keep) > 1 else (keep[0],)
             else:
                 index.pop(cls, None)
         sources = dict(self.sources)
