@@ -330,7 +330,14 @@ class Registry:
         return Result(revision, bool(plan), counts, duration_ms, read)
 
     def _classify(self, named: set[str] | None) -> tuple[set[str], bool]:
-        """Names to read regardless of stat, and whether they are all that needs a look."""
+        """Names to read regardless of stat, and whether they are all that needs a look.
+
+        A batch that names node files (or components files) is handled by reading just
+        those, also when it names temporary files beside them (editors, `sed -i` and rsync
+        write a temporary file and rename it over the node file, and the event names both).
+        Anything that may change node files without naming them (Kubernetes' `..data`
+        swap, a directory or a symbolic link, the folder itself) asks for a full scan.
+        """
         if named is None:
             return set(), False
         folder = os.path.abspath(self.folder)
@@ -342,16 +349,17 @@ class Registry:
         targeted = True
         for path in named:
             path = os.path.abspath(path)
+            parent, name = os.path.split(path)
             if path in users:
                 forced.update(users[path])
-            elif (
-                os.path.dirname(path) == folder
-                and is_node_file(os.path.basename(path))
-                and _storable(os.path.basename(path))
-            ):
-                forced.add(os.path.basename(path))
-            else:
-                targeted = False
+            elif parent == folder:
+                if is_node_file(name) and _storable(name):
+                    forced.add(name)
+                elif name.startswith("..") or os.path.isdir(path) or os.path.islink(path):
+                    targeted = False
+                # else: a temporary or unrelated file beside the node files: nothing to read
+            elif path == folder or path.startswith(folder + os.sep):
+                targeted = False  # inside a subfolder: node files may link into it
         return forced, targeted and bool(forced)
 
     def _unchanged(self, name: str, sig: FileSig, known: Source) -> bool:

@@ -164,9 +164,12 @@ async def _watch(
             # Events between the last full scan and the watch starting were not seen.
             first = False
             await reconciler.run()
+        paths = [os.path.abspath(path) for _, path in changes]
         if changes:
-            await reconciler.run([path for _, path in changes])
-        if _identity(folder) != identity:
+            await reconciler.run(paths)
+        # The folder itself in the batch means it was removed (its watch is gone even if a
+        # new folder took its place, possibly with the same inode number).
+        if folder in paths or _identity(folder) != identity:
             log.warning("assets folder %s was removed or replaced; watching again", folder)
             return
         wanted = sorted({os.path.dirname(d) for d in registry.deps() if os.path.isdir(os.path.dirname(d))})
