@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import httpx
 import orjson
 import pytest
 
@@ -42,11 +43,19 @@ def env_for(assets: Path, db: Path) -> dict[str, str]:
     }
 
 
-def save(path: Path, doc: Any) -> None:
-    """Write atomically (temp file + rename), so no reader ever sees half a file."""
+def save_bytes(path: Path, raw: bytes) -> None:
+    """Write atomically (temp file + rename), so the service never reads half a file."""
     temp = path.with_name("." + path.name + ".tmp")
-    write_json(temp, doc)
+    temp.write_bytes(raw)
     os.replace(temp, path)
+
+
+def save(path: Path, doc: Any) -> None:
+    save_bytes(path, orjson.dumps(doc))
+
+
+def rows_of(srv: ServerProcess) -> dict[str, dict[str, Any]]:
+    return {row["path"]: row for row in srv.get("/api/v1/sources").json()["sources"]}
 
 
 def snapshot_of(srv: ServerProcess) -> dict[str, Any]:
@@ -58,8 +67,7 @@ def snapshot_of(srv: ServerProcess) -> dict[str, Any]:
     }
 
 
-def wait_watching(srv: ServerProcess, assets: Path) -> None:
-    (assets / ".probe").write_bytes(b"")  # a hidden file: an event, not a node file
+def wait_watching(srv: ServerProcess) -> None:
     wait_until(lambda: srv.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
 
 
@@ -68,72 +76,12 @@ def node(srv: ServerProcess, node_id: str) -> tuple[int, Any]:
     return response.status_code, response.json()
 
 
-def test_restart_on_the_same_database_rewrites_nothing(
-    tmp_path: Path, real_assets: Path, server: Server
-) -> None:
-    env = env_for(real_assets, tmp_path / "registry.db")
-    first = server(env, tmp_path / "first.log")
-    before = snapshot_of(first)
-    assert before["ready"] == {"status": "ready", "revision": 1}
-    assert first.stop(signal.SIGTERM) == 0
-
-    second = server(env, tmp_path / "second.log")
-
-    assert snapshot_of(second) == before  # same revision, and every source's updated_at
-    assert second.get("/health").json()["revision"] == 1
-    assert RECONCILE_LINE.search(second.log()) is None  # the start-up pass committed nothing
-
-
-def test_restart_applies_what_changed_while_the_service_was_down(
-    tmp_path: Path, assets: Path, server: Server
-) -> None:
-    components = tmp_path / "assets" / "components"
-    components.mkdir()
-    write_json(components / "via-path.json", {"Before": "pkg.before"})
-    via_path = {"node_id": "via-path", "name": "Via path", "components_json_path": "../components/via-path.json"}
-    write_json(assets / "via-path.json", via_path)
-    write_json(assets / "keep.json", node_doc("keep"))
-    write_json(assets / "change.json", node_doc("change", {"Before": "pkg.before"}))
-    write_json(assets / "remove.json", node_doc("remove"))
-    env = env_for(assets, tmp_path / "registry.db")
-    first = server(env, tmp_path / "first.log")
-    kept = first.get("/api/v1/sources").json()["sources"]
-    assert first.get("/ready").json()["revision"] == 1
-    assert first.stop(signal.SIGTERM) == 0
-
-    os.remove(assets / "remove.json")
-    changed = node_doc("change", {"After": "pkg.after"}, name="Changed while down")
-    write_json(assets / "change.json", changed)
-    write_json(components / "via-path.json", {"After": "pkg.after"})
-    write_json(assets / "new.json", node_doc("new"))
-    second = server(env, tmp_path / "second.log")
-
-    assert second.get("/ready").json() == {"status": "ready", "revision": 2}  # one start-up pass
-    assert node(second, "remove") == (404, {"detail": "Node 'remove' not found in registry"})
-    assert node(second, "change")[1]["node"]["name"] == "Changed while down"
-    assert node(second, "change")[1]["components"] == {"After": "pkg.after"}
-    assert node(second, "via-path")[1]["components"] == {"After": "pkg.after"}
-    assert node(second, "new")[0] == 200
-    rows = {row["path"]: row for row in second.get("/api/v1/sources").json()["sources"]}
-    assert sorted(rows) == ["change.json", "keep.json", "new.json", "via-path.json"]
-    assert rows["keep.json"] == next(row for row in kept if row["path"] == "keep.json")
-    assert [m.groups()[1:] for m in RECONCILE_LINE.finditer(second.log())] == [("1", "2", "1", "0")]
-
-
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_stop_signal_exits_0_within_5_seconds(
-    tmp_path: Path, real_assets: Path, server: Server, sig: signal.Signals
-) -> None:
-    srv = server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
-    wait_watching(srv, real_assets)
-
-    started = time.monotonic()
-    code = srv.stop(sig, timeout=5)
-    elapsed = time.monotonic() - started
-
-    assert code == 0, srv.log()
-    assert elapsed < 5
-    assert "Traceback" not in srv.log()
+def health_or_none(srv: ServerProcess) -> dict[str, Any] | None:
+    """/health, or None while the process is not listening yet."""
+    try:
+        return srv.get("/health").json()  # type: ignore[no-any-return]
+    except httpx.TransportError:
+        return None
 
 
 def generate_large_folder(assets: Path, files: int = 300, components: int = 300) -> None:
@@ -158,6 +106,106 @@ def committed_revision(db: Path, scratch: Path) -> tuple[object, int]:
     finally:
         conn.close()
     return (None if row is None else row[0]), nodes
+
+
+def test_restart_on_the_same_database_rewrites_nothing(
+    tmp_path: Path, real_assets: Path, server: Server
+) -> None:
+    # Besides the four real files: one in conflict, and one serving its last good version.
+    write_json(real_assets / "zz-duplicate.json", node_doc("dfx-math-executor-node"))
+    write_json(real_assets / "went-bad.json", node_doc("went-bad"))
+    env = env_for(real_assets, tmp_path / "registry.db")
+    first = server(env, tmp_path / "first.log")
+    save_bytes(real_assets / "went-bad.json", b"{ broken")
+    wait_until(lambda: rows_of(first)["went-bad.json"]["state"] == "error", DEADLINE)
+    before = snapshot_of(first)
+    assert before["ready"] == {"status": "ready", "revision": 2}
+    assert {path: (row["state"], row["serving_last_good"]) for path, row in rows_of(first).items()} == {
+        "dfx-hf-models-node.json": ("ok", False),
+        "dfx-math-executor-node.json": ("ok", False),
+        "lfx-runtime-executor-node.json": ("ok", False),
+        "lfx-tool-executor-node.json": ("ok", False),
+        "went-bad.json": ("error", True),
+        "zz-duplicate.json": ("conflict", False),
+    }
+    assert first.stop(signal.SIGTERM) == 0
+
+    second = server(env, tmp_path / "second.log")
+
+    # The same revision, the same nodes, every source's updated_at and applied_at as before.
+    assert snapshot_of(second) == before
+    assert RECONCILE_LINE.search(second.log()) is None  # the start-up pass committed nothing
+
+
+def test_restart_applies_what_changed_while_the_service_was_down(
+    tmp_path: Path, assets: Path, server: Server
+) -> None:
+    components = tmp_path / "assets" / "components"
+    components.mkdir()
+    write_json(components / "via-path.json", {"Before": "pkg.before"})
+    via_path = {
+        "node_id": "via-path",
+        "name": "Via path",
+        "components_json_path": "../components/via-path.json",
+    }
+    write_json(assets / "via-path.json", via_path)
+    write_json(assets / "keep.json", node_doc("keep"))
+    write_json(assets / "change.json", node_doc("change", {"Before": "pkg.before"}))
+    write_json(assets / "remove.json", node_doc("remove"))
+    env = env_for(assets, tmp_path / "registry.db")
+    first = server(env, tmp_path / "first.log")
+    kept = first.get("/api/v1/sources").json()["sources"]
+    assert first.get("/ready").json()["revision"] == 1
+    assert first.stop(signal.SIGTERM) == 0
+
+    os.remove(assets / "remove.json")
+    changed = node_doc("change", {"After": "pkg.after"}, name="Changed while down")
+    write_json(assets / "change.json", changed)
+    write_json(components / "via-path.json", {"After": "pkg.after"})
+    write_json(assets / "new.json", node_doc("new"))
+    second = server(env, tmp_path / "second.log")
+
+    assert second.get("/ready").json() == {"status": "ready", "revision": 2}  # one start-up pass
+    assert node(second, "remove") == (404, {"detail": "Node 'remove' not found in registry"})
+    assert node(second, "change")[1]["node"]["name"] == "Changed while down"
+    assert node(second, "change")[1]["components"] == {"After": "pkg.after"}
+    assert node(second, "via-path")[1]["components"] == {"After": "pkg.after"}
+    assert node(second, "new")[0] == 200
+    rows = rows_of(second)
+    assert sorted(rows) == ["change.json", "keep.json", "new.json", "via-path.json"]
+    assert rows["keep.json"] == next(row for row in kept if row["path"] == "keep.json")
+    assert [m.groups()[1:] for m in RECONCILE_LINE.finditer(second.log())] == [("1", "2", "1", "0")]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_exits_0_within_5_seconds(
+    tmp_path: Path, real_assets: Path, server: Server, sig: signal.Signals
+) -> None:
+    srv = server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
+    wait_watching(srv)
+
+    started = time.monotonic()
+    code = srv.stop(sig, timeout=5)
+    elapsed = time.monotonic() - started
+
+    assert code == 0, srv.log()
+    assert elapsed < 5
+    assert "Traceback" not in srv.log()
+
+
+def test_stop_signal_during_a_large_reconcile_exits_0_within_5_seconds(
+    tmp_path: Path, assets: Path, server: Server
+) -> None:
+    generate_large_folder(assets)
+    srv = server(env_for(assets, tmp_path / "registry.db"), tmp_path / "server.log", ready=False)
+    seen = wait_until(lambda: health_or_none(srv), DEADLINE, interval=0.02)
+    assert seen["ready"] is False  # the first load (90,000 components) is still running
+
+    started = time.monotonic()
+    code = srv.stop(signal.SIGTERM, timeout=5)
+    elapsed = time.monotonic() - started
+
+    assert (code, elapsed < 5) == (0, True), f"exit code {code} after {elapsed:.1f}s"
 
 
 def test_kill_9_during_a_large_reconcile_then_restart_serves_every_file(
@@ -194,7 +242,7 @@ def test_log_has_one_line_per_reconcile_with_its_counts(
 ) -> None:
     save(assets / "a.json", node_doc("a"))
     srv = server(env_for(assets, tmp_path / "registry.db"), tmp_path / "server.log")
-    wait_watching(srv, assets)
+    wait_watching(srv)
 
     save(assets / "b.json", node_doc("b"))
     wait_until(lambda: node(srv, "b")[0] == 200, DEADLINE)

@@ -56,6 +56,7 @@ def create_app(settings: Settings) -> Starlette:
                 "serving revision %d from %s; loading %s (reload=%s)",
                 registry.revision, settings.db_path, settings.assets_dir, settings.reload,
             )
+            stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
                 if settings.reload:
                     tg.start_soon(
@@ -65,12 +66,17 @@ def create_app(settings: Settings) -> Starlette:
                         settings.resync_seconds,
                         settings.watch_step_ms,
                         settings.watch_debounce_ms,
+                        stopping,
                     )
                 else:
                     tg.start_soon(_load_only, reconciler, status)
                 try:
                     yield
                 finally:
+                    # Stop in order: no new reconcile, the one in progress gives up before
+                    # writing (or commits), waiters and streams end, then the tasks go.
+                    stopping.set()
+                    registry.stop()
                     feed.close()
                     tg.cancel_scope.cancel()
             status.state = "stopped"

@@ -204,6 +204,7 @@ class Registry:
         self.schema = schema
         self.status = Status()
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         loaded = store.load()
         self.sources: dict[str, Source] = loaded.sources
         self.served: dict[str, Served] = loaded.served
@@ -225,6 +226,10 @@ class Registry:
     def revision(self) -> int:
         return self.snapshot.revision
 
+    def stop(self) -> None:
+        """Ask a reconcile in progress to give up before it writes (the service is stopping)."""
+        self._stopping.set()
+
     def deps(self) -> set[str]:
         """Every components file some node file points to (the watcher watches their folders)."""
         return {dep for source in self.sources.values() for dep in source.deps}
@@ -240,8 +245,8 @@ class Registry:
             started = time.perf_counter()
             try:
                 result = self._reconcile(None if named is None else set(named), started)
-            except FolderMissing:
-                raise  # reported once by _reconcile; not a failed pass
+            except (FolderMissing, Stopped):
+                raise  # reported once by _reconcile, or shutting down: not a failed pass
             except Exception as exc:
                 self.status.reconciles["failed"] += 1
                 self.status.last_error = f"{type(exc).__name__}: {exc}"
@@ -280,6 +285,8 @@ class Registry:
                 continue
             if name not in forced and known is not None and self._unchanged(name, sig, known):
                 continue
+            if self._stopping.is_set():
+                raise Stopped("the service is stopping; nothing was written")
             read_ns = time.time_ns()
             outcome, dep_sigs = read_source(folder, name, self.schema)
             read += 1
@@ -403,3 +410,7 @@ class Registry:
 
 class FolderMissing(Exception):
     """The assets folder is not there; nothing was changed."""
+
+
+class Stopped(Exception):
+    """The service is stopping; the pass gave up before writing anything."""

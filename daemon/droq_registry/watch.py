@@ -17,7 +17,7 @@ from typing import Awaitable, Callable, Iterable
 import anyio
 from watchfiles import awatch
 
-from .reconcile import FolderMissing, Registry, Result
+from .reconcile import FolderMissing, Registry, Result, Stopped
 
 log = logging.getLogger("droq_registry.watch")
 
@@ -64,7 +64,7 @@ class Reconciler:
             started = time.perf_counter()
             try:
                 result = await anyio.to_thread.run_sync(self.registry.reconcile, named)
-            except FolderMissing:
+            except (FolderMissing, Stopped):
                 return None
             except Exception:  # logged by the registry; the last good state stays served
                 self._on_pass("failed", time.perf_counter() - started)
@@ -85,14 +85,21 @@ async def load_once(reconciler: Reconciler, status: WatchStatus) -> None:
 
 
 async def run_watcher(
-    reconciler: Reconciler, status: WatchStatus, resync_seconds: float, step_ms: int, debounce_ms: int
+    reconciler: Reconciler,
+    status: WatchStatus,
+    resync_seconds: float,
+    step_ms: int,
+    debounce_ms: int,
+    stopping: anyio.Event,
 ) -> None:
-    """Watch until cancelled: the first load, then events, rescans and recovery."""
+    """Watch until `stopping` is set (or cancelled): the first load, then events, rescans
+    and recovery."""
     await load_once(reconciler, status)
     async with anyio.create_task_group() as tg:
         if resync_seconds > 0:
             tg.start_soon(_rescan_every, reconciler, resync_seconds)
-        await _watch_loop(reconciler, status, step_ms, debounce_ms)
+        await _watch_loop(reconciler, status, step_ms, debounce_ms, stopping)
+        tg.cancel_scope.cancel()
 
 
 async def _rescan_every(reconciler: Reconciler, seconds: float) -> None:
@@ -101,11 +108,13 @@ async def _rescan_every(reconciler: Reconciler, seconds: float) -> None:
         await reconciler.run()
 
 
-async def _watch_loop(reconciler: Reconciler, status: WatchStatus, step_ms: int, debounce_ms: int) -> None:
+async def _watch_loop(
+    reconciler: Reconciler, status: WatchStatus, step_ms: int, debounce_ms: int, stopping: anyio.Event
+) -> None:
     registry = reconciler.registry
     folder = os.path.abspath(registry.folder)
     backoff = POLL_SECONDS
-    while True:
+    while not stopping.is_set():
         identity = _identity(folder)
         if identity is None:
             status.state = "waiting"
@@ -116,7 +125,7 @@ async def _watch_loop(reconciler: Reconciler, status: WatchStatus, step_ms: int,
             await reconciler.run()
         dep_dirs = sorted({os.path.dirname(d) for d in registry.deps() if os.path.isdir(os.path.dirname(d))})
         try:
-            await _watch(reconciler, status, folder, identity, dep_dirs, step_ms, debounce_ms)
+            await _watch(reconciler, status, folder, identity, dep_dirs, step_ms, debounce_ms, stopping)
             backoff = POLL_SECONDS
         except Exception as exc:  # the watcher itself failed: say so and poll meanwhile
             status.state = "polling"
@@ -141,8 +150,10 @@ async def _watch(
     dep_dirs: list[str],
     step_ms: int,
     debounce_ms: int,
+    stopping: anyio.Event,
 ) -> None:
-    """One life of `awatch`; returns when the folder or the set of watched folders changed."""
+    """One life of `awatch`; returns when the folder or the set of watched folders changed,
+    or when the service stops."""
     registry = reconciler.registry
     first = True
     # awatch sets up its watches on the first iteration; a failure there raises at once
@@ -159,6 +170,7 @@ async def _watch(
         debounce=debounce_ms,
         rust_timeout=1_000,
         yield_on_timeout=True,
+        stop_event=stopping,
     ):
         if first:
             # Events between the last full scan and the watch starting were not seen.
