@@ -29,7 +29,16 @@ ASSETS = ROOT / "assets" / "nodes"
 SHARED = ROOT.parent / "shared" / "fixtures"
 #: The real node files; the shipped copies in assets/nodes are the same four files.
 REAL_NODES = SHARED / "droq-nodes" if (SHARED / "droq-nodes").is_dir() else ASSETS
-LEGACY_NODE = SHARED / "legacy-string-format" / "langflow-executor-node.json"
+#: The older node file whose components use the plain string form (a copy is kept in
+#: tests/fixtures for clones without ../shared beside them).
+LEGACY_NODE = next(
+    path
+    for path in (
+        SHARED / "legacy-string-format" / "langflow-executor-node.json",
+        ROOT / "tests" / "fixtures" / "legacy-string-format" / "langflow-executor-node.json",
+    )
+    if path.is_file()
+)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -18,9 +18,9 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import REAL_NODES, ServerProcess, make_settings, node_doc, wait_until, write_json
+from conftest import LEGACY_NODE, REAL_NODES, ServerProcess, make_settings, node_doc, wait_until, write_json
 from droq_registry.app import create_app
-from droq_registry.store import connect
+from droq_registry.store import SCHEMA_VERSION, connect
 
 CORE_DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -167,7 +167,7 @@ def test_node_and_component_rows_match_the_real_files_exactly(
 def test_the_legacy_string_form_is_stored_with_empty_info(
     assets: Path, client_for: Callable[..., TestClient]
 ) -> None:
-    legacy = REAL_NODES.parent / "legacy-string-format" / "langflow-executor-node.json"
+    legacy = LEGACY_NODE
     (assets / legacy.name).write_bytes(legacy.read_bytes())
     client_for(assets)
     doc = orjson.loads(legacy.read_bytes())
@@ -256,7 +256,7 @@ def older_schema(db: Path) -> tuple[str, Callable[[Path], None]]:
     def kept(aside: Path) -> None:
         assert query(aside, "SELECT key, value FROM meta") == [("schema_version", "0")]
 
-    return "schema version 0, expected 1", kept
+    return f"schema version 0, expected {SCHEMA_VERSION}", kept
 
 
 def a_directory(db: Path) -> tuple[str, Callable[[Path], None]]:
@@ -356,7 +356,7 @@ def test_the_damaged_page_is_only_found_past_the_header_and_meta(real_assets: Pa
         pass
     db = db_of(real_assets)
     corrupt_nodes_table(db)
-    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [("1",)]
+    assert query(db, "SELECT value FROM meta WHERE key = 'schema_version'") == [(SCHEMA_VERSION,)]
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):
         query(db, "SELECT * FROM nodes")
     assert os.path.getsize(db) > 0

@@ -21,7 +21,8 @@ class Parsed:
     """The file was read and is a valid node."""
 
     node_id: str
-    doc: bytes
+    doc: bytes  # packed (nodefile.pack)
+    digest: str
     content_hash: str
     deps: tuple[str, ...] = ()
 
@@ -45,10 +46,10 @@ Outcome = Union[Parsed, Failed, Gone]
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What the store serves for one node id, and which file it came from."""
+    """What the store serves for one node id (by digest), and which file it came from."""
 
     owner: str
-    doc: bytes
+    digest: str
 
 
 @dataclass
@@ -112,7 +113,7 @@ def plan(
     for node_id in sorted(affected):
         claimants = {p for p in claims.get(node_id, ()) if p not in tentative}
         claimants |= {
-            p for p, s in tentative.items() if s is not None and s.node_id == node_id and s.doc
+            p for p, s in tentative.items() if s is not None and s.node_id == node_id and s.digest
         }
         before = served.get(node_id)
         if not claimants:
@@ -121,13 +122,13 @@ def plan(
                 node_records.append(("removed", node_id, before.owner))
             continue
         owner = min(claimants)
-        doc = candidate(owner).doc  # type: ignore[union-attr]
-        assert doc is not None
-        if before is None or before.doc != doc or before.owner != owner:
-            result.nodes_put[node_id] = Served(owner, doc)
+        digest = candidate(owner).digest  # type: ignore[union-attr]
+        assert digest is not None
+        if before is None or before.digest != digest or before.owner != owner:
+            result.nodes_put[node_id] = Served(owner, digest)
             if before is None:
                 node_records.append(("added", node_id, owner))
-            elif before.doc != doc:
+            elif before.digest != digest:
                 node_records.append(("updated", node_id, owner))
         for path in claimants:
             current = final[path] if path in final else sources[path]
@@ -147,7 +148,7 @@ def plan(
             continue
         if old is not None and new == replace(old, updated_at=new.updated_at):
             continue
-        if new.state == "ok" and (old is None or old.doc != new.doc or old.state != "ok"):
+        if new.state == "ok" and (old is None or old.digest != new.digest or old.state != "ok"):
             new = replace(new, applied_at=now)
         result.sources_put[path] = replace(new, updated_at=now)
         kind = _source_kind(old, new)
@@ -174,6 +175,7 @@ def _tentative(old: Source | None, path: str, outcome: Outcome, now: str) -> Sou
             state="ok",
             node_id=outcome.node_id,
             doc=outcome.doc,
+            digest=outcome.digest,
             content_hash=outcome.content_hash,
             deps=outcome.deps,
             applied_at=applied_at,
@@ -184,6 +186,7 @@ def _tentative(old: Source | None, path: str, outcome: Outcome, now: str) -> Sou
         state="error",
         node_id=old.node_id if old else None,
         doc=old.doc if old else None,
+        digest=old.digest if old else None,
         content_hash=outcome.content_hash,
         error=outcome.error,
         deps=outcome.deps or (old.deps if old else ()),

@@ -4,7 +4,7 @@ classes that several nodes claim. Same rules as `api`: one snapshot per answer, 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import orjson
 from starlette.requests import Request
@@ -12,7 +12,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .api import NODE_ID, error, ok, snapshot_of
-from .snapshot import Snapshot, etag_of
+from . import nodefile
+from .snapshot import NodeView, Snapshot, etag_of
 
 MAX_RESULTS = 50
 MAX_QUERY = 200
@@ -27,14 +28,24 @@ async def node_components(request: Request) -> Response:
         return error(snap, 404, f"Node '{node_id[:256]}' not found in registry")
 
     def build() -> tuple[bytes, str]:
+        info = _info(snap, view)
         rows = [
-            {**view.info.get(cls, {}), "component_class": cls, "module_path": path}
+            {**info.get(cls, {}), "component_class": cls, "module_path": path}
             for cls, path in view.paths.items()
         ]
         body = orjson.dumps({"node_id": view.node_id, "components": rows, "total_components": len(rows)})
         return body, etag_of(body)
 
     return ok(request, snap, *snap.cached(("components", node_id), build))
+
+
+def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
+    """Display names, descriptions and the like: only people ask, so they are not kept in
+    the snapshot but read back from the node's last good document when asked."""
+    source = snap.sources.get(view.source)
+    if source is None or source.doc is None:
+        return {}
+    return {c.component_class: c.info for c in nodefile.unpack(source.doc).components if c.info}
 
 
 def _candidates(snap: Snapshot, cls: str) -> list[str]:
@@ -56,10 +67,11 @@ async def search(request: Request) -> Response:
     truncated = False
     for node_id in sorted(snap.nodes):
         view = snap.nodes[node_id]
+        infos = _info(snap, view)
         for cls, path in view.paths.items():
             if cls in seen:
                 continue
-            info = view.info.get(cls, {})
+            info = infos.get(cls, {})
             display = info.get("display_name")
             description = info.get("description")
             haystack = [cls]

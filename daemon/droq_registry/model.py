@@ -65,8 +65,9 @@ class FileSig:
 class Source:
     """What the registry knows of one node file (a path relative to the assets folder).
 
-    `doc` is the canonical JSON of the file's last good node (None if it never parsed);
-    it is the node served when this file owns `node_id`, also while the file is in error.
+    `doc` is the file's last good node (None if it never parsed), as `nodefile.pack` keeps
+    it; it is the node served when this file owns `node_id`, also while the file is in
+    error. `digest` identifies that node: equal digests, equal nodes.
     """
 
     path: str
@@ -78,6 +79,7 @@ class Source:
     deps: tuple[str, ...] = ()
     applied_at: str | None = None
     updated_at: str | None = None
+    digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

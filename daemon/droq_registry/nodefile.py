@@ -10,6 +10,8 @@ from __future__ import annotations
 import codecs
 import copy
 import difflib
+import hashlib
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -245,3 +247,18 @@ def decode(doc: bytes) -> Node:
     data = orjson.loads(doc)
     components = tuple(Component(c, p, i) for c, p, i in data.pop("components"))
     return Node(components=components, **data)
+
+
+def pack(doc: bytes) -> bytes:
+    """How the registry keeps a canonical node between uses: compressed (JSON shrinks
+    several times), so a thousand large last-good nodes cost megabytes, not hundreds."""
+    return zlib.compress(doc, 1)
+
+
+def unpack(packed: bytes) -> Node:
+    return decode(zlib.decompress(packed))
+
+
+def digest(doc: bytes) -> str:
+    """The identity of a canonical node: equal nodes, equal digests."""
+    return hashlib.blake2b(doc, digest_size=16).hexdigest()

@@ -17,14 +17,14 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from . import diff, nodefile
 from .diff import Failed, Gone, Outcome, Parsed, Served
-from .model import FileSig, Source
+from .model import FileSig, Node, Source
 from .nodefile import NodeFileError, Schema
 from .settings import Settings
-from .snapshot import ChangeLog, Snapshot
+from .snapshot import ChangeLog, NodeView, Snapshot
 from .store import Store
 
 log = logging.getLogger("droq_registry.reconcile")
@@ -130,8 +130,13 @@ def resolve_components_path(folder: Path, ref: str) -> str:
     return target
 
 
-def read_source(folder: Path, name: str, schema: Schema) -> tuple[Outcome, dict[str, FileSig | None]]:
-    """Read one node file (and its components file) -> an outcome and the deps' stats."""
+def read_source(
+    folder: Path, name: str, schema: Schema, known: Source | None = None
+) -> tuple[Outcome | None, dict[str, FileSig | None]]:
+    """Read one node file (and its components file) -> an outcome and the deps' stats.
+
+    With `known` (what the store has for the file), content that hashes the same is not
+    parsed again: the outcome is None, "unchanged". That keeps a restart cheap."""
     path = os.path.join(folder, name)
     try:
         raw = read_file(path)
@@ -140,6 +145,10 @@ def read_source(folder: Path, name: str, schema: Schema) -> tuple[Outcome, dict[
     except OSError as exc:
         return Failed(f"cannot read the file: {exc.strerror or exc}"), {}
     digest = hashlib.sha256(raw)
+    if known is not None and known.content_hash is not None:
+        same, sigs = _same_content(digest.copy(), known)
+        if same:
+            return None, sigs
     try:
         document = nodefile.parse_document(raw, name, schema)
     except NodeFileError as exc:
@@ -147,7 +156,7 @@ def read_source(folder: Path, name: str, schema: Schema) -> tuple[Outcome, dict[
     ref = document.get("components_json_path")
     if ref is None:
         node = nodefile.build_node(document, document["components"])
-        return Parsed(node.node_id, nodefile.encode(node), "sha256:" + digest.hexdigest()), {}
+        return _parsed(node, "sha256:" + digest.hexdigest()), {}
     try:
         target = resolve_components_path(folder, ref)
     except NodeFileError as exc:
@@ -168,7 +177,24 @@ def read_source(folder: Path, name: str, schema: Schema) -> tuple[Outcome, dict[
     except NodeFileError as exc:
         return Failed(f"components_json_path: {exc}", content_hash, deps), sigs
     node = nodefile.build_node(document, components)
-    return Parsed(node.node_id, nodefile.encode(node), content_hash, deps), sigs
+    return _parsed(node, content_hash, deps), sigs
+
+
+def _same_content(digest: Any, known: Source) -> tuple[bool, dict[str, FileSig | None]]:
+    """Whether the file and the components file it pointed to still hash as `known`."""
+    sigs: dict[str, FileSig | None] = {}
+    for dep in known.deps:
+        sigs[dep] = file_sig(dep)
+        try:
+            digest.update(b"\0" + read_file(dep))
+        except OSError:
+            digest.update(b"\0missing")
+    return "sha256:" + digest.hexdigest() == known.content_hash, sigs
+
+
+def _parsed(node: Node, content_hash: str, deps: tuple[str, ...] = ()) -> Parsed:
+    doc = nodefile.encode(node)
+    return Parsed(node.node_id, nodefile.pack(doc), nodefile.digest(doc), content_hash, deps)
 
 
 @dataclass
@@ -216,7 +242,7 @@ class Registry:
         self.changes = ChangeLog(loaded.changes, loaded.changes_floor, settings.changes_keep)
         self.snapshot = Snapshot.empty().evolve(
             loaded.revision,
-            {k: (v.owner, v.doc) for k, v in self.served.items()},
+            {k: self._view(v.owner) for k, v in self.served.items()},
             (),
             self.sources,
             (),
@@ -288,11 +314,13 @@ class Registry:
             if self._stopping.is_set():
                 raise Stopped("the service is stopping; nothing was written")
             read_ns = time.time_ns()
-            outcome, dep_sigs = read_source(folder, name, self.schema)
+            outcome, dep_sigs = read_source(folder, name, self.schema, known)
             read += 1
             seen_now[name] = Seen(sig, read_ns)
             for dep, dep_sig in dep_sigs.items():
                 dep_seen_now[dep] = None if dep_sig is None else Seen(dep_sig, read_ns)
+            if outcome is None:
+                continue
             if isinstance(outcome, Gone):
                 if known is not None:
                     outcomes[name] = outcome
@@ -304,15 +332,24 @@ class Registry:
         revision = self.revision
         if plan:
             revision += 1
-            changes, floor = self.store.apply(plan, revision, now, self.settings.changes_keep)
+            views: dict[str, NodeView] = {}
+            with self.store.transaction(revision) as tx:
+                for node_id in plan.nodes_drop:
+                    tx.drop_node(node_id)
+                for path in plan.sources_drop:
+                    tx.drop_source(path)
+                for source in plan.sources_put.values():
+                    tx.put_source(source)
+                # One node at a time: decoded, written, turned into its answers, let go.
+                for node_id, served in sorted(plan.nodes_put.items()):
+                    node = nodefile.unpack(self._doc(served.owner, plan))
+                    tx.put_node(node_id, served.owner, node, now)
+                    views[node_id] = NodeView(served.owner, node)
+                changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
             self._commit(plan)
             self.changes.extend(changes, floor)
             self.snapshot = self.snapshot.evolve(
-                revision,
-                {k: (v.owner, v.doc) for k, v in plan.nodes_put.items()},
-                plan.nodes_drop,
-                plan.sources_put,
-                plan.sources_drop,
+                revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop
             )
         self._seen.update(seen_now)
         self._dep_seen.update(dep_seen_now)
@@ -335,6 +372,15 @@ class Registry:
                 if source.state != "ok":
                     log.warning("%s: %s", source.path, source.error)
         return Result(revision, bool(plan), counts, duration_ms, read)
+
+    def _doc(self, path: str, plan: diff.Plan | None = None) -> bytes:
+        source = plan.sources_put.get(path) if plan is not None else None
+        source = source or self.sources[path]
+        assert source.doc is not None
+        return source.doc
+
+    def _view(self, path: str) -> NodeView:
+        return NodeView(path, nodefile.unpack(self._doc(path)))
 
     def _classify(self, named: set[str] | None) -> tuple[set[str], bool]:
         """Names to read regardless of stat, and whether they are all that needs a look.
@@ -396,7 +442,7 @@ class Registry:
         self.served.update(plan.nodes_put)
 
     def _claim(self, source: Source) -> None:
-        if source.node_id is not None and source.doc is not None:
+        if source.node_id is not None and source.digest is not None:
             self.claims.setdefault(source.node_id, set()).add(source.path)
 
     def _unclaim(self, source: Source) -> None:

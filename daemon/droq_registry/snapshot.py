@@ -15,8 +15,7 @@ from typing import Any, Iterable, Mapping
 
 import orjson
 
-from . import nodefile
-from .model import CORE_FIELDS, Change, Source
+from .model import CORE_FIELDS, Change, Node, Source
 
 
 def etag_of(*parts: bytes) -> str:
@@ -39,27 +38,25 @@ class NodeView:
         "node_json",
         "components_json",
         "paths",
-        "info",
         "digest",
         "_detail",
     )
 
-    def __init__(self, source: str, doc: bytes) -> None:
-        node = nodefile.decode(doc)
+    def __init__(self, source: str, node: Node) -> None:
         self.node_id = node.node_id
         self.status = node.status
         self.priority = node.priority
         self.source = source
         self.paths: dict[str, str] = {c.component_class: c.module_path for c in node.components}
-        self.info: dict[str, Mapping[str, Any]] = {
-            c.component_class: c.info for c in node.components if c.info
-        }
         public: dict[str, Any] = {name: getattr(node, name) for name in CORE_FIELDS}
         public["supported_components"] = list(self.paths)
         public.update(node.extra)
-        self.node_json = orjson.dumps(public)
-        self.components_json = orjson.dumps(self.paths)
-        self.digest = hashlib.blake2b(self.node_json + b"\0" + self.components_json, digest_size=16).digest()
+        self.node_json = _exact(orjson.dumps(public))
+        self.components_json = _exact(orjson.dumps(self.paths))
+        digest = hashlib.blake2b(self.node_json, digest_size=16)
+        digest.update(b"\0")
+        digest.update(self.components_json)
+        self.digest = digest.digest()
         self._detail: tuple[bytes, str] | None = None
 
     def detail(self) -> tuple[bytes, str]:
@@ -77,6 +74,12 @@ class NodeView:
             + b',"module_path":' + module + b"}"
         )
         return body, etag_of(b"lookup", self.digest, module)
+
+
+def _exact(data: bytes) -> bytes:
+    """orjson's result keeps the capacity it grew to (often 4x the length); a snapshot
+    holds these for the life of a revision, so keep an exact-size copy."""
+    return bytes(memoryview(data))
 
 
 def _rank(view: NodeView) -> tuple[int, str]:
@@ -101,7 +104,7 @@ class Snapshot:
     def evolve(
         self,
         revision: int,
-        nodes_put: Mapping[str, tuple[str, bytes]],
+        nodes_put: Mapping[str, NodeView],
         nodes_drop: Iterable[str],
         sources_put: Mapping[str, Source],
         sources_drop: Iterable[str],
@@ -110,25 +113,28 @@ class Snapshot:
         nodes = dict(self.nodes)
         index = dict(self.index)
         changed = set(nodes_drop) | set(nodes_put)
-        touched: set[str] = set()
         for node_id in changed:
             old = nodes.pop(node_id, None)
-            if old is not None and old.status == "active":
-                touched.update(old.paths)
-        added: dict[str, list[str]] = {}
-        for node_id, (source, doc) in nodes_put.items():
-            view = NodeView(source, doc)
+            if old is None or old.status != "active":
+                continue
+            for cls in old.paths:
+                rest = tuple(n for n in index.get(cls, ()) if n != node_id)
+                if rest:
+                    index[cls] = rest
+                else:
+                    index.pop(cls, None)
+        for node_id, view in nodes_put.items():
             nodes[node_id] = view
-            if view.status == "active":
-                for cls in view.paths:
-                    added.setdefault(cls, []).append(node_id)
-        for cls in touched.union(added):
-            keep = [n for n in index.get(cls, ()) if n not in changed]
-            keep += added.get(cls, ())
-            if keep:
-                index[cls] = tuple(sorted(keep, key=lambda n: _rank(nodes[n]))) if len(keep) > 1 else (keep[0],)
-            else:
-                index.pop(cls, None)
+            if view.status != "active":
+                continue
+            # Most classes have one candidate: they all share their node's one-element tuple.
+            mine = (node_id,)
+            for cls in view.paths:
+                before = index.get(cls)
+                if before is None:
+                    index[cls] = mine
+                else:
+                    index[cls] = tuple(sorted((*before, node_id), key=lambda n: _rank(nodes[n])))
         sources = dict(self.sources)
         for path in sources_drop:
             sources.pop(path, None)

@@ -12,17 +12,17 @@ import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from contextlib import contextmanager
+from typing import Iterable, Iterator
 
 import orjson
 
-from . import nodefile
-from .diff import Plan, Served
-from .model import Change, Source
+from .diff import Served
+from .model import Change, Node, Source
 
 log = logging.getLogger("droq_registry.store")
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS sources (
     path         TEXT PRIMARY KEY,
     state        TEXT NOT NULL CHECK (state IN ('ok', 'error', 'conflict')),
     node_id      TEXT,
-    doc          BLOB,
+    doc          BLOB,  -- the last good node, compressed canonical JSON (nodefile.pack)
+    digest       TEXT,  -- its identity (nodefile.digest)
     content_hash TEXT,
     error        TEXT,
     deps_json    TEXT NOT NULL DEFAULT '[]',
@@ -170,18 +171,19 @@ class Store:
                     deps=tuple(orjson.loads(row[6])),
                     applied_at=row[7],
                     updated_at=row[8],
+                    digest=row[9],
                 )
                 for row in conn.execute(
                     "SELECT path, state, node_id, doc, content_hash, error, deps_json,"
-                    " applied_at, updated_at FROM sources"
+                    " applied_at, updated_at, digest FROM sources"
                 )
             }
             served: dict[str, Served] = {}
             for node_id, source in conn.execute("SELECT node_id, source FROM nodes"):
                 owner = sources.get(source)
-                if owner is None or owner.doc is None or owner.node_id != node_id:
+                if owner is None or owner.digest is None or owner.node_id != node_id:
                     raise StoreError(f"{self.path}: node {node_id!r} has no source {source!r}")
-                served[node_id] = Served(source, owner.doc)
+                served[node_id] = Served(source, owner.digest)
             changes = [
                 Change(*row)
                 for row in conn.execute(
@@ -198,35 +200,22 @@ class Store:
             changes=changes,
         )
 
-    def apply(self, plan: Plan, revision: int, now: str, keep: int) -> tuple[list[Change], int]:
-        """Write `plan` as `revision` in one transaction; return its change records and the
-        revision below which the change log is no longer complete."""
+    @contextmanager
+    def transaction(self, revision: int) -> Iterator[Transaction]:
+        """One write: `BEGIN IMMEDIATE`, the caller's changes, the new revision, `COMMIT`.
+        Any exception rolls everything back."""
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
             current = int(_meta(conn, "revision", "0"))
             if current != revision - 1:
                 raise StoreError(f"revision {current} in the database, expected {revision - 1}")
-            for node_id in plan.nodes_drop:
-                conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
-            for path in plan.sources_drop:
-                conn.execute("DELETE FROM sources WHERE path = ?", (path,))
-            for path, source in plan.sources_put.items():
-                _put_source(conn, source)
-            for node_id, served in sorted(plan.nodes_put.items()):
-                _put_node(conn, node_id, served, now)
-            changes = [Change(revision, kind, node_id, src, now) for kind, node_id, src in plan.records]
-            conn.executemany(
-                "INSERT INTO changes (revision, kind, node_id, source, at) VALUES (?, ?, ?, ?, ?)",
-                [(c.revision, c.kind, c.node_id, c.source, c.at) for c in changes],
-            )
-            floor = _prune_changes(conn, keep)
+            yield Transaction(conn, revision)
             _set_meta(conn, "revision", str(revision))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return changes, floor
 
     def counts(self) -> tuple[int, int]:
         """(nodes, components) as the database has them; for tests and checks."""
@@ -237,6 +226,35 @@ class Store:
     def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[object, ...]]:
         """A read-only query on the write connection (tests and operators' tools)."""
         return list(self._conn.execute(sql, tuple(params)))
+
+
+class Transaction:
+    """The writes of one reconcile, inside `Store.transaction`."""
+
+    def __init__(self, conn: sqlite3.Connection, revision: int) -> None:
+        self._conn = conn
+        self.revision = revision
+
+    def drop_node(self, node_id: str) -> None:
+        self._conn.execute("DELETE FROM nodes WHERE node_id = ?", (node_id,))
+
+    def drop_source(self, path: str) -> None:
+        self._conn.execute("DELETE FROM sources WHERE path = ?", (path,))
+
+    def put_source(self, source: Source) -> None:
+        _put_source(self._conn, source)
+
+    def put_node(self, node_id: str, owner: str, node: Node, now: str) -> None:
+        _put_node(self._conn, node_id, owner, node, now)
+
+    def record(self, records: list[tuple[str, str | None, str | None]], now: str, keep: int) -> tuple[list[Change], int]:
+        """Append the change records of this revision; return them and the log's new floor."""
+        changes = [Change(self.revision, kind, node_id, src, now) for kind, node_id, src in records]  # type: ignore[arg-type]
+        self._conn.executemany(
+            "INSERT INTO changes (revision, kind, node_id, source, at) VALUES (?, ?, ?, ?, ?)",
+            [(c.revision, c.kind, c.node_id, c.source, c.at) for c in changes],
+        )
+        return changes, _prune_changes(self._conn, keep)
 
 
 def _schema_version(conn: sqlite3.Connection) -> str | None:
@@ -275,9 +293,10 @@ def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
 def _put_source(conn: sqlite3.Connection, s: Source) -> None:
     conn.execute(
         "INSERT INTO sources (path, state, node_id, doc, content_hash, error, deps_json,"
-        " applied_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " applied_at, updated_at, digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (path) DO UPDATE SET state = excluded.state, node_id = excluded.node_id,"
-        " doc = excluded.doc, content_hash = excluded.content_hash, error = excluded.error,"
+        " doc = excluded.doc, digest = excluded.digest, content_hash = excluded.content_hash,"
+        " error = excluded.error,"
         " deps_json = excluded.deps_json, applied_at = excluded.applied_at,"
         " updated_at = excluded.updated_at",
         (
@@ -290,13 +309,13 @@ def _put_source(conn: sqlite3.Connection, s: Source) -> None:
             orjson.dumps(list(s.deps)).decode(),
             s.applied_at,
             s.updated_at,
+            s.digest,
         ),
     )
 
 
-def _put_node(conn: sqlite3.Connection, node_id: str, served: Served, now: str) -> None:
+def _put_node(conn: sqlite3.Connection, node_id: str, owner: str, node: Node, now: str) -> None:
     """Insert or update one node; add, change and remove exactly the components that differ."""
-    node = nodefile.decode(served.doc)
     columns = (
         node.name,
         node.description,
@@ -308,7 +327,7 @@ def _put_node(conn: sqlite3.Connection, node_id: str, served: Served, now: str) 
         node.status,
         node.priority,
         orjson.dumps(node.extra).decode(),
-        served.owner,
+        owner,
     )
     updated = conn.execute(
         "UPDATE nodes SET name = ?, description = ?, source_code_location = ?, docker_image = ?,"
