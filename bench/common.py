@@ -10,8 +10,10 @@ command line, date and machine, to bench/results/<name>.md (and the target check
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
+import math
 import os
 import platform
 import re
@@ -23,10 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Self
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -62,7 +65,7 @@ def _proc_status_mb(pid: int, key: str) -> float | None:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
-    match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.M)
+    match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.MULTILINE)
     return int(match.group(1)) / 1024 if match else None
 
 
@@ -118,7 +121,8 @@ class Server:
         env = {
             k: v
             for k, v in os.environ.items()
-            if not k.startswith("REGISTRY_") and k not in ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
+            if not k.startswith("REGISTRY_")
+            and k not in ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
         }
         env.update(
             HOST="127.0.0.1",
@@ -134,7 +138,7 @@ class Server:
         env.update(self.extra_env)
         return env
 
-    def start(self) -> Server:
+    def start(self) -> Self:
         if not self.port:
             self.port = free_port()
         if self.log_path is None:
@@ -142,7 +146,7 @@ class Server:
             os.close(fd)
             self.log_path = Path(name)
         argv = list(self.argv) if self.argv is not None else [PYTHON, "-m", "droq_registry", "serve"]
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it; closed below
         try:
             self.started_at = time.perf_counter()
             self.proc = subprocess.Popen(
@@ -206,16 +210,63 @@ class Server:
         if self.log_path is not None:
             self.log_path.unlink(missing_ok=True)
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self.stop()
+        if exc_type is not None:  # the error carries the log's tail; the file is not needed
+            self.cleanup()
 
 
 def reference_server(body_file: Path) -> Server:
     """The bare Starlette reference app (bench/reference_app.py) serving `body_file`."""
     return Server(argv=[PYTHON, str(BENCH / "reference_app.py"), "--body-file", str(body_file)])
+
+
+#: The service re-reads a file whose mtime was within 2 s of when it read it ("racy clean");
+#: waiting this long before a full pass settles freshly written files.
+RACY_S = 2.5
+
+
+def full_pass(server: Server, folder: Path, timeout: float) -> None:
+    """Make the watcher run a full pass (a hidden file's events do) and wait until it ran."""
+    before = server.health()["last_reconcile_at"]
+    marker = folder / ".bench-settle"
+    marker.write_bytes(b"")
+    marker.unlink()
+    server.wait_until(lambda: server.health()["last_reconcile_at"] != before, timeout)
+
+
+def fill_folder(server: Server, staging: Path, folder: Path, chunk: int, timeout: float) -> float:
+    """Move staging/*.json into the served folder `chunk` files at a time, each chunk waited for.
+
+    Loading many files this way is how the benches get a large registry quickly: every
+    chunk is a small reconcile. Ends with a full pass once the files are older than the
+    service's racy window, so later rescans do not read them all again. Returns seconds.
+    """
+    started = time.perf_counter()
+    names = sorted(p.name for p in staging.glob("*.json"))
+    base = server.health()["nodes"]
+    for start in range(0, len(names), chunk):
+        part = names[start : start + chunk]
+        for name in part:
+            os.rename(staging / name, folder / name)
+        want = base + start + len(part)
+        server.wait_until(lambda want=want: server.health()["nodes"] >= want, timeout)
+    took = time.perf_counter() - started
+    time.sleep(RACY_S)
+    full_pass(server, folder, timeout)
+    return took
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so `with Server(...)` and `finally` stop our servers."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def temp_workdir(prefix: str) -> Path:
@@ -230,8 +281,9 @@ def remove_tree(path: Path) -> None:
 # --------------------------------------------------------------------------- HTTP
 
 
-def get(port: int, path: str, headers: dict[str, str] | None = None,
-        timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def get(
+    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """One GET on a new connection: (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
@@ -272,10 +324,7 @@ class KeepAlive:
 # --------------------------------------------------------------------------- wrk
 
 
-WRK_MISSING = (
-    "wrk is not installed. It is the Debian package `wrk`: "
-    "apt-get update && apt-get install -y wrk"
-)
+WRK_MISSING = "wrk is not installed. It is the Debian package `wrk`: apt-get update && apt-get install -y wrk"
 
 
 def require_wrk() -> str:
@@ -320,10 +369,10 @@ def _ms(text: str) -> float:
 def parse_wrk(output: str, url: str = "") -> WrkResult:
     """Read wrk's --latency report (requests, req/s, latency percentiles, errors)."""
     lat: dict[str, float] = {}
-    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.M)
+    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE)
     if m:
         lat["avg"], lat["max"] = _ms(m.group(1)), _ms(m.group(3))
-    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M):
+    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.MULTILINE):
         lat[pct] = _ms(value)
     m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
     if not m or "99" not in lat:
@@ -345,8 +394,14 @@ def parse_wrk(output: str, url: str = "") -> WrkResult:
     )
 
 
-def run_wrk(url: str, duration: float, threads: int = 2, connections: int = 32,
-            headers: dict[str, str] | None = None, timeout: str = "5s") -> WrkResult:
+def run_wrk(
+    url: str,
+    duration: float,
+    threads: int = 2,
+    connections: int = 32,
+    headers: dict[str, str] | None = None,
+    timeout: str = "5s",
+) -> WrkResult:
     """Run wrk against `url` for `duration` seconds with --latency; parse its report.
 
     Extra request headers go through a small Lua script (wrk.headers), which is how the
@@ -365,7 +420,7 @@ def run_wrk(url: str, duration: float, threads: int = 2, connections: int = 32,
         argv += ["-s", script]
     argv.append(url)
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30, check=False)
     finally:
         if script:
             os.unlink(script)
@@ -396,7 +451,7 @@ def percentile(values: Sequence[float], pct: float) -> float:
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
-    if value is None or value != value:  # None or NaN
+    if value is None or math.isnan(value):
         return "-"
     if abs(value) >= 1000:
         return f"{value:,.0f}"
@@ -451,7 +506,7 @@ def machine() -> dict[str, str]:
         pass
     mem = "unknown"
     try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.M)
+        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
         if m:
             mem = f"{int(m.group(1)) / 1024 / 1024:.1f} GiB"
     except OSError:
@@ -462,7 +517,7 @@ def machine() -> dict[str, str]:
             from importlib.metadata import version
 
             versions.append(f"{mod} {version(mod)}")
-        except Exception:  # not installed
+        except Exception:  # noqa: BLE001 - not installed, or no metadata
             versions.append(f"{mod} -")
     return {
         "code": code_version(),
@@ -479,13 +534,32 @@ def code_version() -> str:
     """The checkout's commit, and whether the service code has uncommitted changes (read-only git)."""
     env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # `git status` must not even refresh the index
     try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10, env=env).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "daemon"],
-                               capture_output=True, text=True, timeout=10, env=env).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "daemon"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            env=env,
+            check=False,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return f"{head or 'unknown'}{' + uncommitted changes in daemon/' if dirty else ''}"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
 
 
 def command_line() -> str:
@@ -497,9 +571,13 @@ def command_line() -> str:
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     rows = [[str(c) for c in r] for r in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)
+    ]
+
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     out = [line(headers), "| " + " | ".join("-" * w for w in widths) + " |"]
     out += [line(r) for r in rows]
     return "\n".join(out)
@@ -514,7 +592,8 @@ class Report:
         self.sections: list[str] = []
         self.checks: list[Check] = []
         self.figures: dict[str, Any] = {}
-        self.started = datetime.now(timezone.utc)
+        self.started = datetime.now(UTC)
+        self.load_start = loadavg()
 
     def table(self, heading: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
         text = f"### {heading}\n\n{markdown_table(headers, rows)}"
@@ -540,10 +619,16 @@ class Report:
             "",
             f"- command: `{command_line()}`",
             f"- date: {self.started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
-            f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info['memory']}, "
-            f"kernel {info['kernel']}",
+            (
+                f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info['memory']}, "
+                f"kernel {info['kernel']}"
+            ),
             f"- software: Python {info['python']}; {info['stack']}",
             f"- code: {info['code']}",
+            (
+                f"- load average (1, 5, 15 min) at start: {self.load_start}; at end: {loadavg()} "
+                "(other work on the machine shows here)"
+            ),
         ]
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{self.name}.md"
@@ -553,11 +638,19 @@ class Report:
             "title": self.title,
             "command": command_line(),
             "date": self.started.isoformat(timespec="seconds"),
+            "loadavg": [self.load_start, loadavg()],
             "machine": info,
             "figures": self.figures,
             "checks": [
-                {"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit,
-                 "higher": c.higher, "ok": c.ok, "verdict": c.verdict()}
+                {
+                    "name": c.name,
+                    "value": c.value,
+                    "limit": c.limit,
+                    "unit": c.unit,
+                    "higher": c.higher,
+                    "ok": c.ok,
+                    "verdict": c.verdict(),
+                }
                 for c in self.checks
             ],
         }
@@ -566,13 +659,144 @@ class Report:
         return path
 
 
+# --------------------------------------------------------------------------- profiling
+
+
+PY_SPY_RATE = 200
+
+
+def py_spy_record(
+    pid: int, seconds: float, out: Path, rate: int = PY_SPY_RATE
+) -> subprocess.Popen[bytes] | None:
+    """Start `py-spy record --gil --format raw` on `pid` for `seconds`; None without py-spy.
+
+    --gil samples only the thread holding the GIL, i.e. Python work: the watchfiles thread,
+    which blocks in Rust without it, is left out.
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        return None
+    return subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            str(rate),
+            "--gil",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def py_spy_wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_pid(proc)
+
+
+@dataclass
+class Profile:
+    """Sample counts from py-spy's raw output: total, by function (own, inclusive), by package."""
+
+    total: int
+    everything: int
+    own: collections.Counter[str]
+    inclusive: collections.Counter[str]
+    packages: collections.Counter[str]
+
+
+def load_profile(raw: Path, within: str | None = None) -> Profile:
+    """Read `py-spy record --format raw` output; with `within`, only stacks through that function."""
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    pkg: collections.Counter[str] = collections.Counter()
+    total = everything = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
+        everything += count if frames else 0
+        if not frames or (within is not None and not any(f.startswith(within + " ") for f in frames)):
+            continue
+        total += count
+        own[_short(frames[-1])] += count
+        for name in {_short(f) for f in frames}:
+            incl[name] += count
+        pkg[_package(frames[-1])] += count
+    return Profile(total, everything, own, incl, pkg)
+
+
+def summarise_profile(
+    what: str, raw: Path, report: Report, keep: Path | None = None, within: str | None = None
+) -> Profile:
+    """Top functions by own and by inclusive samples, and own samples by package.
+
+    Sampled with --gil: only the thread holding the GIL counts, i.e. Python work (the
+    watchfiles thread blocks in Rust without the GIL and is left out).
+    """
+    prof = load_profile(raw, within)
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(raw, keep / raw.name)
+    total = prof.total
+    if not total:
+        report.note(f"profile of {what}: no samples")
+        return prof
+    share = f"; {total / prof.everything * 100:.0f}% of all {prof.everything} GIL samples" if within else ""
+    report.table(
+        f"Profile of the server during {what} (py-spy --gil, {total} samples{share}): top functions",
+        ["function", "own %", "inclusive %"],
+        [
+            [n, f"{c / total * 100:.1f}", f"{prof.inclusive[n] / total * 100:.1f}"]
+            for n, c in prof.own.most_common(12)
+        ],
+    )
+    report.table(
+        f"Profile of {what}: own time by package",
+        ["package", "own %"],
+        [[n, f"{c / total * 100:.1f}"] for n, c in prof.packages.most_common(10)],
+    )
+    return prof
+
+
+def _short(frame: str) -> str:
+    """`func (path/to/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
+    name, _, where = frame.partition(" (")
+    where = where.rstrip(")")
+    file = where.rsplit(":", 1)[0]
+    parts = file.split("/")
+    return f"{name} ({'/'.join(parts[-2:])})" if file else name
+
+
+def _package(frame: str) -> str:
+    """The top-level package of a frame's file (py-spy names files relative to sys.path)."""
+    file = frame.partition(" (")[2].rsplit(":", 1)[0]
+    if "site-packages/" in file:
+        file = file.split("site-packages/", 1)[1]
+    if file.startswith("<"):
+        return file  # <string>: code generated at run time (fastjsonschema's validators)
+    return file.split("/")[0].removesuffix(".py") or "(native)"
+
+
 def write_node_file(path: Path, data: bytes) -> None:
     """Rewrite a file in place with one write() (open O_TRUNC, write, close)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 

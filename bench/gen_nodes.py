@@ -40,11 +40,47 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_NODES = ROOT.parent / "shared" / "fixtures" / "droq-nodes"
 ASSETS_NODES = ROOT / "assets" / "nodes"
 
-_WORDS = (
-    "text data vector model prompt parse split merge filter route embed search chat agent "
-    "memory store load save convert extract summarize classify translate score rank cache "
-    "stream batch queue schedule notify fetch upload image audio table graph json csv"
-).split()
+_WORDS = [
+    "text",
+    "data",
+    "vector",
+    "model",
+    "prompt",
+    "parse",
+    "split",
+    "merge",
+    "filter",
+    "route",
+    "embed",
+    "search",
+    "chat",
+    "agent",
+    "memory",
+    "store",
+    "load",
+    "save",
+    "convert",
+    "extract",
+    "summarize",
+    "classify",
+    "translate",
+    "score",
+    "rank",
+    "cache",
+    "stream",
+    "batch",
+    "queue",
+    "schedule",
+    "notify",
+    "fetch",
+    "upload",
+    "image",
+    "audio",
+    "table",
+    "graph",
+    "json",
+    "csv",
+]
 _AREAS = ("inputs", "outputs", "models", "vectorstores", "processing", "tools", "agents", "data", "logic")
 _CATEGORIES = ("Langflow", "Math", "Data", "Models", "Tools", "Vision", "Audio")
 _AUTHORS = ("Droq Team", "Langflow", "Bench Author", "Community")
@@ -90,8 +126,9 @@ def _component(rng: random.Random, cls: str, author: str) -> dict[str, str]:
     }
 
 
-def node_document(index: int, components: int, seed: int = 1, nodes: int = 1,
-                  prefix: str = "bench", share_fanout: int = 4) -> dict[str, object]:
+def node_document(
+    index: int, components: int, seed: int = 1, nodes: int = 1, prefix: str = "bench", share_fanout: int = 4
+) -> dict[str, object]:
     """The document of synthetic node `index` (of `nodes`), as `generate` writes it."""
     rng = random.Random(f"{seed}:{prefix}:{index}")
     nid = node_id(prefix, index)
@@ -107,7 +144,7 @@ def node_document(index: int, components: int, seed: int = 1, nodes: int = 1,
         "node_id": nid,
         "name": f"Bench {_camel(rng.sample(_WORDS, 2))} Executor Node {index}",
         "description": f"Synthetic executor node {index} for the registry benchmarks: "
-                       + " ".join(rng.sample(_WORDS, 8)),
+        + " ".join(rng.sample(_WORDS, 8)),
         "version": "1.0.0",
         "api_url": f"http://localhost:{9000 + index % 1000}",
         "ip_address": "0.0.0.0",
@@ -139,8 +176,14 @@ def with_version(raw: bytes, version: str) -> bytes:
     return encode(document)
 
 
-def generate(out_dir: Path | str, nodes: int, components: int, seed: int = 1,
-             prefix: str = "bench", share_fanout: int = 4) -> list[Path]:
+def generate(
+    out_dir: Path | str,
+    nodes: int,
+    components: int,
+    seed: int = 1,
+    prefix: str = "bench",
+    share_fanout: int = 4,
+) -> list[Path]:
     """Write `nodes` node files of `components` components each into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,17 +203,23 @@ def shared_classes(nodes: int, components: int, share_fanout: int = 4) -> list[s
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("out_dir", type=Path, help="folder to write the node files into (created)")
     parser.add_argument("--nodes", type=int, default=0, help="number of synthetic node files")
     parser.add_argument("--components", type=int, default=350, help="components per node (default 350)")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument("--prefix", default="bench", help="node id prefix (default bench)")
-    parser.add_argument("--share-fanout", type=int, default=4,
-                        help="about how many nodes declare each shared class (default 4)")
-    parser.add_argument("--real", action="store_true",
-                        help=f"also copy the real node files (from {real_nodes_dir()})")
+    parser.add_argument(
+        "--share-fanout",
+        type=int,
+        default=4,
+        help="about how many nodes declare each shared class (default 4)",
+    )
+    parser.add_argument(
+        "--real", action="store_true", help=f"also copy the real node files (from {real_nodes_dir()})"
+    )
     args = parser.parse_args(argv)
     if args.nodes < 0 or args.components < 0:
         parser.error("--nodes and --components must be 0 or more")
@@ -180,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     written = generate(args.out_dir, args.nodes, args.components, args.seed, args.prefix, args.share_fanout)
     copied = copy_real(args.out_dir) if args.real else []
     size = sum(p.stat().st_size for p in written + copied)
-    print(f"wrote {len(written)} synthetic + {len(copied)} real node files "
-          f"({size / 1e6:.1f} MB) to {args.out_dir} in {time.perf_counter() - started:.1f}s")
+    print(
+        f"wrote {len(written)} synthetic + {len(copied)} real node files "
+        f"({size / 1e6:.1f} MB) to {args.out_dir} in {time.perf_counter() - started:.1f}s"
+    )
     return 0
 
 

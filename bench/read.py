@@ -4,14 +4,14 @@
     .venv/bin/python bench/read.py --nodes 1000 --components 350     # synthetic registry
 
 Starts `python -m droq_registry serve` on a copy of the real node files (plus, with --nodes,
-N synthetic nodes of M components from gen_nodes.py), then runs `wrk -t2 -c32 --latency`
-for each endpoint:
+N synthetic nodes of M components from gen_nodes.py, moved in after start by chunks, see
+--fill), then runs `wrk -t2 -c32 --latency` for each endpoint:
 
   lookup   GET /api/v1/components/{class}/node   (a class of lfx-runtime-executor-node)
   shared   GET /api/v1/components/{class}/node   (synthetic only: a class several nodes declare)
   detail   GET /api/v1/nodes/{id}
   list     GET /api/v1/nodes                      (real files only by default: with 1000 x 350
-                                                  synthetic nodes the body is ~20 MB)
+                                                  synthetic nodes the body is megabytes)
   404      GET /api/v1/components/NoSuchComponent/node
   304      the lookup with If-None-Match: <its ETag> (a wrk Lua script sets the header)
 
@@ -21,16 +21,14 @@ of our runs is followed by its reference's run, so both see the same machine.
 Reports req/s, p50, p99 and the ratios ours/reference, with the targets: lookup, detail and
 list >= 80% of the reference's req/s and p99 <= 2x the reference's; 404 and 304 >= 90% of
 the small-body reference's req/s. --profile also samples the server with py-spy during an
-extra (unmeasured) run per endpoint and prints where the time goes.
+extra (unmeasured) run per endpoint, and the reference likewise, and prints where the time
+goes and the GIL time per request by package for both.
 """
 
 from __future__ import annotations
 
 import argparse
-import collections
 import json
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -79,8 +77,14 @@ def build_endpoints(args: argparse.Namespace, folder: Path) -> list[Endpoint]:
         Endpoint("404", f"/api/v1/components/{MISSING_CLASS}/node", 404, "small", 0.9, None),
         Endpoint("304", lookup, 304, "small", 0.9, None),
     ]
-    wanted = args.endpoints.split(",") if args.endpoints else (
-        ["lookup", "shared", "detail", "404", "304"] if args.nodes else ["lookup", "detail", "list", "404", "304"]
+    wanted = (
+        args.endpoints.split(",")
+        if args.endpoints
+        else (
+            ["lookup", "shared", "detail", "404", "304"]
+            if args.nodes
+            else ["lookup", "detail", "list", "404", "304"]
+        )
     )
     unknown = set(wanted) - {e.key for e in out} - {"shared"}
     if unknown:
@@ -120,126 +124,136 @@ def median_run(runs: list[common.WrkResult]) -> common.WrkResult:
     return sorted(runs, key=lambda r: r.rps)[(len(runs) - 1) // 2]
 
 
-def profile(server: common.Server, endpoints: list[Endpoint], args: argparse.Namespace,
-            workdir: Path, report: common.Report) -> None:
-    """py-spy record (raw stacks) during one extra wrk run per endpoint; summarise."""
-    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    if not Path(spy).exists():
-        report.note("py-spy not found (`.venv/bin/pip install py-spy`); no profile taken.")
-        return
-    for e in endpoints:
-        raw = workdir / f"profile-{e.key}.txt"
-        secs = max(2, round(args.duration))
-        rec = subprocess.Popen([spy, "record", "--pid", str(server.pid), "--duration", str(secs + 1),
-                                "--rate", "200", "--gil", "--format", "raw", "--output", str(raw)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(0.5)
-        common.run_wrk(server.base + e.path, secs, args.threads, args.connections, e.headers)
-        try:
-            _, err = rec.communicate(timeout=secs + 30)
-        except subprocess.TimeoutExpired:
-            common.stop_pid(rec)  # type: ignore[arg-type]
-            err = b""
-        if not raw.exists():
-            report.note(f"py-spy failed for {e.key}: {err.decode(errors='replace')[-500:]}")
-            continue
-        summarise_profile(e.key, raw, report, args.profile_dir)
+def profile(
+    server: common.Server,
+    refs: dict[str, common.Server],
+    endpoints: list[Endpoint],
+    args: argparse.Namespace,
+    workdir: Path,
+    report: common.Report,
+) -> None:
+    """py-spy (--gil, raw stacks) on ours and on the reference during one extra wrk run each.
 
-
-def summarise_profile(key: str, raw: Path, report: common.Report, keep: Path | None) -> None:
-    """Top functions by own and by inclusive samples, and own samples by package.
-
-    Sampled with --gil: only the thread holding the GIL counts, i.e. Python work (the
-    watchfiles thread blocks in Rust without the GIL and is left out).
+    Prints each endpoint's top functions, then the GIL time per request by package for
+    ours and the reference side by side: where our extra time per request goes.
     """
-    own: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    pkg: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        total += count
-        own[_short(frames[-1])] += count
-        for name in {_short(f) for f in frames}:
-            incl[name] += count
-        pkg[_package(frames[-1])] += count
-    if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(raw, keep / raw.name)
-    if not total:
-        report.note(f"profile {key}: no samples")
-        return
-    report.table(
-        f"Profile of the server during `{key}` (py-spy --gil, {total} samples): top functions",
-        ["function", "own %", "inclusive %"],
-        [[n, f"{c / total * 100:.1f}", f"{incl[n] / total * 100:.1f}"] for n, c in own.most_common(12)],
-    )
-    report.table(
-        f"Profile `{key}`: own time by package",
-        ["package", "own %"],
-        [[n, f"{c / total * 100:.1f}"] for n, c in pkg.most_common(10)],
-    )
-
-
-def _short(frame: str) -> str:
-    """`func (path/to/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
-    name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    file = where.rsplit(":", 1)[0]
-    parts = file.split("/")
-    return f"{name} ({'/'.join(parts[-2:])})" if file else name
-
-
-def _package(frame: str) -> str:
-    """The top-level package of a frame's file (py-spy names files relative to sys.path)."""
-    file = frame.partition(" (")[2].rsplit(":", 1)[0]
-    if "site-packages/" in file:
-        file = file.split("site-packages/", 1)[1]
-    first = file.lstrip("<").split("/")[0]
-    return first.removesuffix(".py") or "(native)"
+    secs = max(2, round(args.duration))
+    compare = []
+    for e in endpoints:
+        per_request: dict[str, dict[str, float]] = {}
+        ref = refs[e.ref]
+        for who, target, url in (("ours", server, server.base + e.path), ("ref", ref, ref.base + e.path)):
+            raw = workdir / f"profile-{e.key}-{who}.txt"
+            spy = common.py_spy_record(target.pid, secs + 1, raw)
+            if spy is None:
+                report.note("py-spy not found (`.venv/bin/pip install py-spy`); no profile taken.")
+                return
+            time.sleep(0.5)
+            run = common.run_wrk(
+                url, secs, args.threads, args.connections, e.headers if who == "ours" else None
+            )
+            common.py_spy_wait(spy, secs + 30)
+            if who == "ours":
+                prof = common.summarise_profile(f"`{e.key}`", raw, report, args.profile_dir)
+            else:
+                prof = common.load_profile(raw)
+            scale = 1e6 / common.PY_SPY_RATE / max(1, run.requests)  # samples -> us of GIL per request
+            per_request[who] = {k: v * scale for k, v in prof.packages.items()}
+            per_request[who]["(total)"] = prof.total * scale
+        ours, ref = per_request["ours"], per_request["ref"]
+        names = sorted(set(ours) | set(ref), key=lambda k: -(ours.get(k, 0) - ref.get(k, 0)))
+        compare.append(
+            (
+                e.key,
+                [
+                    [
+                        n,
+                        f"{ours.get(n, 0):.1f}",
+                        f"{ref.get(n, 0):.1f}",
+                        f"{ours.get(n, 0) - ref.get(n, 0):+.1f}",
+                    ]
+                    for n in names
+                    if max(ours.get(n, 0), ref.get(n, 0)) >= 0.5
+                ],
+            )
+        )
+    for key, rows in compare:
+        report.table(
+            f"GIL time per request by package, `{key}`: ours vs reference (us, from py-spy samples)",
+            ["package", "ours us/req", "ref us/req", "extra us/req"],
+            rows,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 2)[2],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured wrk seconds first (default 1; 0 = none)")
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per endpoint and per reference, alternating; the median counts (default 1)")
+    parser.add_argument(
+        "--warmup", type=float, default=1.0, help="unmeasured wrk seconds first (default 1; 0 = none)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per endpoint and per reference, alternating; the median counts (default 1)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     parser.add_argument("--nodes", type=int, default=0, help="add N synthetic nodes (with --components)")
-    parser.add_argument("--components", type=int, default=350, help="components per synthetic node (default 350)")
+    parser.add_argument(
+        "--components", type=int, default=350, help="components per synthetic node (default 350)"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--node", default=REAL_NODE, help=f"node id for the detail bench (default {REAL_NODE})")
-    parser.add_argument("--class", dest="component_class", help=f"class to look up (default {PREFERRED_CLASS})")
+    parser.add_argument(
+        "--fill",
+        choices=("chunks", "start"),
+        default="chunks",
+        help="synthetic files moved in after start, --chunk at a time (default), or there at start",
+    )
+    parser.add_argument(
+        "--chunk", type=int, default=50, help="files per chunk with --fill chunks (default 50)"
+    )
+    parser.add_argument(
+        "--node", default=REAL_NODE, help=f"node id for the detail bench (default {REAL_NODE})"
+    )
+    parser.add_argument(
+        "--class", dest="component_class", help=f"class to look up (default {PREFERRED_CLASS})"
+    )
     parser.add_argument("--endpoints", help="comma list of lookup,shared,detail,list,404,304")
     parser.add_argument("--profile", action="store_true", help="also profile the server with py-spy")
     parser.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks in this folder")
     parser.add_argument("--name", help="result file name (default read, or read_NxM with --nodes)")
-    parser.add_argument("--ready-timeout", type=float, default=180.0)
+    parser.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=180.0,
+        help="seconds allowed for the start, and for each chunk (default 180)",
+    )
     args = parser.parse_args(argv)
+    common.exit_on_sigterm()
     common.require_wrk()
     if args.repeat < 1 or args.duration <= 0:
         parser.error("--repeat must be 1 or more and --duration positive")
 
     name = args.name or (f"read_{args.nodes}x{args.components}" if args.nodes else "read")
-    label = f"real node files + {args.nodes} x {args.components} synthetic" if args.nodes else "real node files"
+    label = (
+        f"real node files + {args.nodes} x {args.components} synthetic" if args.nodes else "real node files"
+    )
     report = common.Report(name, f"Read throughput and latency ({label})")
     workdir = common.temp_workdir("read")
     folder = workdir / "nodes"
     try:
         gen_nodes.copy_real(folder)
+        staging = workdir / "staging"
         if args.nodes:
             t = time.perf_counter()
-            gen_nodes.generate(folder, args.nodes, args.components, args.seed)
+            gen_nodes.generate(
+                folder if args.fill == "start" else staging, args.nodes, args.components, args.seed
+            )
             print(f"generated {args.nodes} x {args.components} in {time.perf_counter() - t:.1f}s", flush=True)
         endpoints = build_endpoints(args, folder)
 
@@ -248,10 +262,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             server.start()
             ready_s = server.wait_ready(args.ready_timeout)
-            server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 30)
+            server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
+            if args.nodes and args.fill == "chunks":
+                took = common.fill_folder(server, staging, folder, args.chunk, args.ready_timeout)
+                print(f"filled {args.nodes} files into the running server in {took:.1f}s", flush=True)
             health = server.health()
-            print(f"registry ready in {ready_s:.2f}s: {health['nodes']} nodes, "
-                  f"{health['components']} components (pid {server.pid})", flush=True)
+            print(
+                f"registry ready in {ready_s:.2f}s: {health['nodes']} nodes, "
+                f"{health['components']} components (pid {server.pid})",
+                flush=True,
+            )
             small = probe(server, endpoints)
             bodies = {e.ref: e.body for e in endpoints if e.ref != "small"}
             bodies["small"] = small
@@ -267,20 +287,23 @@ def main(argv: list[str] | None = None) -> int:
                 ours_runs, ref_runs = [], []
                 for _ in range(args.repeat):
                     ours_runs.append(measure(server.base + e.path, args, e.headers))
-                    ref_runs.append(measure(refs[e.ref].base + "/", args))
+                    ref_runs.append(measure(refs[e.ref].base + e.path, args))
                 e.ours, e.ref_result = median_run(ours_runs), median_run(ref_runs)
-                print(f"  {e.key:7} ours {e.ours.rps:7.0f} req/s p99 {e.ours.p99:6.2f} ms | "
-                      f"ref {e.ref_result.rps:7.0f} req/s p99 {e.ref_result.p99:6.2f} ms "
-                      f"({len(bodies[e.ref])} B)", flush=True)
+                print(
+                    f"  {e.key:7} ours {e.ours.rps:7.0f} req/s p99 {e.ours.p99:6.2f} ms | "
+                    f"ref {e.ref_result.rps:7.0f} req/s p99 {e.ref_result.p99:6.2f} ms "
+                    f"({len(bodies[e.ref])} B)",
+                    flush=True,
+                )
             rss = common.peak_rss_mb(server.pid)
             if args.profile:
-                profile(server, endpoints, args, workdir, report)
+                profile(server, refs, endpoints, args, workdir, report)
         finally:
             server.stop()
+            server.cleanup()
             for ref in refs.values():
                 ref.stop()
                 ref.cleanup()
-        server.cleanup()
 
         rows = []
         for e in endpoints:
@@ -289,41 +312,90 @@ def main(argv: list[str] | None = None) -> int:
             rps_ratio = e.ours.rps / ref.rps
             p99_ratio = e.ours.p99 / ref.p99 if ref.p99 else float("inf")
             target = f"req/s >= {e.min_rps_ratio:.0%} of ref" + (
-                f", p99 <= {e.max_p99_ratio:g}x ref" if e.max_p99_ratio else "")
-            rps_check = report.check(f"{e.key}: req/s vs reference", rps_ratio * 100, e.min_rps_ratio * 100,
-                                     "%", higher=True)
+                f", p99 <= {e.max_p99_ratio:g}x ref" if e.max_p99_ratio else ""
+            )
+            rps_check = report.check(
+                f"{e.key}: req/s vs reference", rps_ratio * 100, e.min_rps_ratio * 100, "%", higher=True
+            )
             verdicts = [rps_check.verdict()]
             if e.max_p99_ratio:
                 p99_check = report.check(f"{e.key}: p99 vs reference", p99_ratio, e.max_p99_ratio, "x")
                 verdicts.append(p99_check.verdict())
             errors = sum(e.ours.socket_errors.values())
-            rows.append([
-                e.key, e.path + (" +INM" if e.headers else ""), e.expect, len(e.body),
-                common.fmt(e.ours.rps, 0), common.fmt(e.ours.p50, 2), common.fmt(e.ours.p99, 2),
-                f"{e.ref} ({len(bodies[e.ref])} B)", common.fmt(ref.rps, 0), common.fmt(ref.p99, 2),
-                f"{rps_ratio:.2f}", f"{p99_ratio:.2f}", target, " / ".join(verdicts) + (
-                    f" ({errors} socket errors)" if errors else ""),
-            ])
+            rows.append(
+                [
+                    e.key,
+                    e.path + (" +INM" if e.headers else ""),
+                    e.expect,
+                    len(e.body),
+                    common.fmt(e.ours.rps, 0),
+                    common.fmt(e.ours.p50, 2),
+                    common.fmt(e.ours.p99, 2),
+                    f"{e.ref} ({len(bodies[e.ref])} B)",
+                    common.fmt(ref.rps, 0),
+                    common.fmt(ref.p99, 2),
+                    f"{rps_ratio:.2f}",
+                    f"{p99_ratio:.2f}",
+                    target,
+                    " / ".join(verdicts) + (f" ({errors} socket errors)" if errors else ""),
+                ]
+            )
             report.figures[e.key] = {
-                "path": e.path, "status": e.expect, "body_bytes": len(e.body),
-                "rps": e.ours.rps, "p50_ms": e.ours.p50, "p99_ms": e.ours.p99,
-                "ref_rps": ref.rps, "ref_p99_ms": ref.p99, "rps_ratio": rps_ratio, "p99_ratio": p99_ratio,
+                "path": e.path,
+                "status": e.expect,
+                "body_bytes": len(e.body),
+                "rps": e.ours.rps,
+                "p50_ms": e.ours.p50,
+                "p99_ms": e.ours.p99,
+                "ref_rps": ref.rps,
+                "ref_p99_ms": ref.p99,
+                "rps_ratio": rps_ratio,
+                "p99_ratio": p99_ratio,
             }
-        report.figures["registry"] = {"nodes": health["nodes"], "components": health["components"],
-                                      "ready_s": ready_s, "peak_rss_mb": rss}
+        report.figures["registry"] = {
+            "nodes": health["nodes"],
+            "components": health["components"],
+            "ready_s": ready_s,
+            "peak_rss_mb": rss,
+        }
+        if args.nodes:
+            report.note(
+                f"The {args.nodes} synthetic files were "
+                + (
+                    f"moved into the folder after the server started, {args.chunk} at a time (a first load "
+                    "of them all at once takes minutes with the current service: see startup.md)."
+                    if args.fill == "chunks"
+                    else "in the folder when the server started."
+                )
+            )
         report.table(
             f"wrk -t{args.threads} -c{args.connections} -d{round(args.duration)}s --latency, "
             f"median of {args.repeat} run(s) each "
             f"({health['nodes']} nodes, {health['components']} components; ready in {ready_s:.1f}s, "
             f"peak RSS {common.fmt(rss)} MiB)",
-            ["endpoint", "path", "status", "body B", "req/s", "p50 ms", "p99 ms", "reference", "ref req/s",
-             "ref p99 ms", "req/s ratio", "p99 ratio", "target", "verdict"],
+            [
+                "endpoint",
+                "path",
+                "status",
+                "body B",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "reference",
+                "ref req/s",
+                "ref p99 ms",
+                "req/s ratio",
+                "p99 ratio",
+                "target",
+                "verdict",
+            ],
             rows,
         )
         report.note(
             "Ratios are ours / reference. The reference is bench/reference_app.py (bare Starlette, "
-            "same uvicorn options) serving the same bytes as the endpoint; 404 and 304 are compared "
-            "with the small (404) body. wrk and the server share the machine's CPUs."
+            "same uvicorn options) serving the same bytes as the endpoint, requested at the same path "
+            "(its one route takes any path); 404 and 304 are compared with the small (404) body. "
+            "wrk and the server share the machine's CPUs."
         )
         report.write()
     finally:

@@ -39,8 +39,12 @@ def create_app(body: bytes) -> Starlette:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--body-file", type=Path, default=os.environ.get("REF_BODY_FILE"),
-                        help="file whose bytes are the body (default $REF_BODY_FILE)")
+    parser.add_argument(
+        "--body-file",
+        type=Path,
+        default=os.environ.get("REF_BODY_FILE"),
+        help="file whose bytes are the body (default $REF_BODY_FILE)",
+    )
     parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8099")))
     parser.add_argument("--log-level", default=os.environ.get("LOG_LEVEL", "warning"))

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Run every benchmark in sequence with modest durations, then write bench/results/summary.md.
+#
+#   bash bench/run_all.sh            # about 10 minutes in all (each step has a time limit)
+#
+# Each script is bounded by `timeout` (it stops its own servers on SIGTERM); a script that
+# fails or times out is reported and the others still run. Needs wrk (Debian: apt-get
+# install -y wrk) and the project's virtualenv at .venv (or PYTHON=...).
+set -u
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-.venv/bin/python}
+if ! command -v wrk >/dev/null 2>&1; then
+    echo "wrk is not installed. It is the Debian package wrk: apt-get update && apt-get install -y wrk" >&2
+    exit 2
+fi
+mkdir -p bench/results
+
+failed=()
+names=()
+run() {  # run NAME SECONDS SCRIPT ARGS...
+    local name=$1 budget=$2
+    shift 2
+    echo
+    echo "=== $name ($PY $*; at most ${budget}s)"
+    local started=$SECONDS
+    rm -f "bench/results/$name.md" "bench/results/$name.json"  # no stale result if this one fails
+    if timeout --kill-after=20 "$budget" "$PY" "$@"; then
+        names+=("$name")
+    else
+        echo "=== $name FAILED (exit $?)" >&2
+        failed+=("$name")
+    fi
+    echo "=== $name took $((SECONDS - started))s"
+}
+
+# Read: real files, then the same lookups on a registry of 1,000 x 350 more. Each run
+# against its reference, three times alternating; the median counts (other work on the
+# machine moves single runs by 10-20%).
+run read 240 bench/read.py --duration 4 --warmup 1 --repeat 3
+run read_1000x350 330 bench/read.py --duration 4 --warmup 1 --repeat 3 --nodes 1000 --components 350
+# Start-up: a first load of 1,000 x 350 takes minutes with the current service, so it is
+# given 30 s here (the verdict then says "at least 30 s" and the restart is skipped);
+# `bench/startup.py --timeout 420` measures it to the end.
+run startup 120 bench/startup.py --nodes 1000 --components 350 --restarts 3 --timeout 30
+run reconcile 300 bench/reconcile.py --files 10000 --changes 50 --visible-changes 200
+run burst 150 bench/burst.py --files 500 --duration 5
+
+"$PY" bench/summarize.py --command "bash bench/run_all.sh" "${names[@]}" >/dev/null \
+    && echo && echo "written bench/results/summary.md"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "failed: ${failed[*]}" >&2
+    exit 1
+fi
