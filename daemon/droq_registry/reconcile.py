@@ -8,6 +8,7 @@ time. A failed commit leaves memory as it was, so the next pass tries again.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -351,6 +352,12 @@ class Registry:
             self.snapshot = self.snapshot.evolve(
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop
             )
+            # What is served now lives until the next revision and is freed by reference
+            # counting (snapshots hold no cycles); keep the cyclic collector from walking
+            # it again and again, since its full passes hold the GIL and every request
+            # waits for them. Young garbage is collected first, so none is frozen.
+            gc.collect(1)
+            gc.freeze()
         self._seen.update(seen_now)
         self._dep_seen.update(dep_seen_now)
         for name in plan.sources_drop:
