@@ -49,16 +49,18 @@ def _headers(snap: Snapshot, etag: str | None = None) -> dict[str, str]:
 
 def _matches(request: Request, etag: str) -> bool:
     """If-None-Match with the weak comparison RFC 9110 asks for."""
-    header = request.headers.get("if-none-match")
+    return etag_matches(request.headers.get("if-none-match"), etag)
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    """Whether an If-None-Match value (the first such header, latin-1) matches `etag`."""
     if not header:
         return False
     if header.strip() == "*":
         return True
     for candidate in header.split(","):
         candidate = candidate.strip()
-        if candidate.startswith("W/"):
-            candidate = candidate[2:]
-        if candidate == etag:
+        if candidate.removeprefix("W/") == etag:
             return True
     return False
 
@@ -165,7 +167,7 @@ async def get_node(request: Request) -> Response:
     node_id = request.path_params["node_id"]
     view = snap.nodes.get(node_id) if NODE_ID.fullmatch(node_id) else None
     if view is None:
-        return error(snap, 404, f"Node {_quote(node_id)} not found in registry")
+        return error(snap, 404, node_missing_detail(node_id))
     return ok(request, snap, *view.detail())
 
 
@@ -176,7 +178,15 @@ def _candidates(snap: Snapshot, component_class: str) -> tuple[str, ...]:
 
 
 def _component_missing(snap: Snapshot, component_class: str) -> Response:
-    return error(snap, 404, f"Component {_quote(component_class)} not found in any executor node")
+    return error(snap, 404, component_missing_detail(component_class))
+
+
+def component_missing_detail(component_class: str) -> str:
+    return f"Component {_quote(component_class)} not found in any executor node"
+
+
+def node_missing_detail(node_id: str) -> str:
+    return f"Node {_quote(node_id)} not found in registry"
 
 
 async def component_node(request: Request) -> Response:

@@ -56,8 +56,13 @@ class TokenAuth:
     def _authorized(self, scope: dict[str, Any]) -> bool:
         for name, value in scope["headers"]:
             if name == b"authorization":
-                scheme, _, credentials = value.partition(b" ")
-                if scheme.lower() == b"bearer":
-                    return hmac.compare_digest(credentials.strip(), self._token)
-                return False
+                return bearer_matches(value, self._token)
         return False
+
+
+def bearer_matches(value: bytes, token: bytes) -> bool:
+    """Whether an Authorization header value (the first one) carries `token` as a Bearer."""
+    scheme, _, credentials = value.partition(b" ")
+    if scheme.lower() == b"bearer":
+        return hmac.compare_digest(credentials.strip(), token)
+    return False
