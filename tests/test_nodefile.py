@@ -730,3 +730,11 @@ def test_a_components_file_with_bad_content_is_refused_naming_the_place_without_
         parse_components(data, "../components/x.json", schema)
     assert str(info.value) == f"../components/x.json: {message}"
     assert no_network == []
+
+
+def test_the_shipped_schema_is_a_valid_draft_7_schema() -> None:
+    import jsonschema
+
+    raw = orjson.loads(Settings().schema_path.read_bytes())
+    jsonschema.Draft7Validator.check_schema(raw)
+    assert raw["$schema"] == "http://json-schema.org/draft-07/schema#"

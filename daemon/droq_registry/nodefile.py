@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import copy
 import difflib
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import fastjsonschema
-import jsonschema
 import orjson
 
 from .model import CORE_FIELDS, Component, Node
@@ -73,8 +73,6 @@ class Schema:
     raw: dict[str, Any]
     _check_node: Callable[[Any], Any]
     _check_components: Callable[[Any], Any]
-    _explain_node: jsonschema.Draft7Validator
-    _explain_components: jsonschema.Draft7Validator
 
     @classmethod
     def load(cls, path: Path) -> Schema:
@@ -83,33 +81,27 @@ class Schema:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Schema:
-        # The shape of a `components_json_path` file: the same schema, entered at its
-        # components definition (in draft 7, `$ref` overrides its sibling keywords).
-        components = {**raw, "$ref": "#/definitions/components"}
-        jsonschema.Draft7Validator.check_schema(raw)
         # fastjsonschema rewrites the `$ref`s of the schema it is given in place: give it copies.
         return cls(
             raw=raw,
             _check_node=fastjsonschema.compile(copy.deepcopy(raw), handlers=_NO_REMOTE),
-            _check_components=fastjsonschema.compile(copy.deepcopy(components), handlers=_NO_REMOTE),
-            _explain_node=jsonschema.Draft7Validator(raw),
-            _explain_components=jsonschema.Draft7Validator(components),
+            _check_components=fastjsonschema.compile(
+                copy.deepcopy(_components_schema(raw)), handlers=_NO_REMOTE
+            ),
         )
 
     def check_node(self, path: str, document: Any) -> None:
-        self._check(self._check_node, self._explain_node, path, document)
+        self._check(self._check_node, self.raw, path, document)
 
     def check_components(self, path: str, document: Any) -> None:
-        self._check(self._check_components, self._explain_components, path, document)
+        self._check(self._check_components, _components_schema(self.raw), path, document)
 
     @staticmethod
-    def _check(
-        fast: Callable[[Any], Any], explain: jsonschema.Draft7Validator, path: str, document: Any
-    ) -> None:
+    def _check(fast: Callable[[Any], Any], schema: dict[str, Any], path: str, document: Any) -> None:
         try:
             fast(document)
         except fastjsonschema.JsonSchemaValueException as fast_error:
-            best = jsonschema.exceptions.best_match(explain.iter_errors(document))
+            best = _explainer(orjson.dumps(schema)).best_match(document)
             if best is None:  # the libraries disagree (regex dialects): explain the fast one's find
                 where = _where(fast_error.path[1:]) or None
                 expected = _expected(fast_error.definition, str(fast_error.rule))
@@ -118,7 +110,32 @@ class Schema:
             raise _explain(path, best) from None
 
 
-def _explain(path: str, error: jsonschema.ValidationError) -> NodeFileError:
+def _components_schema(raw: dict[str, Any]) -> dict[str, Any]:
+    """The shape of a `components_json_path` file: the same schema, entered at its
+    components definition (in draft 7, `$ref` overrides its sibling keywords)."""
+    return {**raw, "$ref": "#/definitions/components"}
+
+
+class _Explainer:
+    """jsonschema, loaded only when a file is refused: it names the exact place and the
+    failing sub-schema, but a service whose files are fine need not carry it in memory."""
+
+    def __init__(self, schema_json: bytes) -> None:
+        import jsonschema
+
+        self._jsonschema = jsonschema
+        self._validator = jsonschema.Draft7Validator(orjson.loads(schema_json))
+
+    def best_match(self, document: Any) -> Any:
+        return self._jsonschema.exceptions.best_match(self._validator.iter_errors(document))
+
+
+@functools.lru_cache(maxsize=4)
+def _explainer(schema_json: bytes) -> _Explainer:
+    return _Explainer(schema_json)
+
+
+def _explain(path: str, error: Any) -> NodeFileError:
     """Turn jsonschema's error into `where: why` with the schema's own wording."""
     where = _where(error.absolute_path) or None
     keyword = error.validator
