@@ -10,8 +10,9 @@ The rules live here:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Mapping, Union
+from typing import AbstractSet, Union
 
 from .model import ChangeKind, Source
 

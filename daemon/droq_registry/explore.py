@@ -4,15 +4,16 @@ classes that several nodes claim. Same rules as `api`: one snapshot per answer, 
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .api import NODE_ID, error, ok, snapshot_of
 from . import nodefile
+from .api import NODE_ID, error, ok, snapshot_of
 from .snapshot import NodeView, Snapshot, etag_of
 
 MAX_RESULTS = 50

@@ -7,7 +7,7 @@ and a slow one cannot hold up the reconciler or anyone else.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import anyio
 

@@ -9,7 +9,8 @@ its own `CollectorRegistry`, so several apps in one process (tests) do not colli
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -49,7 +50,7 @@ class Metrics:
     """The metrics of one service instance."""
 
     def __init__(self) -> None:
-        disable_created_metrics()  # `_created` series only add noise for a long-running daemon
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series are noise here
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             f"{PREFIX}_reconciles", "Reconcile passes by result (changed, unchanged, failed).",

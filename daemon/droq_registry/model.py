@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 SourceState = Literal["ok", "error", "conflict"]
 ChangeKind = Literal["added", "updated", "removed", "error", "conflict", "recovered", "source"]

@@ -13,9 +13,10 @@ import difflib
 import functools
 import hashlib
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import fastjsonschema
 import orjson
@@ -121,7 +122,7 @@ class _Explainer:
     failing sub-schema, but a service whose files are fine need not carry it in memory."""
 
     def __init__(self, schema_json: bytes) -> None:
-        import jsonschema
+        import jsonschema  # type: ignore[import-untyped]
 
         self._jsonschema = jsonschema
         self._validator = jsonschema.Draft7Validator(orjson.loads(schema_json))
@@ -187,8 +188,7 @@ def load_json(raw: bytes, path: str) -> Any:
     """Decode a UTF-8 JSON document (a leading byte-order mark is allowed)."""
     if len(raw) > MAX_FILE_BYTES:
         raise NodeFileError(path, None, f"file is larger than {MAX_FILE_BYTES} bytes")
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8) :]
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     if not raw.strip():
         raise NodeFileError(path, None, "file is empty")
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import orjson
 
@@ -31,15 +32,15 @@ class NodeView:
     """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}."""
 
     __slots__ = (
+        "_detail",
+        "components_json",
+        "digest",
         "node_id",
-        "status",
+        "node_json",
+        "paths",
         "priority",
         "source",
-        "node_json",
-        "components_json",
-        "paths",
-        "digest",
-        "_detail",
+        "status",
     )
 
     def __init__(self, source: str, node: Node) -> None:

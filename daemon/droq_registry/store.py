@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Iterable, Iterator
 
 import orjson
 
 from .diff import Served
-from .model import Change, Node, Source
+from .model import Change, ChangeKind, Node, Source
 
 log = logging.getLogger("droq_registry.store")
 
@@ -217,16 +217,6 @@ class Store:
             conn.execute("ROLLBACK")
             raise
 
-    def counts(self) -> tuple[int, int]:
-        """(nodes, components) as the database has them; for tests and checks."""
-        nodes = self._conn.execute("SELECT count(*) FROM nodes").fetchone()[0]
-        components = self._conn.execute("SELECT count(*) FROM components").fetchone()[0]
-        return nodes, components
-
-    def query(self, sql: str, params: Iterable[object] = ()) -> list[tuple[object, ...]]:
-        """A read-only query on the write connection (tests and operators' tools)."""
-        return list(self._conn.execute(sql, tuple(params)))
-
 
 class Transaction:
     """The writes of one reconcile, inside `Store.transaction`."""
@@ -247,9 +237,11 @@ class Transaction:
     def put_node(self, node_id: str, owner: str, node: Node, now: str) -> None:
         _put_node(self._conn, node_id, owner, node, now)
 
-    def record(self, records: list[tuple[str, str | None, str | None]], now: str, keep: int) -> tuple[list[Change], int]:
+    def record(
+        self, records: Sequence[tuple[ChangeKind, str | None, str | None]], now: str, keep: int
+    ) -> tuple[list[Change], int]:
         """Append the change records of this revision; return them and the log's new floor."""
-        changes = [Change(self.revision, kind, node_id, src, now) for kind, node_id, src in records]  # type: ignore[arg-type]
+        changes = [Change(self.revision, kind, node_id, src, now) for kind, node_id, src in records]
         self._conn.executemany(
             "INSERT INTO changes (revision, kind, node_id, source, at) VALUES (?, ?, ?, ?, ?)",
             [(c.revision, c.kind, c.node_id, c.source, c.at) for c in changes],
