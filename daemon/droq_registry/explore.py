@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import nodefile
-from .api import NODE_ID, error, ok, snapshot_of
+from .api import NODE_ID, error, node_missing_detail, ok, snapshot_of
 from .snapshot import NodeView, Snapshot, etag_of
 
 MAX_RESULTS = 50
@@ -26,7 +26,7 @@ async def node_components(request: Request) -> Response:
     node_id = request.path_params["node_id"]
     view = snap.nodes.get(node_id) if NODE_ID.fullmatch(node_id) else None
     if view is None:
-        return error(snap, 404, f"Node '{node_id[:256]}' not found in registry")
+        return error(snap, 404, node_missing_detail(node_id))
 
     def build() -> tuple[bytes, str]:
         info = _info(snap, view)

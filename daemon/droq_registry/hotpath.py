@@ -95,7 +95,7 @@ class Answer:
         self.headers: Headers = tuple(headers)
 
 
-class Served:
+class Prepared:
     """Answers prepared from one snapshot, built on first use and kept within a budget."""
 
     __slots__ = ("details", "lists", "lookups", "revision", "snap", "used")
@@ -162,7 +162,7 @@ class HotPath:
         self.metrics = metrics
         self.token = None if token is None else token.encode()
         self.registry: Any = None
-        self.served = Served(None)
+        self.served = Prepared(None)
 
     def answer(self, scope: dict[str, Any]) -> Reply | None:
         """Status, headers, body and route template of the answer to an HTTP scope, or None.
@@ -219,7 +219,7 @@ class HotPath:
         snap = registry.snapshot  # the one read of the snapshot for this answer
         served = self.served
         if served.snap is not snap:
-            served = self.served = Served(snap)
+            served = self.served = Prepared(snap)
         if kind == 0:
             route = LOOKUP_ROUTE
             answer = served.lookups.get(key) or served.lookup(key)

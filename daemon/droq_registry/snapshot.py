@@ -63,16 +63,15 @@ class NodeView:
     def detail(self) -> tuple[bytes, str]:
         """The body and ETag of `GET /api/v1/nodes/{id}`, built on first use."""
         if self._detail is None:
-            body = b'{"node":' + self.node_json + b',"components":' + self.components_json + b"}"
+            body = b"".join((b'{"node":', self.node_json, b',"components":', self.components_json, b"}"))
             self._detail = (body, etag_of(body))
         return self._detail
 
     def lookup(self, component_class: str) -> tuple[bytes, str]:
         """The body and ETag of `GET /api/v1/components/{class}/node` answered by this node."""
         module = orjson.dumps(self.paths[component_class])
-        body = (
-            b'{"node":' + self.node_json + b',"components":' + self.components_json
-            + b',"module_path":' + module + b"}"
+        body = b"".join(
+            (b'{"node":', self.node_json, b',"components":', self.components_json, b',"module_path":', module, b"}")
         )
         return body, etag_of(b"lookup", self.digest, module)
 
