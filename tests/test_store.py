@@ -6,8 +6,12 @@ Tests look at the database file with their own sqlite3 connections (closed with
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
+import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -16,6 +20,7 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from starlette.testclient import TestClient
@@ -411,15 +416,15 @@ REFUSED: dict[str, tuple[Callable[[Path], Path], str]] = {
         _symlink_to_node_file,
         "REGISTRY_DB_PATH={db!r} lies inside the assets folder {assets}; point it at a file outside that folder"),
     "a directory": (_directory, "{db}: is a directory, not a database file; point REGISTRY_DB_PATH at a file"),
-    "a text file": (_text_file, "{db}: is not a SQLite database (it starts with b'this is not a da');"
-                                " refusing to touch it"),
+    "a text file": (_text_file, ("{db}: is not a SQLite database (it starts with b'this is not a da');"
+                                 " refusing to touch it")),
     "a node file outside the assets folder": (
         _json_outside, "{db}: is not a SQLite database (it starts with {head!r}); refusing to touch it"),
     "a file shorter than SQLite's header": (
         _short_file, "{db}: is not a SQLite database (it starts with b'SQLite'); refusing to touch it"),
     "another program's SQLite database": (
-        _foreign, "{db}: is a SQLite database of another program (tables: invoices), not a registry"
-                  " database; refusing to touch it"),
+        _foreign, ("{db}: is a SQLite database of another program (tables: invoices), not a registry"
+                   " database; refusing to touch it")),
 }
 
 
@@ -444,9 +449,8 @@ def test_the_app_refuses_a_database_path_in_the_assets_folder_before_opening_any
     write_json(assets / "a.json", node_doc("a"))
     before = tree(assets.parent)
     settings = make_settings(assets, db_path=assets / "a.json")
-    with pytest.raises(StoreError, match="lies inside the assets folder"):
-        with TestClient(create_app(settings)):
-            pass
+    with pytest.raises(StoreError, match="lies inside the assets folder"), TestClient(create_app(settings)):
+        pass
     assert tree(assets.parent) == before
 
 
@@ -486,3 +490,70 @@ def test_the_damaged_page_is_only_found_past_the_header_and_meta(real_assets: Pa
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):
         query(db, "SELECT * FROM nodes")
     assert os.path.getsize(db) > 0
+
+
+# --- one database, one writer ---------------------------------------------------------------
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def health_or_none(proc: ServerProcess) -> dict[str, Any] | None:
+    try:
+        return proc.get("/health").json()  # type: ignore[no-any-return]
+    except httpx.TransportError:
+        return None
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_second_service_on_the_same_database_waits_not_ready_and_takes_over_when_the_first_exits(
+    stop: int, server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    env = {"REGISTRY_ASSETS_DIR": str(real_assets), "REGISTRY_DB_PATH": str(db), "RELOAD": "true"}
+    first = server(env, tmp_path / "first.log")
+    second = server(env, tmp_path / "second.log", ready=False)
+    waiting = f"{db} is in use by another registry (pid {first.proc.pid} on {socket.gethostname()}); waiting for it to exit"
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+
+    # The first one goes on writing; the second serves nothing and says why.
+    write_json(real_assets / "new.json", node_doc("new-node"))
+    wait_until(lambda: first.get("/api/v1/nodes/new-node").status_code == 200)
+    ready = second.get("/ready")
+    assert (ready.status_code, ready.json()) == (503, {"status": "starting", "detail": waiting})
+    health = second.get("/health").json()
+    assert TIMESTAMP.fullmatch(health["database"].pop("failing_since"))
+    assert (health["status"], health["ready"], health["revision"], health["nodes"]) == ("degraded", False, 0, 0)
+    assert health["database"] == {"path": str(db), "state": "waiting", "error": waiting}
+    assert second.get("/api/v1/nodes").json() == {"nodes": [], "total_nodes": 0}
+    assert second.get("/api/v1/nodes/new-node").status_code == 404
+    assert [line for line in second.log().splitlines() if "in use by another registry" in line] == [
+        next(line for line in second.log().splitlines() if line.endswith(f"database {waiting}; not ready meanwhile"))
+    ]
+
+    first.stop(stop)
+    second.wait_ready()
+    # It loaded what the first one committed last, and found nothing else to do.
+    assert second.get("/ready").json() == {"status": "ready", "revision": 2}
+    assert second.get("/api/v1/nodes/new-node").status_code == 200
+    (real_assets / "new.json").unlink()
+    wait_until(lambda: second.get("/api/v1/nodes/new-node").status_code == 404)
+    assert second.get("/ready").json() == {"status": "ready", "revision": 3}
+    wait_until(lambda: second.get("/health").json()["status"] == "healthy")
+    assert query(db, "SELECT value FROM meta WHERE key = 'revision'") == [("3",)]
+    log = second.log()
+    assert re.search(rf"database {re.escape(str(db))} is free after [0-9.]+s; taking it over$", log, re.MULTILINE)
+    assert "Traceback" not in log and "expected" not in log
+
+
+def test_the_writer_lock_names_its_holder_and_is_released_on_exit(
+    server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    proc = start_server(server, real_assets, tmp_path / "server.log")
+    lock = db.with_name(db.name + ".lock")
+    assert lock.read_text() == f"pid {proc.proc.pid} on {socket.gethostname()}\n"
+    with open(lock, "rb") as held:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert proc.stop() == 0
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once it has exited

@@ -172,6 +172,8 @@ class Store:
         self.path = path
         self._conn: sqlite3.Connection | None = conn
         self._identity = dbfile.identity(path)
+        self._companions: dict[str, tuple[int, int] | None] = {}
+        self._note_companions()
 
     @classmethod
     def open(cls, path: Path) -> Store:
@@ -193,11 +195,28 @@ class Store:
             return None
         return "deleted" if now is None else "replaced"
 
+    def _companion(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _note_companions(self) -> None:
+        """Remember which `-wal` and `-shm` files are this connection's (they exist after
+        the first write), to know them from a replacement's later."""
+        self._companions = {suffix: dbfile.identity(self._companion(suffix)) for suffix in ("-wal", "-shm")}
+
     def reopen(self) -> None:
         """Open the file at the path again, as at start-up (a damaged one is set aside)."""
+        moved = self.moved() is not None
         self.close()
+        if moved:
+            # SQLite leaves the WAL and its index behind when the database file was deleted
+            # or replaced; beside a new file they would be replayed into it. They are the
+            # old file's (their inodes say so), whose state is written again anyway.
+            for suffix, known in self._companions.items():
+                if known is not None and dbfile.identity(self._companion(suffix)) == known:
+                    self._companion(suffix).unlink(missing_ok=True)
         self._conn = _open(self.path)
         self._identity = dbfile.identity(self.path)
+        self._note_companions()
 
     def start_afresh(self, why: str) -> None:
         """Set the database aside (it is ours but unusable: `why`) and open an empty one."""
@@ -276,6 +295,7 @@ class Store:
             except BaseException:
                 _rollback(conn)
                 raise
+            self._note_companions()
         except sqlite3.Error as exc:
             raise fault(self.path, exc, doing) from exc
 
