@@ -557,3 +557,36 @@ def test_the_writer_lock_names_its_holder_and_is_released_on_exit(
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert proc.stop() == 0
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once it has exited
+
+
+def test_a_writer_whose_lock_file_is_deleted_and_taken_by_another_service_stops_being_ready(
+    server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    env = {"REGISTRY_ASSETS_DIR": str(real_assets), "REGISTRY_DB_PATH": str(db), "RELOAD": "true"}
+    first = server(env, tmp_path / "first.log")
+    second = server(env, tmp_path / "second.log", ready=False)
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+    # The first one's watcher has made its first rescan: it has no pass to make until a file
+    # changes, so the second one is the first to find the lock file gone.
+    wait_until(lambda: 'droq_registry_reconciles_total{result="unchanged"} 1.0' in first.get("/metrics").text)
+    db.with_name(db.name + ".lock").unlink()  # someone cleans the volume
+    second.wait_ready()  # it made a new lock file and took it
+
+    write_json(real_assets / "new.json", node_doc("new-node"))
+    wait_until(lambda: second.get("/api/v1/nodes/new-node").status_code == 200)
+    wait_until(lambda: first.get("/ready").status_code == 503)
+    taken = (f"{db} was taken over by another registry (pid {second.proc.pid} on {socket.gethostname()}) after"
+             " its lock file was deleted or replaced; not ready until this service can write it again")
+    assert first.get("/ready").json() == {"status": "starting", "detail": taken}
+    assert first.get("/health").json()["database"]["error"] == taken
+
+    assert second.stop() == 0
+    # The first one takes its lock again, finds the database moved on without it, writes
+    # its state into it and converges on the files: ready again, and serving the new node.
+    first.wait_ready()
+    wait_until(lambda: first.get("/health").json()["status"] == "healthy")
+    assert first.get("/api/v1/nodes/new-node").status_code == 200
+    revision = first.get("/ready").json()["revision"]
+    assert query(db, "SELECT value FROM meta WHERE key = 'revision'") == [(str(revision),)]
+    assert "Traceback" not in first.log()

@@ -182,6 +182,12 @@ class WriterLock:
         st = os.fstat(self._fd)
         return identity(self.path) == (st.st_dev, st.st_ino)
 
+    def retake(self) -> bool:
+        """Lock the file that is at the lock's path now (after the one this process locked
+        was deleted or replaced); False when another process holds it."""
+        self.release()
+        return self.acquire()
+
     def release(self) -> None:
         """Let the next service take over (idempotent)."""
         if self._fd is not None:

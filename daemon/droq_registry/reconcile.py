@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import diff, nodefile
+from .dbfile import WriterLock
 from .diff import Failed, Gone, Outcome, Parsed, Served
 from .model import FileSig, Node, Source
 from .nodefile import NodeFileError, Schema
@@ -242,6 +243,8 @@ class Registry:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.store: Store | None = None
+        #: The database's writer lock, once this service holds it (see watch.Reconciler.take_over).
+        self.writer_lock: WriterLock | None = None
         #: Why the database must be opened again and given the served state (None: it need not).
         self._rewrite: str | None = None
         self.sources: dict[str, Source] = {}
@@ -345,6 +348,19 @@ class Registry:
         store = self.store
         if store is None:
             raise StorageFault("other", "the database is not open yet")
+        lock = self.writer_lock
+        if lock is not None and not lock.held():
+            # Its lock file was deleted or replaced (someone cleaned the volume): a service
+            # waiting for it may have taken a new one and be writing now.
+            if not lock.retake():
+                self.status.ready = False  # what it serves may be stale: not ready until it writes again
+                raise StorageFault(
+                    "locked",
+                    f"{store.path} was taken over by another registry ({lock.holder()}) after its lock"
+                    " file was deleted or replaced; not ready until this service can write it again",
+                )
+            log.warning("the database's lock file %s was deleted or replaced; this service holds it again",
+                        lock.path)
         why = store.moved() or self._rewrite
         if why is None:
             return

@@ -100,6 +100,7 @@ class Reconciler:
             await anyio.sleep(LOCK_POLL_SECONDS)
         if waited_from is not None:
             log.info("database %s is free after %.1fs; taking it over", path, time.monotonic() - waited_from)
+        self.registry.writer_lock = lock
         delay = RETRY_FIRST_SECONDS
         while True:
             status.database = "opening"
