@@ -283,6 +283,8 @@ def test_root_health_and_ready_describe_the_service(real_assets: Path, client_fo
         "assets_dir": str(real_assets),
         "assets_dir_present": True,
         "last_reconcile_error": None,
+        "database": {"path": str(real_assets.parent.parent / "registry.db"), "state": "ok", "error": None,
+                     "failing_since": None},
         "nodes": len(REAL),
         "components": sum(len(d["components"]) for d in REAL.values()),
         "files": len(REAL),

@@ -6,21 +6,37 @@ Tests look at the database file with their own sqlite3 connections (closed with
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
+import re
+import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import LEGACY_NODE, REAL_NODES, ServerProcess, make_settings, node_doc, wait_until, write_json
+from conftest import (
+    LEGACY_NODE,
+    ROOT,
+    ServerProcess,
+    free_port,
+    make_settings,
+    node_doc,
+    wait_until,
+    write_json,
+)
 from droq_registry.app import create_app
-from droq_registry.store import SCHEMA_VERSION, connect
+from droq_registry.store import SCHEMA_VERSION, StoreError, connect
 
 CORE_DEFAULTS: dict[str, Any] = {
     "description": "",
@@ -222,29 +238,7 @@ def test_restart_on_the_same_database_with_nothing_changed_keeps_the_revision(re
     assert query(db, "SELECT value FROM meta WHERE key = 'revision'") == [("1",)]
 
 
-# --- unusable databases at start-up --------------------------------------------------------
-
-
-def garbage(db: Path) -> tuple[str, Callable[[Path], None]]:
-    content = b"this is not a database, just some text \x00\xff" * 200
-    db.write_bytes(content)
-
-    def kept(aside: Path) -> None:
-        assert aside.read_bytes() == content
-
-    return "file is not a database", kept
-
-
-def other_app(db: Path) -> tuple[str, Callable[[Path], None]]:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
-        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
-        conn.commit()
-
-    def kept(aside: Path) -> None:
-        assert query(aside, "SELECT id, total FROM invoices") == [(1, 12.5)]
-
-    return "not a registry database (no meta table)", kept
+# --- unusable databases of ours at start-up ------------------------------------------------
 
 
 def older_schema(db: Path) -> tuple[str, Callable[[Path], None]]:
@@ -259,22 +253,39 @@ def older_schema(db: Path) -> tuple[str, Callable[[Path], None]]:
     return f"schema version 0, expected {SCHEMA_VERSION}", kept
 
 
-def a_directory(db: Path) -> tuple[str, Callable[[Path], None]]:
-    db.mkdir()
-    (db / "keep.txt").write_text("kept")
+def newer_schema(db: Path) -> tuple[str, Callable[[Path], None]]:
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '99')")
+        conn.execute("CREATE TABLE future (x)")
+        conn.commit()
 
     def kept(aside: Path) -> None:
-        assert [p.name for p in aside.iterdir()] == ["keep.txt"]
+        assert query(aside, "SELECT key, value FROM meta") == [("schema_version", "99")]
 
-    return "unable to open database file", kept
+    return f"schema version 99, expected {SCHEMA_VERSION}", kept
 
 
-@pytest.mark.parametrize("spoil", [garbage, other_app, older_schema, a_directory])
-def test_unusable_database_is_set_aside_rebuilt_from_the_files_and_logged(
+def truncated(db: Path) -> tuple[str, Callable[[Path], None]]:
+    """A real registry database cut short: the header says SQLite, the pages run out."""
+    with serving(db.parent / "assets" / "nodes"):
+        pass
+    content = db.read_bytes()[: 4096 + 100]
+    db.write_bytes(content)
+
+    def kept(aside: Path) -> None:
+        assert aside.read_bytes() == content
+
+    return "database disk image is malformed", kept
+
+
+@pytest.mark.parametrize("spoil", [older_schema, newer_schema, truncated])
+def test_a_damaged_or_other_version_registry_database_is_set_aside_rebuilt_and_logged(
     spoil: Callable[[Path], tuple[str, Callable[[Path], None]]], real_assets: Path, store_log: list[str]
 ) -> None:
     db = db_of(real_assets)
     reason, kept = spoil(db)
+    store_log.clear()
     with serving(real_assets) as client:
         listing = client.get("/api/v1/nodes").json()
         assert [n["metadata"]["node_id"] for n in listing["nodes"]] == sorted(docs_in(real_assets))
@@ -299,32 +310,151 @@ def test_empty_database_file_is_mentioned_in_the_log(real_assets: Path, store_lo
     db.write_bytes(b"")
     with serving(real_assets):
         pass
-    assert [m for m in store_log if str(db) in m] != []
+    assert store_log == [f"INFO database {db} created; it will be filled from the node files"]
 
 
 def start_server(
-    server: Callable[..., ServerProcess], assets: Path, log: Path, ready: bool = True
+    server: Callable[..., ServerProcess], assets: Path, log: Path, ready: bool = True, **env: str
 ) -> ServerProcess:
-    env = {
+    base = {
         "REGISTRY_ASSETS_DIR": str(assets),
         "REGISTRY_DB_PATH": str(db_of(assets)),
         "RELOAD": "false",
         "REGISTRY_RESYNC_SECONDS": "0",
     }
-    return server(env, log, ready=ready)
+    return server({**base, **env}, log, ready=ready)
 
 
-def test_served_process_rebuilds_a_garbage_database_and_says_so(
-    server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
-) -> None:
-    db = db_of(real_assets)
-    garbage(db)
-    proc = start_server(server, real_assets, tmp_path / "server.log")
-    assert proc.get("/api/v1/nodes").json()["total_nodes"] == len(docs_in(real_assets))
-    assert (
-        f"database {db} is unusable (file is not a database); rebuilding it from the node files" in proc.log()
+# --- database paths that are refused: nothing is touched -------------------------------------
+
+
+def tree(root: Path) -> dict[str, bytes | str | None]:
+    """Every entry under `root` (hidden ones too): file bytes, link targets, None for folders."""
+    found: dict[str, bytes | str | None] = {}
+    for path in sorted(root.rglob("*")):
+        key = str(path.relative_to(root))
+        if path.is_symlink():
+            found[key] = "-> " + os.readlink(path)
+        elif path.is_dir():
+            found[key] = None
+        else:
+            found[key] = path.read_bytes()
+    return found
+
+
+def serve_once(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`droq-registry serve` with `env`, to be refused at start-up (else the timeout fails it)."""
+    full = {**os.environ, "HOST": "127.0.0.1", "PORT": str(free_port()), "RELOAD": "false", **env}
+    return subprocess.run(
+        [sys.executable, "-m", "droq_registry", "serve"],
+        env=full, capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
     )
-    assert "Traceback" not in proc.log()
+
+
+def _foreign(tmp: Path) -> Path:
+    db = tmp / "invoices.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)")
+        conn.execute("INSERT INTO invoices (total) VALUES (12.5)")
+        conn.commit()
+    return db
+
+
+def _symlink_to_node_file(tmp: Path) -> Path:
+    link = tmp / "registry.db"
+    link.symlink_to(tmp / "assets" / "nodes" / "a.json")
+    return link
+
+
+def _symlink_to_assets(tmp: Path) -> Path:
+    link = tmp / "registry.db"
+    link.symlink_to(tmp / "assets" / "nodes", target_is_directory=True)
+    return link
+
+
+def _directory(tmp: Path) -> Path:
+    data = tmp / "data"
+    data.mkdir()
+    (data / "keep.txt").write_text("kept")
+    return data
+
+
+def _text_file(tmp: Path) -> Path:
+    notes = tmp / "notes.db"
+    notes.write_bytes(b"this is not a database, just some text \x00\xff" * 200)
+    return notes
+
+
+def _json_outside(tmp: Path) -> Path:
+    copy = tmp / "node.json"
+    copy.write_bytes((tmp / "assets" / "nodes" / "a.json").read_bytes())
+    return copy
+
+
+def _short_file(tmp: Path) -> Path:
+    short = tmp / "short.db"
+    short.write_bytes(b"SQLite")
+    return short
+
+
+REFUSED: dict[str, tuple[Callable[[Path], Path], str]] = {
+    "the assets folder": (lambda tmp: tmp / "assets" / "nodes",
+                          "REGISTRY_DB_PATH={db!r} is the assets folder; point it at a file outside that folder"),
+    "the assets folder, spelt another way": (
+        lambda tmp: tmp / "assets" / "nodes" / ".." / "nodes",
+        "REGISTRY_DB_PATH={db!r} is the assets folder; point it at a file outside that folder"),
+    "a link to the assets folder": (
+        _symlink_to_assets,
+        "REGISTRY_DB_PATH={db!r} is the assets folder; point it at a file outside that folder"),
+    "a new file in the assets folder": (
+        lambda tmp: tmp / "assets" / "nodes" / "registry.db",
+        "REGISTRY_DB_PATH={db!r} lies inside the assets folder {assets}; point it at a file outside that folder"),
+    "a node file": (
+        lambda tmp: tmp / "assets" / "nodes" / "a.json",
+        "REGISTRY_DB_PATH={db!r} lies inside the assets folder {assets}; point it at a file outside that folder"),
+    "a link to a node file": (
+        _symlink_to_node_file,
+        "REGISTRY_DB_PATH={db!r} lies inside the assets folder {assets}; point it at a file outside that folder"),
+    "a directory": (_directory, "{db}: is a directory, not a database file; point REGISTRY_DB_PATH at a file"),
+    "a text file": (_text_file, ("{db}: is not a SQLite database (it starts with b'this is not a da');"
+                                 " refusing to touch it")),
+    "a node file outside the assets folder": (
+        _json_outside, "{db}: is not a SQLite database (it starts with {head!r}); refusing to touch it"),
+    "a file shorter than SQLite's header": (
+        _short_file, "{db}: is not a SQLite database (it starts with b'SQLite'); refusing to touch it"),
+    "another program's SQLite database": (
+        _foreign, ("{db}: is a SQLite database of another program (tables: invoices), not a registry"
+                   " database; refusing to touch it")),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_a_refused_database_path_stops_start_up_with_one_line_and_exit_2_touching_nothing(
+    case: str, tmp_path: Path
+) -> None:
+    assets = tmp_path / "assets" / "nodes"
+    assets.mkdir(parents=True)
+    write_json(assets / "a.json", node_doc("a"))
+    make, message = REFUSED[case]
+    db = make(tmp_path)
+    before = tree(tmp_path)
+    done = serve_once({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db)})
+    assert (done.returncode, done.stdout) == (2, "")
+    head = db.read_bytes()[:16] if db.is_file() else b""
+    assert done.stderr.splitlines() == ["droq-registry: " + message.format(db=str(db), assets=assets, head=head)]
+    assert tree(tmp_path) == before
+
+
+def test_the_app_refuses_a_database_path_in_the_assets_folder_before_opening_anything(assets: Path) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+    before = tree(assets.parent)
+    settings = make_settings(assets, db_path=assets / "a.json")
+    with pytest.raises(StoreError, match="lies inside the assets folder"), TestClient(create_app(settings)):
+        pass
+    assert tree(assets.parent) == before
+
+
+# --- damaged databases through a real process -----------------------------------------------
 
 
 def corrupt_nodes_table(db: Path) -> None:
@@ -360,3 +490,103 @@ def test_the_damaged_page_is_only_found_past_the_header_and_meta(real_assets: Pa
     with pytest.raises(sqlite3.DatabaseError, match="malformed"):
         query(db, "SELECT * FROM nodes")
     assert os.path.getsize(db) > 0
+
+
+# --- one database, one writer ---------------------------------------------------------------
+
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def health_or_none(proc: ServerProcess) -> dict[str, Any] | None:
+    try:
+        return proc.get("/health").json()  # type: ignore[no-any-return]
+    except httpx.TransportError:
+        return None
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
+def test_a_second_service_on_the_same_database_waits_not_ready_and_takes_over_when_the_first_exits(
+    stop: int, server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    env = {"REGISTRY_ASSETS_DIR": str(real_assets), "REGISTRY_DB_PATH": str(db), "RELOAD": "true"}
+    first = server(env, tmp_path / "first.log")
+    second = server(env, tmp_path / "second.log", ready=False)
+    waiting = f"{db} is in use by another registry (pid {first.proc.pid} on {socket.gethostname()}); waiting for it to exit"
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+
+    # The first one goes on writing; the second serves nothing and says why.
+    write_json(real_assets / "new.json", node_doc("new-node"))
+    wait_until(lambda: first.get("/api/v1/nodes/new-node").status_code == 200)
+    ready = second.get("/ready")
+    assert (ready.status_code, ready.json()) == (503, {"status": "starting", "detail": waiting})
+    health = second.get("/health").json()
+    assert TIMESTAMP.fullmatch(health["database"].pop("failing_since"))
+    assert (health["status"], health["ready"], health["revision"], health["nodes"]) == ("degraded", False, 0, 0)
+    assert health["database"] == {"path": str(db), "state": "waiting", "error": waiting}
+    assert second.get("/api/v1/nodes").json() == {"nodes": [], "total_nodes": 0}
+    assert second.get("/api/v1/nodes/new-node").status_code == 404
+    assert [line for line in second.log().splitlines() if "in use by another registry" in line] == [
+        next(line for line in second.log().splitlines() if line.endswith(f"database {waiting}; not ready meanwhile"))
+    ]
+
+    first.stop(stop)
+    second.wait_ready()
+    # It loaded what the first one committed last, and found nothing else to do.
+    assert second.get("/ready").json() == {"status": "ready", "revision": 2}
+    assert second.get("/api/v1/nodes/new-node").status_code == 200
+    (real_assets / "new.json").unlink()
+    wait_until(lambda: second.get("/api/v1/nodes/new-node").status_code == 404)
+    assert second.get("/ready").json() == {"status": "ready", "revision": 3}
+    wait_until(lambda: second.get("/health").json()["status"] == "healthy")
+    assert query(db, "SELECT value FROM meta WHERE key = 'revision'") == [("3",)]
+    log = second.log()
+    assert re.search(rf"database {re.escape(str(db))} is free after [0-9.]+s; taking it over$", log, re.MULTILINE)
+    assert "Traceback" not in log and "expected" not in log
+
+
+def test_the_writer_lock_names_its_holder_and_is_released_on_exit(
+    server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    proc = start_server(server, real_assets, tmp_path / "server.log")
+    lock = db.with_name(db.name + ".lock")
+    assert lock.read_text() == f"pid {proc.proc.pid} on {socket.gethostname()}\n"
+    with open(lock, "rb") as held:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert proc.stop() == 0
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once it has exited
+
+
+def test_a_writer_whose_lock_file_is_deleted_and_taken_by_another_service_stops_being_ready(
+    server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
+) -> None:
+    db = db_of(real_assets)
+    env = {"REGISTRY_ASSETS_DIR": str(real_assets), "REGISTRY_DB_PATH": str(db), "RELOAD": "true"}
+    first = server(env, tmp_path / "first.log")
+    second = server(env, tmp_path / "second.log", ready=False)
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+    # The first one's watcher has made its first rescan: it has no pass to make until a file
+    # changes, so the second one is the first to find the lock file gone.
+    wait_until(lambda: 'droq_registry_reconciles_total{result="unchanged"} 1.0' in first.get("/metrics").text)
+    db.with_name(db.name + ".lock").unlink()  # someone cleans the volume
+    second.wait_ready()  # it made a new lock file and took it
+
+    write_json(real_assets / "new.json", node_doc("new-node"))
+    wait_until(lambda: second.get("/api/v1/nodes/new-node").status_code == 200)
+    wait_until(lambda: first.get("/ready").status_code == 503)
+    taken = (f"{db} was taken over by another registry (pid {second.proc.pid} on {socket.gethostname()}) after"
+             " its lock file was deleted or replaced; not ready until this service can write it again")
+    assert first.get("/ready").json() == {"status": "starting", "detail": taken}
+    assert first.get("/health").json()["database"]["error"] == taken
+
+    assert second.stop() == 0
+    # The first one takes its lock again, finds the database moved on without it, writes
+    # its state into it and converges on the files: ready again, and serving the new node.
+    first.wait_ready()
+    wait_until(lambda: first.get("/health").json()["status"] == "healthy")
+    assert first.get("/api/v1/nodes/new-node").status_code == 200
+    revision = first.get("/ready").json()["revision"]
+    assert query(db, "SELECT value FROM meta WHERE key = 'revision'") == [(str(revision),)]
+    assert "Traceback" not in first.log()

@@ -980,6 +980,8 @@ def test_health_reports_the_watcher_and_the_counts(
         "assets_dir_present": True,
         "last_reconcile_at": TIMESTAMP,
         "last_reconcile_error": None,
+        "database": {"path": str(real_assets.parent.parent / "registry.db"), "state": "ok", "error": None,
+                     "failing_since": None},
         "nodes": 4,
         "components": components,
         "files": 5,

@@ -109,7 +109,12 @@ async def health(request: Request) -> Response:
     registry, watcher = state.registry, state.watch_status
     snap = registry.snapshot
     status = registry.status
-    degraded = watcher.state in ("polling", "waiting") or status.folder_present is False
+    degraded = (
+        watcher.state in ("polling", "waiting")
+        or status.folder_present is False
+        or status.database != "ok"
+        or status.last_error is not None
+    )
     counts = state_counts(registry, watcher)
     body = {
         "status": "degraded" if degraded else "healthy",
@@ -123,6 +128,12 @@ async def health(request: Request) -> Response:
         "last_reconcile_at": status.last_reconcile_at,
         "last_reconcile_ms": status.last_duration_ms,
         "last_reconcile_error": status.last_error,
+        "database": {
+            "path": str(registry.settings.db_path),
+            "state": status.database,
+            "error": status.database_error,
+            "failing_since": status.failing_since,
+        },
         "nodes": counts["nodes"],
         "components": counts["components"],
         "files": counts["files"],
@@ -137,7 +148,9 @@ async def ready(request: Request) -> Response:
     if registry.status.ready:
         return JSONResponse({"status": "ready", "revision": snap.revision}, headers=_headers(snap))
     detail = "the first load of the node files has not committed yet"
-    if registry.status.folder_present is False:
+    if registry.status.database != "ok" and registry.status.database_error:
+        detail = registry.status.database_error
+    elif registry.status.folder_present is False:
         detail = f"waiting for the assets folder {registry.folder}"
     return JSONResponse({"status": "starting", "detail": detail}, 503, _headers(snap))
 

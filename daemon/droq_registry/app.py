@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
-from . import api, explore, watch
+from . import api, dbfile, explore, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
@@ -25,7 +25,7 @@ from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
 from .reconcile import Registry, Result
 from .settings import Settings
-from .store import Store
+from .store import check_path
 
 log = logging.getLogger("droq_registry")
 _clock = time.perf_counter
@@ -44,9 +44,12 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.api_token is None:
             log.warning("REGISTRY_API_TOKEN is not set: /api/v1 and /metrics are open to anyone who can reach them")
-        store = Store.open(settings.db_path)
+        check_path(settings.db_path, settings.assets_dir)  # never harm what is not ours
+        lock = dbfile.WriterLock(settings.db_path)
+        # Until this service holds the database's writer lock, it serves nothing (revision
+        # 0, not ready): the state is loaded only once it is the one writer.
+        registry = Registry(settings, None, schema)
         try:
-            registry = Registry(settings, store, schema)
             status = watch.WatchStatus(state="starting" if settings.reload else "off")
             feed = Feed(lambda: registry.revision)
             app.state.registry = registry
@@ -57,16 +60,18 @@ def create_app(settings: Settings) -> Starlette:
             async def on_commit(result: Result) -> None:
                 feed.notify()
 
-            reconciler = watch.Reconciler(registry, on_commit, metrics.reconciled)
-            log.info(
-                "serving revision %d from %s; loading %s (reload=%s)",
-                registry.revision, settings.db_path, settings.assets_dir, settings.reload,
-            )
-            stopping = anyio.Event()
-            async with anyio.create_task_group() as tg:
+            reconciler = watch.Reconciler(registry, on_commit, metrics.reconciled, metrics.storage_failed)
+
+            async def write_and_watch() -> None:
+                await reconciler.take_over(lock)
+                feed.notify()  # the loaded revision is news to anyone who asked meanwhile
+                log.info(
+                    "serving revision %d from %s; loading %s (reload=%s)",
+                    registry.revision, settings.db_path, settings.assets_dir, settings.reload,
+                )
+                tg.start_soon(reconciler.retry_failed)
                 if settings.reload:
-                    tg.start_soon(
-                        watch.run_watcher,
+                    await watch.run_watcher(
                         reconciler,
                         status,
                         settings.resync_seconds,
@@ -75,7 +80,11 @@ def create_app(settings: Settings) -> Starlette:
                         stopping,
                     )
                 else:
-                    tg.start_soon(_load_only, reconciler, status)
+                    await _load_only(reconciler, status)
+
+            stopping = anyio.Event()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(write_and_watch)
                 try:
                     yield
                 finally:
@@ -88,7 +97,9 @@ def create_app(settings: Settings) -> Starlette:
                     tg.cancel_scope.cancel()
             status.state = "stopped"
         finally:
-            store.close()
+            if registry.store is not None:
+                registry.store.close()
+            lock.release()  # after the close: the next writer finds the database complete
 
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.api_token is not None:

@@ -16,7 +16,7 @@ from .logs import configure_logging, uvicorn_log_config
 from .nodefile import Schema
 from .reconcile import is_node_file, read_source
 from .settings import Settings, SettingsError
-from .store import Store, StoreError
+from .store import StoreError, check_path
 
 PROG = "droq-registry"
 
@@ -64,7 +64,7 @@ def serve() -> int:
     try:
         settings = Settings.from_env()
         Schema.load(settings.schema_path)
-        Store.open(settings.db_path).close()
+        check_path(settings.db_path, settings.assets_dir)
     except (SettingsError, StoreError) as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .dbfile import StorageFault
+
 PREFIX = "droq_registry"
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 
@@ -73,6 +75,12 @@ class Metrics:
         )
         for result in ("changed", "unchanged", "failed"):
             self.reconciles.labels(result)
+        self.storage_failures = Counter(
+            f"{PREFIX}_storage_failures", "Failed attempts to open or write the database, by cause.",
+            ["cause"], registry=self.registry,
+        )
+        for cause in StorageFault.CAUSES:
+            self.storage_failures.labels(cause)
         # prometheus-client's labels() costs a lock and a dict lookup; cache the children
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
@@ -82,6 +90,9 @@ class Metrics:
     def reconciled(self, result: str, seconds: float) -> None:
         self.reconciles.labels(result).inc()
         self.reconcile_seconds.observe(seconds)
+
+    def storage_failed(self, cause: str) -> None:
+        self.storage_failures.labels(cause if cause in StorageFault.CAUSES else "other").inc()
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         if method not in METHODS:  # a client can send any token as a method: keep labels bounded

@@ -22,12 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from . import diff, nodefile
+from .dbfile import WriterLock
 from .diff import Failed, Gone, Outcome, Parsed, Served
 from .model import FileSig, Node, Source
 from .nodefile import NodeFileError, Schema
 from .settings import Settings
 from .snapshot import ChangeLog, NodeView, Snapshot
-from .store import Store
+from .store import StorageFault, Store, StoreError
 
 log = logging.getLogger("droq_registry.reconcile")
 
@@ -207,8 +208,15 @@ class Status:
     folder_present: bool | None = None
     last_reconcile_at: str | None = None
     last_duration_ms: float | None = None
+    #: Why the latest pass failed (None once one succeeds again).
     last_error: str | None = None
     reconciles: dict[str, int] = field(default_factory=lambda: {"changed": 0, "unchanged": 0, "failed": 0})
+    #: The database: waiting (another registry writes it), opening, ok or failing.
+    database: str = "opening"
+    database_error: str | None = None
+    #: Passes failed in a row, and when the first of them failed.
+    failed_passes: int = 0
+    failing_since: str | None = None
 
 
 @dataclass(frozen=True)
@@ -225,23 +233,39 @@ class Result:
 class Registry:
     """The registry's state between commits, and the reconcile that advances it."""
 
-    def __init__(self, settings: Settings, store: Store, schema: Schema) -> None:
+    def __init__(self, settings: Settings, store: Store | None, schema: Schema) -> None:
+        """Without a store the registry serves nothing (revision 0, not ready) until
+        `attach` gives it the database: a service waiting to become the writer."""
         self.settings = settings
         self.folder = settings.assets_dir
-        self.store = store
         self.schema = schema
         self.status = Status()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        loaded = store.load()
-        self.sources: dict[str, Source] = loaded.sources
-        self.served: dict[str, Served] = loaded.served
+        self.store: Store | None = None
+        #: The database's writer lock, once this service holds it (see watch.Reconciler.take_over).
+        self.writer_lock: WriterLock | None = None
+        #: Why the database must be opened again and given the served state (None: it need not).
+        self._rewrite: str | None = None
+        self.sources: dict[str, Source] = {}
+        self.served: dict[str, Served] = {}
         self.claims: dict[str, set[str]] = {}
-        for source in self.sources.values():
-            self._claim(source)
         self._seen: dict[str, Seen] = {}
         self._dep_seen: dict[str, Seen | None] = {}
-        self.changes = ChangeLog(loaded.changes, loaded.changes_floor, settings.changes_keep)
+        self.changes = ChangeLog((), 0, settings.changes_keep)
+        self.snapshot = Snapshot.empty()
+        if store is not None:
+            self.attach(store)
+
+    def attach(self, store: Store) -> None:
+        """Take the committed state from `store` and write to it from now on (called once,
+        by the service that holds the database's writer lock, before any reconcile)."""
+        loaded = store.load()
+        self.sources = loaded.sources
+        self.served = loaded.served
+        for source in self.sources.values():
+            self._claim(source)
+        self.changes = ChangeLog(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
         self.snapshot = Snapshot.empty().evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
@@ -249,6 +273,8 @@ class Registry:
             self.sources,
             (),
         )
+        self.store = store
+        self.status.database, self.status.database_error = "ok", None
 
     @property
     def revision(self) -> int:
@@ -272,16 +298,98 @@ class Registry:
         with self._lock:
             started = time.perf_counter()
             try:
+                self._check_database()
                 result = self._reconcile(None if named is None else set(named), started)
             except (FolderMissing, Stopped):
                 raise  # reported once by _reconcile, or shutting down: not a failed pass
             except Exception as exc:
-                self.status.reconciles["failed"] += 1
-                self.status.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("reconcile failed; the last committed state is still served")
+                self._failed(exc)
                 raise
-            self.status.last_error = None
+            self._succeeded()
             return result
+
+    def _failed(self, exc: Exception) -> None:
+        """Note a failed pass for /health; log one line when the cause changes, not each time."""
+        status = self.status
+        status.reconciles["failed"] += 1
+        status.failed_passes += 1
+        if status.failing_since is None:
+            status.failing_since = utc_now()
+        known = isinstance(exc, (StoreError, OSError))
+        message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, StorageFault):
+            status.database, status.database_error = "failing", message
+            if exc.cause in ("damaged", "replaced"):
+                self._rewrite = self._rewrite or exc.cause
+        if message == status.last_error:
+            log.debug("reconcile failed again (%s)", message)
+        elif known:
+            log.error("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
+        else:  # not a fault of the disk or the files: a bug, worth its traceback once
+            log.exception("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
+        status.last_error = message
+
+    def _succeeded(self) -> None:
+        status = self.status
+        if status.last_error is not None:
+            log.info(
+                "reconcile works again after %d failed pass(es) since %s; serving revision %d",
+                status.failed_passes, status.failing_since, self.revision,
+            )
+        status.last_error = None
+        status.failed_passes = 0
+        status.failing_since = None
+        status.database, status.database_error = "ok", None
+
+    def _check_database(self) -> None:
+        """Before writing: when the database file was deleted or replaced under the service
+        (its inode moved), or found damaged, open it again as at start-up and write the
+        served state into it, so it holds what is served and the next commit follows on."""
+        store = self.store
+        if store is None:
+            raise StorageFault("other", "the database is not open yet")
+        lock = self.writer_lock
+        if lock is not None and not lock.held():
+            # Its lock file was deleted or replaced (someone cleaned the volume): a service
+            # waiting for it may have taken a new one and be writing now.
+            if not lock.retake():
+                self.status.ready = False  # what it serves may be stale: not ready until it writes again
+                raise StorageFault(
+                    "locked",
+                    f"{store.path} was taken over by another registry ({lock.holder()}) after its lock"
+                    " file was deleted or replaced; not ready until this service can write it again",
+                )
+            log.warning("the database's lock file %s was deleted or replaced; this service holds it again",
+                        lock.path)
+        why = store.moved() or self._rewrite
+        if why is None:
+            return
+        self._rewrite = why
+        try:
+            store.reopen()
+            self._write_again(store)
+        except StorageFault as exc:
+            what = {"deleted": "was deleted", "replaced": "was replaced"}.get(why, f"is {why}")
+            raise StorageFault(
+                exc.cause, f"the database {what} under the running service; writing it again failed: {exc}"
+            ) from exc
+        self._rewrite = None
+        log.warning(
+            "database %s was %s under the running service; revision %d is written to it again",
+            store.path, why, self.revision,
+        )
+
+    def _write_again(self, store: Store) -> None:
+        changes = self.changes
+        nodes = ((node_id, s.owner, nodefile.unpack(self._doc(s.owner))) for node_id, s in sorted(self.served.items()))
+        store.rewrite(
+            self.revision,
+            changes.floor,
+            self.sources.values(),
+            nodes,
+            changes.since(changes.floor, self.revision),
+            utc_now(),
+        )
 
     def _reconcile(self, named: set[str] | None, started: float) -> Result:
         folder = self.folder
@@ -335,6 +443,7 @@ class Registry:
         if plan:
             revision += 1
             views: dict[str, NodeView] = {}
+            assert self.store is not None  # _check_database made sure
             with self.store.transaction(revision) as tx:
                 for node_id in plan.nodes_drop:
                     tx.drop_node(node_id)

@@ -1,8 +1,14 @@
 """SQLite: the schema, the one write connection, `apply(plan)` in one transaction.
 
 The only module that imports sqlite3. The database is a derived index of the node files:
-when it is missing, damaged or of another schema version, `Store.open` starts it afresh
-and says so; the next reconcile fills it from the files.
+when it is missing, or a SQLite database that is damaged or of another schema version,
+`Store.open` starts it afresh and says so; the next reconcile fills it from the files.
+Anything else at the path (see `dbfile.check`) is refused and left as it is.
+
+Every SQLite error is turned into a `StorageFault` whose cause (disk full, I/O error,
+read-only, locked, damaged...) and message say what happened; the registry reports it and
+tries again. A file deleted or replaced under the running service is noticed (`moved`),
+opened again as at start-up, and given the served state again (`rewrite`).
 """
 
 from __future__ import annotations
@@ -10,13 +16,15 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
+from . import dbfile
+from .dbfile import StorageFault, StoreError
 from .diff import Served
 from .model import Change, ChangeKind, Node, Source
 
@@ -79,8 +87,57 @@ CREATE INDEX IF NOT EXISTS changes_by_revision ON changes (revision);
 """
 
 
-class StoreError(RuntimeError):
-    """The database cannot be opened or written; the message says where and why."""
+__all__ = ["Loaded", "StorageFault", "Store", "StoreError", "Transaction", "connect"]
+
+#: How long a write waits for a lock another program holds before it fails as "locked"
+#: (and is retried). Short: with one writer per database, only other programs lock it,
+#: and a pass stuck in SQLite's busy loop would hold up the service's shutdown.
+BUSY_SECONDS = 2.0
+
+_CAUSES = {
+    sqlite3.SQLITE_FULL: ("disk_full", "the disk is full"),
+    sqlite3.SQLITE_IOERR: ("io_error", "an I/O error"),
+    sqlite3.SQLITE_READONLY: ("read_only", "the database is read-only"),
+    sqlite3.SQLITE_PERM: ("permission", "permission denied"),
+    sqlite3.SQLITE_CANTOPEN: ("other", "the file cannot be opened"),
+    sqlite3.SQLITE_BUSY: ("locked", "another program holds a lock on the database"),
+    sqlite3.SQLITE_LOCKED: ("locked", "another program holds a lock on the database"),
+    sqlite3.SQLITE_CORRUPT: ("damaged", "the database is damaged"),
+    sqlite3.SQLITE_NOTADB: ("damaged", "the database is damaged"),
+}
+
+
+def fault(path: Path, exc: sqlite3.Error, doing: str) -> StorageFault:
+    """The storage fault an SQLite error stands for, with the real cause in its message."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    cause, words = _CAUSES.get((code or 0) & 0xFF, ("other", "a database error"))
+    return StorageFault(cause, f"{path}: {doing}: {words} ({exc})")
+
+
+def check_path(db_path: Path, assets_dir: Path) -> None:
+    """Everything start-up refuses with one line (StoreError): what `dbfile.check` refuses,
+    and a SQLite database of another program. Looks only; changes nothing. A damaged or
+    outdated database of ours passes: the writer sets it aside once it holds the lock."""
+    dbfile.check(db_path, assets_dir)
+    try:
+        if db_path.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    try:
+        conn = sqlite3.connect(db_path.resolve().as_uri() + "?mode=ro", uri=True, timeout=BUSY_SECONDS)
+    except sqlite3.Error:
+        return  # the writer will say why it cannot open it
+    try:
+        _schema_version(conn, db_path)
+    except sqlite3.Error:
+        pass  # damaged, or locked by another program: the writer handles both
+    finally:
+        conn.close()
+
+
+class _Damaged(Exception):
+    """A SQLite database of ours that cannot be used as it is: set it aside, start afresh."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +153,7 @@ class Loaded:
 
 def connect(path: Path) -> sqlite3.Connection:
     """Every connection is prepared here: autocommit mode, WAL, foreign keys on."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS)
     prepare(conn)
     return conn
 
@@ -108,55 +165,80 @@ def prepare(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """The single writer. Callers serialise access (one reconcile at a time)."""
+    """The single writer. Callers serialise access (one reconcile at a time) and hold the
+    database's `dbfile.WriterLock`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
-        self._conn = conn
+        self._conn: sqlite3.Connection | None = conn
+        self._identity = dbfile.identity(path)
+        self._companions: dict[str, tuple[int, int] | None] = {}
+        self._note_companions()
 
     @classmethod
     def open(cls, path: Path) -> Store:
-        """Open (or create) the database; rebuild it when it is unusable."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        existed = path.exists() and path.stat().st_size > 0
-        try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
-            try:
-                # Look before touching: another program's database is set aside unchanged.
-                version = _schema_version(conn)
-                if version is not None and version != SCHEMA_VERSION:
-                    raise sqlite3.DatabaseError(f"schema version {version}, expected {SCHEMA_VERSION}")
-                if existed:
-                    # A damaged page anywhere would fail a later write; find it now (cheap:
-                    # tens of milliseconds for a registry of 1,000 large nodes).
-                    verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
-                    if verdict != "ok":
-                        raise sqlite3.DatabaseError(f"damaged: {verdict}")
-                prepare(conn)
-                conn.executescript(SCHEMA)
-                conn.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (SCHEMA_VERSION,),
-                )
-            except BaseException:
-                conn.close()
-                raise
-        except sqlite3.DatabaseError as exc:
-            if not existed:
-                raise StoreError(f"{path}: cannot create the database: {exc}") from None
-            log.warning("database %s is unusable (%s); rebuilding it from the node files", path, exc)
-            _set_aside(path)
-            return cls.open(path)
-        if not existed:
-            log.info("database %s created; it will be filled from the node files", path)
-        return cls(path, conn)
+        """Open (or create) the database; start afresh when it is a damaged or outdated
+        database of ours. Raises StorageFault (nothing renamed) for anything else."""
+        return cls(path, _open(path))
 
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection (idempotent)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def moved(self) -> str | None:
+        """"deleted" or "replaced" when the file at the path is not the one this store
+        writes any more (its inode changed), else None."""
+        now = dbfile.identity(self.path)
+        if now == self._identity:
+            return None
+        return "deleted" if now is None else "replaced"
+
+    def _companion(self, suffix: str) -> Path:
+        return self.path.with_name(self.path.name + suffix)
+
+    def _note_companions(self) -> None:
+        """Remember which `-wal` and `-shm` files are this connection's (they exist after
+        the first write), to know them from a replacement's later."""
+        self._companions = {suffix: dbfile.identity(self._companion(suffix)) for suffix in ("-wal", "-shm")}
+
+    def reopen(self) -> None:
+        """Open the file at the path again, as at start-up (a damaged one is set aside)."""
+        moved = self.moved() is not None
+        self.close()
+        if moved:
+            # SQLite leaves the WAL and its index behind when the database file was deleted
+            # or replaced; beside a new file they would be replayed into it. They are the
+            # old file's (their inodes say so), whose state is written again anyway.
+            for suffix, known in self._companions.items():
+                if known is not None and dbfile.identity(self._companion(suffix)) == known:
+                    self._companion(suffix).unlink(missing_ok=True)
+        self._conn = _open(self.path)
+        self._identity = dbfile.identity(self.path)
+        self._note_companions()
+
+    def start_afresh(self, why: str) -> None:
+        """Set the database aside (it is ours but unusable: `why`) and open an empty one."""
+        self.close()
+        log.warning("database %s is unusable (%s); rebuilding it from the node files", self.path, why)
+        _set_aside(self.path)
+        self.reopen()
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StorageFault("other", f"{self.path}: the database is not open")
+        return self._conn
 
     def load(self) -> Loaded:
-        """Read the committed state: revision, sources, served nodes and the change log."""
-        conn = self._conn
+        """Read the committed state: revision, sources, served nodes and the change log.
+        A state that does not hold together raises StorageFault("damaged")."""
+        try:
+            return self._load(self._connection())
+        except sqlite3.Error as exc:
+            raise fault(self.path, exc, "cannot read the committed state") from exc
+
+    def _load(self, conn: sqlite3.Connection) -> Loaded:
         conn.execute("BEGIN")
         try:
             meta = dict(conn.execute("SELECT key, value FROM meta"))
@@ -182,7 +264,7 @@ class Store:
             for node_id, source in conn.execute("SELECT node_id, source FROM nodes"):
                 owner = sources.get(source)
                 if owner is None or owner.digest is None or owner.node_id != node_id:
-                    raise StoreError(f"{self.path}: node {node_id!r} has no source {source!r}")
+                    raise StorageFault("damaged", f"{self.path}: node {node_id!r} has no source {source!r}")
                 served[node_id] = Served(source, owner.digest)
             changes = [
                 Change(*row)
@@ -201,21 +283,122 @@ class Store:
         )
 
     @contextmanager
+    def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """`BEGIN IMMEDIATE` ... `COMMIT`; any exception rolls back, and an SQLite error
+        comes out as the StorageFault it stands for (never as a failed ROLLBACK)."""
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            self._note_companions()
+        except sqlite3.Error as exc:
+            raise fault(self.path, exc, doing) from exc
+
+    @contextmanager
     def transaction(self, revision: int) -> Iterator[Transaction]:
         """One write: `BEGIN IMMEDIATE`, the caller's changes, the new revision, `COMMIT`.
         Any exception rolls everything back."""
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._writing(f"cannot write revision {revision}") as conn:
             current = int(_meta(conn, "revision", "0"))
             if current != revision - 1:
-                raise StoreError(f"revision {current} in the database, expected {revision - 1}")
+                raise StorageFault(
+                    "replaced",
+                    f"{self.path}: the database is at revision {current}, expected {revision - 1}:"
+                    " another program changed it",
+                )
             yield Transaction(conn, revision)
             _set_meta(conn, "revision", str(revision))
-            conn.execute("COMMIT")
-        except BaseException:
+
+    def rewrite(
+        self,
+        revision: int,
+        floor: int,
+        sources: Iterable[Source],
+        nodes: Iterable[tuple[str, str, Node]],
+        changes: Iterable[Change],
+        now: str,
+    ) -> None:
+        """Make the database hold exactly this state, in one transaction: what the service
+        serves, written again into a database that was deleted, replaced or damaged.
+        `nodes` are (node_id, owning file, node)."""
+        with self._writing(f"cannot write revision {revision} again") as conn:
+            for table in ("components", "nodes", "sources", "changes"):
+                conn.execute(f"DELETE FROM {table}")
+            for source in sources:
+                _put_source(conn, source)
+            for node_id, owner, node in nodes:
+                _put_node(conn, node_id, owner, node, now)
+            conn.executemany(
+                "INSERT INTO changes (revision, kind, node_id, source, at) VALUES (?, ?, ?, ?, ?)",
+                [(c.revision, c.kind, c.node_id, c.source, c.at) for c in changes],
+            )
+            _set_meta(conn, "revision", str(revision))
+            _set_meta(conn, "changes_floor", str(floor))
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is still open. After a failed COMMIT (disk full, I/O error) SQLite
+    may have rolled back already; a ROLLBACK then fails with "no transaction is active",
+    which must not take the place of the real cause."""
+    if conn.in_transaction:
+        try:
             conn.execute("ROLLBACK")
-            raise
+        except sqlite3.Error:
+            pass  # the connection is unusable; the caller's error says why, and close() cleans up
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    dbfile.check_file(path)
+    try:
+        existed = path.stat().st_size > 0
+    except FileNotFoundError:
+        existed = False
+    try:
+        return _connect_checked(path, existed)
+    except _Damaged as exc:
+        log.warning("database %s is unusable (%s); rebuilding it from the node files", path, exc)
+        _set_aside(path)
+        return _connect_checked(path, False)
+
+
+def _connect_checked(path: Path, existed: bool) -> sqlite3.Connection:
+    """A prepared connection to a usable registry database at `path` (created if new)."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS)
+    except sqlite3.Error as exc:
+        raise fault(path, exc, "cannot open the database") from exc
+    try:
+        # Look before touching: another program's database is left as it is.
+        version = _schema_version(conn, path)
+        if version is not None and version != SCHEMA_VERSION:
+            raise _Damaged(f"schema version {version}, expected {SCHEMA_VERSION}")
+        if existed:
+            # A damaged page anywhere would fail a later write; find it now (cheap:
+            # tens of milliseconds for a registry of 1,000 large nodes).
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()[0]
+            if verdict != "ok":
+                raise _Damaged(f"damaged: {verdict}")
+        prepare(conn)
+        conn.executescript(SCHEMA)
+        if version is None:
+            conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+    except sqlite3.Error as exc:
+        conn.close()
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if existed and code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+            raise _Damaged(str(exc)) from None
+        raise fault(path, exc, "cannot open the database") from exc
+    except BaseException:
+        conn.close()
+        raise
+    if not existed:
+        log.info("database %s created; it will be filled from the node files", path)
+    return conn
 
 
 class Transaction:
@@ -249,24 +432,33 @@ class Transaction:
         return changes, _prune_changes(self._conn, keep)
 
 
-def _schema_version(conn: sqlite3.Connection) -> str | None:
-    tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+def _schema_version(conn: sqlite3.Connection, path: Path) -> str | None:
+    tables = sorted(row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"))
     if "meta" not in tables:
         if tables:
-            raise sqlite3.DatabaseError("not a registry database (no meta table)")
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise StorageFault("foreign", f"{path}: is a SQLite database of another program (tables: "
+                               f"{shown}), not a registry database; refusing to touch it")
         return None
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return None if row is None else str(row[0])
 
 
 def _set_aside(path: Path) -> None:
-    """Keep the unusable file for inspection and start with an empty one."""
+    """Keep the unusable database (with its WAL, which SQLite finds beside the new name)
+    for inspection, and make room for an empty one. Only ever called on a file whose header
+    says SQLite and whose content is damaged or of another schema version."""
     aside = path.with_name(path.name + ".unusable")
-    os.replace(path, aside)
-    for suffix in ("-wal", "-shm"):
-        extra = path.with_name(path.name + suffix)
-        if extra.exists():
-            extra.unlink()
+    try:
+        os.replace(path, aside)
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists():
+            os.replace(wal, aside.with_name(aside.name + "-wal"))
+        shm = path.with_name(path.name + "-shm")  # only an index of the WAL, rebuilt on open
+        if shm.exists():
+            shm.unlink()
+    except OSError as exc:
+        raise dbfile.os_fault(exc, f"{path}: cannot set the unusable database aside") from None
 
 
 def _meta(conn: sqlite3.Connection, key: str, default: str) -> str:

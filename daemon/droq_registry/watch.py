@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import anyio
 from watchfiles import awatch
 
-from .reconcile import FolderMissing, Registry, Result, Stopped
+from .dbfile import WriterLock
+from .reconcile import FolderMissing, Registry, Result, Stopped, utc_now
+from .store import StorageFault, Store
 
 log = logging.getLogger("droq_registry.watch")
 
@@ -25,6 +27,13 @@ log = logging.getLogger("droq_registry.watch")
 POLL_SECONDS = 1.0
 #: Longest wait between two attempts to start the watcher again.
 MAX_BACKOFF_SECONDS = 30.0
+#: After a failed pass (a storage fault, a transient read error), the first wait before
+#: a full pass tries again; it doubles up to the longest, so pending changes commit within
+#: seconds of the fault clearing.
+RETRY_FIRST_SECONDS = 0.25
+RETRY_MAX_SECONDS = 5.0
+#: How often a service waiting for the database's writer lock looks again.
+LOCK_POLL_SECONDS = 0.5
 
 
 @dataclass
@@ -45,18 +54,96 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 
 class Reconciler:
-    """Runs reconciles one at a time, off the event loop, and tells listeners of commits."""
+    """Runs reconciles one at a time, off the event loop, and tells listeners of commits.
+
+    It is also the one writer: `take_over` waits for the database's writer lock and a
+    usable database before the registry loads anything, and `retry_failed` runs a failed
+    pass again with a bounded backoff until one succeeds."""
 
     def __init__(
         self,
         registry: Registry,
         on_commit: Callable[[Result], Awaitable[None] | None],
         on_pass: Callable[[str, float], None] = lambda result, seconds: None,
+        on_fault: Callable[[str], None] = lambda cause: None,
     ) -> None:
         self.registry = registry
         self._on_commit = on_commit
         self._on_pass = on_pass
+        self._on_fault = on_fault
         self._lock = anyio.Lock()
+        #: Whether the latest pass failed; `retry_failed` runs passes until it is False.
+        self.failing = False
+        self._failed = anyio.Event()
+
+    async def take_over(self, lock: WriterLock) -> None:
+        """Become the database's writer: wait (not ready, saying why) while another service
+        holds its lock, open it (retrying while it cannot be opened), then load the registry
+        from it. Loading only now means the state is what the previous writer committed last."""
+        status = self.registry.status
+        path = self.registry.settings.db_path
+        waited_from = None
+        while True:
+            try:
+                if await anyio.to_thread.run_sync(lock.acquire):
+                    break
+                waiting = f"{path} is in use by another registry ({lock.holder()}); waiting for it to exit"
+                if waited_from is None:
+                    waited_from = time.monotonic()
+                    log.warning("database %s; not ready meanwhile", waiting)
+                status.database, status.database_error = "waiting", waiting
+            except StorageFault as exc:  # the lock file cannot be opened: say so, keep trying
+                if str(exc) != status.database_error:
+                    log.error("%s; not ready, trying again", exc)
+                status.database, status.database_error = "failing", str(exc)
+            status.failing_since = status.failing_since or utc_now()
+            await anyio.sleep(LOCK_POLL_SECONDS)
+        if waited_from is not None:
+            log.info("database %s is free after %.1fs; taking it over", path, time.monotonic() - waited_from)
+        self.registry.writer_lock = lock
+        delay = RETRY_FIRST_SECONDS
+        while True:
+            status.database = "opening"
+            try:
+                store = await anyio.to_thread.run_sync(Store.open, path)
+                try:
+                    await anyio.to_thread.run_sync(self._attach, store)
+                except BaseException:
+                    store.close()
+                    raise
+                break
+            except StorageFault as exc:
+                self._on_fault(exc.cause)
+                if str(exc) != status.database_error:
+                    log.error("%s; not ready, trying again", exc)
+                status.database, status.database_error = "failing", str(exc)
+                status.failing_since = status.failing_since or utc_now()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+        status.failing_since = None
+
+    def _attach(self, store: Store) -> None:
+        try:
+            self.registry.attach(store)
+        except StorageFault as exc:
+            if exc.cause != "damaged":
+                raise
+            store.start_afresh(str(exc))  # its content does not hold together: rebuild it
+            self.registry.attach(store)
+
+    async def retry_failed(self) -> None:
+        """Run until cancelled: after a failed pass, full passes with a doubling wait
+        (at most RETRY_MAX_SECONDS) until one succeeds. A full pass finds every change the
+        failed ones missed, since only a commit marks files as seen."""
+        while True:
+            await self._failed.wait()
+            self._failed = anyio.Event()
+            delay = RETRY_FIRST_SECONDS
+            while self.failing:
+                await anyio.sleep(delay)
+                if self.failing:
+                    await self.run()
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
 
     async def run(self, named: Iterable[str] | None = None) -> Result | None:
         """One reconcile; None when the folder is missing or the pass failed (logged)."""
@@ -66,9 +153,15 @@ class Reconciler:
                 result = await anyio.to_thread.run_sync(self.registry.reconcile, named)
             except (FolderMissing, Stopped):
                 return None
-            except Exception:  # logged by the registry; the last good state stays served
+            except Exception as exc:  # noqa: BLE001  # any failure is a failed pass: logged by the
+                # registry, retried by retry_failed; the last committed state stays served
+                self.failing = True
+                self._failed.set()
                 self._on_pass("failed", time.perf_counter() - started)
+                if isinstance(exc, StorageFault):
+                    self._on_fault(exc.cause)
                 return None
+            self.failing = False
         self._on_pass("changed" if result.changed else "unchanged", result.duration_ms / 1000)
         if result.changed:
             pending = self._on_commit(result)

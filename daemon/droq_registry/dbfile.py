@@ -1,0 +1,195 @@
+"""What may sit at REGISTRY_DB_PATH, and the lock that makes one service its only writer.
+
+The database is a derived index, so the service may rebuild it, but it must never harm a
+file that is not its own. `check` looks before anything is opened: the path may not be
+the assets folder or lie inside it, may not be a directory, and an existing file must
+start with SQLite's header and be readable and writable by this process, in a folder it
+can write (SQLite creates its `-wal` and `-shm` files there). Each refusal is one line
+that says what is wrong; nothing is renamed or changed.
+
+`WriterLock` is an exclusive `flock` on a sidecar file (`registry.db.lock`). The service
+takes it before it opens the database, so a second service on the same file waits, not
+ready, until the first one exits (a rolling update on a shared volume), and only then
+loads the state from the database.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import stat
+import tempfile
+from pathlib import Path
+
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened or written; the message says where and why."""
+
+
+class StorageFault(StoreError):
+    """A database fault with a cause operators can act on (a metric label, bounded)."""
+
+    CAUSES = (
+        "disk_full", "io_error", "read_only", "permission", "locked", "damaged",
+        "deleted", "replaced", "not_a_database", "foreign", "other",
+    )
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause if cause in self.CAUSES else "other"
+
+
+def check(db_path: Path, assets_dir: Path) -> None:
+    """Refuse a database path that could harm the operator's files; raise StoreError."""
+    db, assets = os.path.abspath(db_path), os.path.abspath(assets_dir)
+    for mine, theirs in ((db, assets), (os.path.realpath(db), os.path.realpath(assets))):
+        if mine == theirs:
+            raise StoreError(f"REGISTRY_DB_PATH={str(db_path)!r} is the assets folder; "
+                             "point it at a file outside that folder")
+        if os.path.commonpath([mine, theirs]) == theirs:
+            raise StoreError(f"REGISTRY_DB_PATH={str(db_path)!r} lies inside the assets folder {assets}; "
+                             "point it at a file outside that folder")
+    check_file(db_path)
+    lock = lock_path(db_path)
+    if os.path.lexists(lock):
+        _probe_open(lock, "its lock file")
+
+
+def check_file(db_path: Path) -> None:
+    """What `check` asks of the file and its folder (also before a reopen while running);
+    raises StorageFault. The folder is created when it is missing."""
+    try:
+        st = os.stat(db_path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise os_fault(exc, f"{db_path}: cannot look at it") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise StorageFault("not_a_database", f"{db_path}: is a directory, not a database file; "
+                               "point REGISTRY_DB_PATH at a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageFault("not_a_database", f"{db_path}: is not a regular file; "
+                               "point REGISTRY_DB_PATH at a file")
+        head = _probe_open(db_path, "the database")
+        if st.st_size > 0 and head != SQLITE_HEADER:
+            raise StorageFault("not_a_database", f"{db_path}: is not a SQLite database "
+                               f"(it starts with {head[:16]!r}); refusing to touch it")
+    folder = db_path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # SQLite creates `-wal` and `-shm` files beside the database: the folder must take them.
+        fd, probe = tempfile.mkstemp(prefix=".droq-registry-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise os_fault(exc, f"{folder}: cannot create files in the database's folder") from None
+
+
+def _probe_open(path: Path | str, what: str) -> bytes:
+    """Open `path` for reading and writing (changing nothing); return its first 16 bytes."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_fault(exc, f"{path}: cannot open {what} for writing") from None
+    try:
+        return os.pread(fd, len(SQLITE_HEADER), 0)
+    except OSError as exc:
+        raise os_fault(exc, f"{path}: cannot read {what}") from None
+    finally:
+        os.close(fd)
+
+
+def os_fault(exc: OSError, doing: str) -> StorageFault:
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return StorageFault("permission", f"{doing}: {reason} (running as uid {os.geteuid()})")
+    if exc.errno == errno.EROFS:
+        return StorageFault("read_only", f"{doing}: {reason}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFault("disk_full", f"{doing}: {reason}")
+    if exc.errno == errno.EIO:
+        return StorageFault("io_error", f"{doing}: {reason}")
+    return StorageFault("other", f"{doing}: {reason}")
+
+
+def lock_path(db_path: Path) -> Path:
+    return db_path.with_name(db_path.name + ".lock")
+
+
+def identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path` now, or None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class WriterLock:
+    """An exclusive lock on `<db>.lock`, held for as long as this service writes the database.
+
+    `flock` locks belong to the open file, so the lock goes with the process however it
+    ends (even SIGKILL), and a lock file left behind is harmless: it holds only who took
+    it last, for the messages of whoever waits."""
+
+    def __init__(self, db_path: Path) -> None:
+        self.path = lock_path(db_path)
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        """Take the lock if it is free; False while another process holds it."""
+        if self._fd is not None:
+            return True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise os_fault(exc, f"{self.path}: cannot open the database's lock file") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        except OSError as exc:
+            os.close(fd)
+            raise os_fault(exc, f"{self.path}: cannot lock the database's lock file") from None
+        self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:
+            pass  # the note is for people; the lock itself is held
+        return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it ("pid 123 on host"), or "unknown"."""
+        try:
+            note = self.path.read_bytes()[:200].decode("utf-8", "replace").strip()
+        except OSError:
+            note = ""
+        return note if note.isprintable() and note else "unknown"
+
+    def held(self) -> bool:
+        """Whether this process holds the lock on the file that is at the lock's path now
+        (someone may have deleted or replaced the lock file)."""
+        if self._fd is None:
+            return False
+        st = os.fstat(self._fd)
+        return identity(self.path) == (st.st_dev, st.st_ino)
+
+    def retake(self) -> bool:
+        """Lock the file that is at the lock's path now (after the one this process locked
+        was deleted or replaced); False when another process holds it."""
+        self.release()
+        return self.acquire()
+
+    def release(self) -> None:
+        """Let the next service take over (idempotent)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the last descriptor releases the flock
+            self._fd = None
