@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -60,19 +61,22 @@ class LostEvents:
     `tree` is watched with every folder below it (as the watcher watches the assets
     folder), `folders` each on its own. Without inotify (not Linux, or no instance or
     watch to be had) it never reports anything and the periodic rescan stays the net.
+    Everything here is blocking file system work (walking the tree, reading up to a full
+    queue takes tens of milliseconds), so the watcher calls it from a worker thread; a
+    lock keeps two threads from reading the queue at once.
     """
 
     def __init__(self, tree: str, folders: Iterable[str] = ()) -> None:
         self._inotify: Any = None  # an inotify_simple.INotify
         self._paths: dict[int, str] = {}
         self._overflowed = False
-        self._incomplete = False
+        self._lock = threading.Lock()
         if inotify_simple is None:  # pragma: no cover - not Linux
             return
         try:
             self._inotify = inotify_simple.INotify(nonblocking=True)
         except OSError as exc:
-            log.warning("cannot watch for lost file events (%s); relying on the periodic rescan", exc)
+            _say_once("cannot watch for lost file events (%s); relying on the periodic rescan", exc)
             return
         self._add_tree(tree)
         for folder in folders:
@@ -85,20 +89,25 @@ class LostEvents:
 
     def overflowed(self) -> bool:
         """True once after the kernel dropped events: everything must be looked at again."""
-        self.drain()
-        overflowed, self._overflowed = self._overflowed, False
-        return overflowed
+        with self._lock:
+            self._drain()
+            overflowed, self._overflowed = self._overflowed, False
+            return overflowed
 
     def drain(self) -> None:
         """Empty the queue, remembering an overflow and watching folders created meanwhile."""
+        with self._lock:
+            self._drain()
+
+    def _drain(self) -> None:
         inotify = self._inotify
         if inotify is None:
             return
         try:
             events = inotify.read(timeout=0)
         except OSError as exc:  # the instance itself failed: say so once, stop looking
-            log.warning("cannot watch for lost file events (%s); relying on the periodic rescan", exc)
-            self.close()
+            _say_once("cannot watch for lost file events (%s); relying on the periodic rescan", exc)
+            self._close()
             return
         for event in events:
             if event.mask & _IN_Q_OVERFLOW:
@@ -109,6 +118,10 @@ class LostEvents:
 
     def close(self) -> None:
         """Give back the inotify instance; idempotent."""
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         inotify, self._inotify = self._inotify, None
         if inotify is not None:
             inotify.close()
@@ -137,9 +150,17 @@ class LostEvents:
         except FileNotFoundError:
             return  # gone already; the watcher has nothing there either
         except OSError as exc:  # e.g. fs.inotify.max_user_watches reached
-            if not self._incomplete:
-                self._incomplete = True
-                log.warning("cannot watch %s for lost file events (%s); the periodic rescan covers it",
-                            folder, exc)
+            _say_once("cannot watch every folder for lost file events (%s, at %s); the periodic rescan "
+                      "covers the rest", exc.strerror or exc, folder)
             return
         self._paths[wd] = folder
+
+
+_said: set[str] = set()
+
+
+def _say_once(message: str, *args: object) -> None:
+    """Warn about a limit once per process: every new life of the watcher would meet it again."""
+    if message not in _said:
+        _said.add(message)
+        log.warning(message, *args)

@@ -209,7 +209,7 @@ async def _watch(
     watchers = [awatch(folder, **options)]
     if elsewhere:
         watchers.append(awatch(*elsewhere, recursive=False, **options))
-    lost = LostEvents(folder, elsewhere)
+    lost = await anyio.to_thread.run_sync(LostEvents, folder, elsewhere)
     send, receive = anyio.create_memory_object_stream[Batch | Exception]()
     failure: Exception | None = None
     try:
@@ -227,7 +227,7 @@ async def _watch(
                 stop.set()
                 tg.cancel_scope.cancel()
     finally:
-        lost.close()
+        lost.close()  # no drain is running now: the task group waited for its thread
     if failure is not None:
         if isinstance(failure, RuntimeError) and str(failure).startswith(UNDECODABLE):
             log.debug("the file watcher stopped on a file name that is not UTF-8 (%s)", failure)
@@ -256,7 +256,7 @@ async def _follow(
         async for changes in batches:
             if isinstance(changes, Exception):
                 raise changes
-            if lost.overflowed() and not first:
+            if await anyio.to_thread.run_sync(lost.overflowed) and not first:
                 log.warning(
                     "file events were lost (the kernel's event queue overflowed; "
                     "fs.inotify.max_queued_events=%s); rescanning %s", queue_limit(), folder,
@@ -301,4 +301,4 @@ async def _relay(stopping: anyio.Event, stop: anyio.Event) -> None:
 async def _drain_every(lost: LostEvents, seconds: float) -> None:
     while lost.active:
         await anyio.sleep(seconds)
-        lost.drain()
+        await anyio.to_thread.run_sync(lost.drain)
