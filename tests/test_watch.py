@@ -8,9 +8,11 @@ HTTP answers to show the effect. Where a test fakes anything, it replaces the on
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -22,9 +24,12 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import make_settings, node_doc, wait_until, write_json
+from conftest import ServerProcess, make_settings, node_doc, wait_until, write_json
 from droq_registry import watch
 from droq_registry.app import create_app
+from droq_registry.nodefile import NodeFileError
+from droq_registry.overflow import LostEvents
+from droq_registry.reconcile import resolve_components_path
 
 DEADLINE = 10.0
 BURST_DEADLINE = 30.0
@@ -988,3 +993,238 @@ def test_health_reports_the_watcher_and_the_counts(
         "files_in_error": 1,
     }
     assert sources(client)["broken.json"]["error"] == "expected a JSON object, got a list"
+
+
+# Lost events: the kernel's queue overflowed -------------------------------------------------
+
+QUEUE_LIMIT = int(Path("/proc/sys/fs/inotify/max_queued_events").read_text())
+#: Long before the periodic rescan (an hour), generous for a loaded machine; how fast it
+#: really is (seconds) is measured by bench/lost_events.py.
+LOST_DEADLINE = 90.0
+
+
+def test_events_lost_while_the_process_was_stopped_are_rescanned_at_once(
+    assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    count = 20_000
+    # A new file is at least three events (create, modify, close): far more than the queue holds.
+    assert count * 3 > QUEUE_LIMIT, "the kernel would queue every event: nothing would be lost"
+    srv = server(
+        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / "r.db"),
+         "REGISTRY_RESYNC_SECONDS": "3600", "RELOAD": "", "LOG_FORMAT": "text", "LOG_LEVEL": "info"},
+        tmp_path / "server.log",
+    )
+    wait_until(lambda: srv.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
+    write_json(assets / "probe.json", node_doc("probe"))  # past the first pass: events apply
+    wait_until(lambda: srv.get("/api/v1/nodes/probe").status_code == 200, DEADLINE)
+
+    os.kill(srv.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(count):
+            (assets / f"n{i:05d}.json").write_bytes(orjson.dumps(node_doc(f"n{i:05d}", {f"C{i}": "pkg.c"})))
+    finally:
+        os.kill(srv.proc.pid, signal.SIGCONT)
+
+    wait_until(lambda: srv.get("/health").json()["nodes"] == count + 1, LOST_DEADLINE, interval=0.2)
+    listed = srv.get("/api/v1/sources").json()
+    assert (listed["total_sources"], listed["errors"]) == (count + 1, 0)
+    assert srv.get("/api/v1/components/C19999/node").json()["node"]["node_id"] == "n19999"
+    assert srv.get("/health").json()["watcher"] == {"state": "watching", "error": None, "restarts": 0}
+    said = [line.split(": ", 1)[1] for line in srv.log().splitlines() if "file events were lost" in line]
+    assert said, "the overflow was noticed and said"
+    assert set(said) == {
+        (
+            "file events were lost (the kernel's event queue overflowed; "
+            f"fs.inotify.max_queued_events={QUEUE_LIMIT}); rescanning {assets}"
+        )
+    }
+
+
+def test_lost_events_are_noticed_in_folders_below_the_assets_folder_too(tmp_path: Path) -> None:
+    tree = tmp_path / "nodes"
+    (tree / "sub").mkdir(parents=True)
+    lost = LostEvents(str(tree))
+    try:
+        assert lost.active and not lost.overflowed()
+        (tree / "later").mkdir()  # made after the watch started, noticed on the next look
+        assert not lost.overflowed()
+        for name in ("sub", "later"):
+            for i in range(QUEUE_LIMIT // 3 + 10):  # never read in between: the queue overflows
+                (tree / name / f"f{i}").write_bytes(b"x")
+            assert lost.overflowed(), name
+            assert not lost.overflowed(), "said once per overflow"
+    finally:
+        lost.close()
+    lost.close()  # idempotent
+
+
+# The watch stays narrow ------------------------------------------------------------------------
+
+
+def _kernel_dev(st_dev: int) -> int:
+    """st_dev as the kernel prints it in /proc/*/fdinfo (MAJOR << 20 | MINOR)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def watched_folders(root: Path) -> set[str]:
+    """The folders under `root` that an inotify watch of this process is on, relative to
+    `root` (read from /proc/self/fdinfo, whichever instance holds the watch)."""
+    folders = {}
+    for folder, _, _ in os.walk(root):
+        st = os.stat(folder)
+        folders[(_kernel_dev(st.st_dev), st.st_ino)] = os.path.relpath(folder, root)
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            info = Path(f"/proc/self/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        for ino, sdev in re.findall(r"^inotify wd:\S+ ino:([0-9a-f]+) sdev:([0-9a-f]+)", info, re.MULTILINE):
+            key = (int(sdev, 16), int(ino, 16))
+            if key in folders:
+                found.add(folders[key])
+    return found
+
+
+def test_components_folders_are_watched_on_their_own_never_their_tree(
+    tmp_path: Path, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    parent = assets.parent
+    (parent / "big" / "deep" / "deeper").mkdir(parents=True)
+    (parent / "other").mkdir()
+    (assets / "sub").mkdir()
+    write_json(parent / "shared.json", {"Shared": "pkg.shared"})
+    write_json(parent / "other" / "o.json", {"Other": "pkg.other"})
+    doc = {"node_id": "x", "name": "X", "components_json_path": "../shared.json"}
+    write_json(assets / "x.json", doc)
+    client = watched(client_for, assets)
+
+    # The assets folder with its subfolders; the parent alone, not its other folders.
+    wait_until(lambda: watched_folders(tmp_path) == {"assets", "assets/nodes", "assets/nodes/sub"}, DEADLINE)
+
+    write_json(parent / "shared.json", {"Edited": "pkg.edited"})  # seen through that watch
+    wait_until(lambda: node_is(client, "x", detail(doc, {"Edited": "pkg.edited"})), DEADLINE)
+
+    pointer = {"node_id": "y", "name": "Y", "components_json_path": "../other/o.json"}
+    write_json(assets / "y.json", pointer)
+    wait_until(lambda: watched_folders(tmp_path) == {"assets", "assets/other", "assets/nodes",
+                                                     "assets/nodes/sub"}, DEADLINE)
+    write_json(parent / "other" / "o.json", {"Moved": "pkg.moved"})
+    wait_until(lambda: node_is(client, "y", detail(pointer, {"Moved": "pkg.moved"})), DEADLINE)
+
+    (assets / "y.json").unlink()
+    wait_until(lambda: watched_folders(tmp_path) == {"assets", "assets/nodes", "assets/nodes/sub"}, DEADLINE)
+    assert health(client)["watcher"] == {"state": "watching", "error": None, "restarts": 0}
+
+
+def test_watched_folders_are_one_frozen_value_replaced_by_each_commit_that_moves_them(
+    tmp_path: Path, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    (tmp_path / "assets" / "c").mkdir()
+    write_json(tmp_path / "assets" / "c" / "c.json", {"C": "pkg.c"})
+    client = client_for(assets)
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    before = registry.watch_dirs
+    assert before == frozenset()
+
+    write_json(assets / "a.json", {"node_id": "a", "name": "A", "components_json_path": "../c/c.json"})
+    client.app.state.registry.reconcile()  # type: ignore[attr-defined]
+    after = registry.watch_dirs
+    assert (type(after), after) == (frozenset, frozenset({str(tmp_path / "assets" / "c")}))
+    assert before == frozenset(), "the value the event loop held is never changed in place"
+
+    write_json(assets / "b.json", node_doc("b"))  # a commit that moves no folder keeps the value
+    registry.reconcile()
+    assert registry.watch_dirs is after
+
+
+@pytest.mark.parametrize(
+    ("folder", "ref", "resolved"),
+    [
+        pytest.param("/srv/nodes", "../shared/c.json", "/srv/shared/c.json", id="parent-allowed"),
+        pytest.param("/srv/nodes", "../../etc/c.json", None, id="above-parent"),
+        pytest.param("/nodes", "c/c.json", "/nodes/c/c.json", id="root-parent-inside"),
+        pytest.param("/nodes", "../etc/passwd", None, id="root-parent-outside"),
+        pytest.param("/nodes", "../nodes/c.json", "/nodes/c.json", id="root-parent-back-in"),
+        pytest.param("/", "c.json", None, id="folder-is-root"),
+    ],
+)
+def test_components_path_may_not_leave_the_parent_and_never_reaches_root(
+    folder: str, ref: str, resolved: str | None
+) -> None:
+    if resolved is not None:
+        assert resolve_components_path(Path(folder), ref) == resolved
+        return
+    with pytest.raises(NodeFileError) as caught:
+        resolve_components_path(Path(folder), ref)
+    root = "/srv" if folder == "/srv/nodes" else folder
+    assert caught.value.message == f"components_json_path: {ref!r} resolves outside {root} (not allowed)"
+
+
+# File names that are not UTF-8, and a watcher that fails now and then -----------------------
+
+
+def write_raw(path: bytes, raw: bytes, flags: int = os.O_CREAT | os.O_TRUNC) -> None:
+    fd = os.open(path, os.O_WRONLY | flags, 0o644)
+    try:
+        os.write(fd, raw)
+    finally:
+        os.close(fd)
+
+
+def test_file_name_that_is_not_utf8_is_skipped_with_one_warning_and_the_watch_goes_on(
+    caplog: pytest.LogCaptureFixture, assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = watched(client_for, assets)
+    unique = assets.parent.parent.name.encode()  # the warning is said once per process and name
+    bad = os.path.join(os.fsencode(assets), b"caf\xe9-" + unique + b"-\xff.json")
+    write_raw(bad, orjson.dumps(node_doc("bad")))
+    first = write_json(assets / "first.json", node_doc("first"))
+    wait_until(lambda: node_is(client, "first", detail(node_doc("first"))), DEADLINE)
+
+    write_raw(bad, b"\n", os.O_APPEND)  # events on it again: still skipped, not said again
+    second = write_json(assets / "second.json", node_doc("second"))
+    wait_until(lambda: node_is(client, "second", detail(node_doc("second"))), DEADLINE)
+    first.unlink()
+    wait_until(lambda: node_gone(client, "first"), DEADLINE)
+
+    assert health(client)["watcher"] == {"state": "watching", "error": None, "restarts": 0}
+    assert list(sources(client)) == [second.name]
+    said = [(r.name, r.levelname, r.getMessage()) for r in caplog.records
+            if r.name in ("droq_registry.watch", "droq_registry.reconcile") and r.levelno >= logging.WARNING]
+    assert said == [(
+        "droq_registry.reconcile", "WARNING",
+        f"ignoring {os.fsdecode(os.path.basename(bad))}: its name is not valid UTF-8",
+    )]
+
+
+def test_watcher_backoff_starts_again_after_a_long_healthy_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, assets: Path,
+    client_for: Callable[..., TestClient],
+) -> None:
+    monkeypatch.setattr(watch, "POLL_SECONDS", 0.02)
+    monkeypatch.setattr(watch, "MAX_BACKOFF_SECONDS", 0.16)
+    monkeypatch.setattr(watch, "STABLE_SECONDS", 0.5)
+    lives = ["fails"] * 5 + ["runs well, then fails"] + ["fails"] * 2
+
+    async def scripted_awatch(*paths: Any, **options: Any) -> Any:
+        life = lives.pop(0) if lives else "runs"
+        if life == "fails":
+            raise OSError("inotify went away")
+        started = time.monotonic()
+        while life == "runs" or time.monotonic() - started < 1.0:  # twice STABLE_SECONDS
+            await anyio.sleep(0.02)
+            yield set()
+        raise OSError("inotify went away after a good run")
+
+    monkeypatch.setattr(watch, "awatch", scripted_awatch)
+    client = client_for(assets, reload=True)
+    wait_until(lambda: not lives and health(client)["watcher"]["state"] == "watching", DEADLINE)
+
+    waits = [re.search(r"retrying in (\S+)s$", r.getMessage()).group(1)  # type: ignore[union-attr]
+             for r in caplog.records if r.name == "droq_registry.watch" and r.levelno == logging.ERROR]
+    # Doubling up to the cap, back to the start after the good run, doubling again.
+    assert waits == ["0.02", "0.04", "0.08", "0.16", "0.16", "0.02", "0.04", "0.08"]
+    assert health(client)["watcher"] == {"state": "watching", "error": None, "restarts": 8}

@@ -12,13 +12,11 @@ from pathlib import Path
 
 from . import __version__
 from .diff import Failed, Parsed, conflict_message
-from .logs import configure_logging, uvicorn_log_config
+from .logs import PROG, configure_logging, startup_failure, uvicorn_log_config
 from .nodefile import Schema
 from .reconcile import is_node_file, read_source
-from .settings import Settings, SettingsError
+from .settings import Settings, SettingsError, log_format_from_env
 from .store import StoreError, check_path
-
-PROG = "droq-registry"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,15 +61,20 @@ def serve() -> int:
     """Run the service until SIGTERM/SIGINT."""
     try:
         settings = Settings.from_env()
+    except SettingsError as exc:
+        startup_failure(log_format_from_env(), str(exc))
+        return 2
+    # Before anything else can log (opening the store may), so every line has the format.
+    configure_logging(settings)
+    try:
         Schema.load(settings.schema_path)
         check_path(settings.db_path, settings.assets_dir)
     except (SettingsError, StoreError) as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        startup_failure(settings.log_format, str(exc))
         return 2
     except (OSError, ValueError) as exc:
-        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+        startup_failure(settings.log_format, f"cannot start: {exc}")
         return 2
-    configure_logging(settings)
 
     import uvicorn
 

@@ -113,20 +113,23 @@ def _storable(name: str) -> bool:
     except UnicodeEncodeError:
         if name not in _unnameable:
             _unnameable.add(name)
-            log.warning("ignoring %r: its name is not valid UTF-8", name)
+            log.warning("ignoring %s: its name is not valid UTF-8", name)
         return False
     return True
 
 
 def resolve_components_path(folder: Path, ref: str) -> str:
-    """Where `components_json_path` points; it may not leave the assets folder's parent."""
+    """Where `components_json_path` points: inside the assets folder's parent, or inside the
+    assets folder itself when that parent is `/` (a root that would allow every file)."""
     if "\0" in ref:
         raise NodeFileError("", "components_json_path", "must not contain a NUL character")
     root = os.path.abspath(folder.parent)
     target = os.path.abspath(os.path.join(folder, ref))
     real_root = os.path.realpath(root)
+    if os.sep in (root, real_root):
+        root, real_root = os.path.abspath(folder), os.path.realpath(folder)
     for candidate, base in ((target, root), (os.path.realpath(target), real_root)):
-        if os.path.commonpath([candidate, base]) != base:
+        if base == os.sep or os.path.commonpath([candidate, base]) != base:
             raise NodeFileError(
                 "", "components_json_path", f"{ref!r} resolves outside {root} (not allowed)"
             )
@@ -250,6 +253,9 @@ class Registry:
         self.sources: dict[str, Source] = {}
         self.served: dict[str, Served] = {}
         self.claims: dict[str, set[str]] = {}
+        #: The folders of every components file some node file points to, for the watcher.
+        #: Published whole by the reconcile thread; the event loop only ever reads it.
+        self.watch_dirs: frozenset[str] = frozenset()
         self._seen: dict[str, Seen] = {}
         self._dep_seen: dict[str, Seen | None] = {}
         self.changes = ChangeLog((), 0, settings.changes_keep)
@@ -265,6 +271,7 @@ class Registry:
         self.served = loaded.served
         for source in self.sources.values():
             self._claim(source)
+        self.watch_dirs = _folders_of(self.sources)
         self.changes = ChangeLog(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
         self.snapshot = Snapshot.empty().evolve(
             loaded.revision,
@@ -283,10 +290,6 @@ class Registry:
     def stop(self) -> None:
         """Ask a reconcile in progress to give up before it writes (the service is stopping)."""
         self._stopping.set()
-
-    def deps(self) -> set[str]:
-        """Every components file some node file points to (the watcher watches their folders)."""
-        return {dep for source in self.sources.values() for dep in source.deps}
 
     def reconcile(self, named: Iterable[str] | None = None) -> Result:
         """Bring the store up to date with the folder.
@@ -545,18 +548,23 @@ class Registry:
         return True
 
     def _commit(self, plan: diff.Plan) -> None:
+        deps_moved = False
         for path, source in plan.sources_drop.items():
             self._unclaim(source)
             self.sources.pop(path, None)
+            deps_moved = deps_moved or bool(source.deps)
         for path, source in plan.sources_put.items():
             old = self.sources.get(path)
             if old is not None:
                 self._unclaim(old)
             self.sources[path] = source
             self._claim(source)
+            deps_moved = deps_moved or bool(source.deps) or (old is not None and bool(old.deps))
         for node_id in plan.nodes_drop:
             self.served.pop(node_id, None)
         self.served.update(plan.nodes_put)
+        if deps_moved:
+            self.watch_dirs = _folders_of(self.sources)
 
     def _claim(self, source: Source) -> None:
         if source.node_id is not None and source.digest is not None:
@@ -569,6 +577,10 @@ class Registry:
                 paths.discard(source.path)
                 if not paths:
                     del self.claims[source.node_id]
+
+
+def _folders_of(sources: dict[str, Source]) -> frozenset[str]:
+    return frozenset(os.path.dirname(dep) for source in sources.values() for dep in source.deps)
 
 
 class FolderMissing(Exception):

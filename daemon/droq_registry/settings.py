@@ -126,6 +126,12 @@ class Settings:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
+def log_format_from_env(environ: Mapping[str, str] | None = None) -> str:
+    """LOG_FORMAT alone, to report a bad setting in the format asked for ("text" if it is bad too)."""
+    raw = (os.environ if environ is None else environ).get("LOG_FORMAT", "").strip().lower()
+    return raw if raw in LOG_FORMATS else "text"
+
+
 def _token(env: Mapping[str, str]) -> str | None:
     """REGISTRY_API_TOKEN, or the contents of REGISTRY_API_TOKEN_FILE (a mounted secret)."""
     token = env.get("REGISTRY_API_TOKEN") or None

@@ -2,8 +2,12 @@
 
 The only module that imports watchfiles. A batch of events is taken as "something changed
 here", not as an exact list of edits: the reconciler stats and hashes to find out what.
-Watches can be lost (inotify limits, queue overflows, network mounts), so a full rescan
-runs on a timer too, and when the watcher fails the loop says so and polls instead.
+The assets folder is watched with its subfolders; a folder of components files elsewhere
+is watched on its own, never its tree (`Registry.watch_dirs`, published whole by the
+reconcile thread, says which). Events can be lost: when the kernel's queue overflows
+(`overflow.LostEvents` notices) the whole folder is looked at again at once; for what
+cannot be noticed (network mounts) a full rescan runs on a timer too; and when the
+watcher fails the loop says so and polls until it can start it again.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
-from watchfiles import awatch
+import anyio.abc
+from watchfiles import Change, awatch
 
 from .dbfile import WriterLock
+from .overflow import DRAIN_SECONDS, LostEvents, queue_limit
 from .reconcile import FolderMissing, Registry, Result, Stopped, utc_now
 from .store import StorageFault, Store
 
@@ -34,6 +41,9 @@ RETRY_FIRST_SECONDS = 0.25
 RETRY_MAX_SECONDS = 5.0
 #: How often a service waiting for the database's writer lock looks again.
 LOCK_POLL_SECONDS = 0.5
+#: A watcher that ran this long before it failed was healthy: the wait before the next
+#: attempt starts again from POLL_SECONDS instead of growing on from the last failure.
+STABLE_SECONDS = 60.0
 
 
 @dataclass
@@ -207,6 +217,7 @@ async def _watch_loop(
     registry = reconciler.registry
     folder = os.path.abspath(registry.folder)
     backoff = POLL_SECONDS
+    undecodable_at = -POLL_SECONDS
     while not stopping.is_set():
         identity = _identity(folder)
         if identity is None:
@@ -216,16 +227,26 @@ async def _watch_loop(
                 await anyio.sleep(POLL_SECONDS)
             identity = _identity(folder)
             await reconciler.run()
-        dep_dirs = sorted({os.path.dirname(d) for d in registry.deps() if os.path.isdir(os.path.dirname(d))})
+        elsewhere = _folders_elsewhere(registry, folder)
+        started = time.monotonic()
         try:
-            await _watch(reconciler, status, folder, identity, dep_dirs, step_ms, debounce_ms, stopping)
+            await _watch(reconciler, status, folder, identity, elsewhere, step_ms, debounce_ms, stopping)
             backoff = POLL_SECONDS
+        except _Undecodable:
+            # Not a failure: watchfiles gives up on a file name that is not UTF-8 (and drops
+            # the batch), so it starts again at once and its first pass looks at everything;
+            # at most once a second, should such a file be written over and over.
+            wait = max(0.0, undecodable_at + POLL_SECONDS - time.monotonic())
+            undecodable_at = time.monotonic() + wait
+            await anyio.sleep(wait)
         except Exception as exc:  # the watcher itself failed: say so and poll meanwhile
+            if time.monotonic() - started >= STABLE_SECONDS:
+                backoff = POLL_SECONDS  # it had run well: this failure is not one of a series
             status.state = "polling"
             status.error = f"{type(exc).__name__}: {exc}"
             status.restarts += 1
             log.error(
-                "file watcher failed (%s); polling every %.0fs and retrying in %.0fs",
+                "file watcher failed (%s); polling every %gs and retrying in %gs",
                 status.error, POLL_SECONDS, backoff,
             )
             with anyio.move_on_after(backoff):
@@ -235,18 +256,87 @@ async def _watch_loop(
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
 
+def _folders_elsewhere(registry: Registry, folder: str) -> list[str]:
+    """Folders of components files outside the assets folder (whose own watch covers the
+    ones inside it) that are there now: each is watched on its own, not recursively."""
+    inside = folder + os.sep
+    return sorted(
+        d for d in registry.watch_dirs if d != folder and not d.startswith(inside) and os.path.isdir(d)
+    )
+
+
+class _Undecodable(Exception):
+    """watchfiles met a file name that is not valid UTF-8 and stopped."""
+
+
+#: watchfiles' error for a path it cannot turn into a string (`src/lib.rs`, the event handler).
+UNDECODABLE = "Unable to decode path"
+
+Batch = set[tuple[Change, str]]
+
+
 async def _watch(
     reconciler: Reconciler,
     status: WatchStatus,
     folder: str,
     identity: tuple[int, int] | None,
-    dep_dirs: list[str],
+    elsewhere: list[str],
     step_ms: int,
     debounce_ms: int,
     stopping: anyio.Event,
 ) -> None:
-    """One life of `awatch`; returns when the folder or the set of watched folders changed,
-    or when the service stops."""
+    """One life of the watchers; returns when the folder or the set of watched folders
+    changed, or when the service stops.
+
+    The assets folder is watched with every folder below it (node files may be links into
+    them); each folder of components files elsewhere is watched on its own, never its
+    tree. The two watchers' batches are taken in turn.
+    """
+    # Each life has its own stop event: watchfiles sets the one it is given when it is
+    # cancelled, and ending one life must not stop the service.
+    stop = anyio.Event()
+    options: dict[str, Any] = {
+        "watch_filter": None, "step": step_ms, "debounce": debounce_ms,
+        "rust_timeout": 1_000, "yield_on_timeout": True, "stop_event": stop,
+    }
+    watchers = [awatch(folder, **options)]
+    if elsewhere:
+        watchers.append(awatch(*elsewhere, recursive=False, **options))
+    lost = await anyio.to_thread.run_sync(LostEvents, folder, elsewhere)
+    send, receive = anyio.create_memory_object_stream[Batch | Exception]()
+    failure: Exception | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_relay, stopping, stop)
+            tg.start_soon(_drain_every, lost, DRAIN_SECONDS)
+            for watcher in watchers:
+                tg.start_soon(_pump, watcher, send.clone())
+            send.close()
+            try:
+                await _follow(reconciler, status, folder, identity, elsewhere, receive, lost)
+            except Exception as exc:  # noqa: BLE001 - raised below, not as a group of one
+                failure = exc
+            finally:
+                stop.set()
+                tg.cancel_scope.cancel()
+    finally:
+        lost.close()  # no drain is running now: the task group waited for its thread
+    if failure is not None:
+        if isinstance(failure, RuntimeError) and str(failure).startswith(UNDECODABLE):
+            log.debug("the file watcher stopped on a file name that is not UTF-8 (%s)", failure)
+            raise _Undecodable() from failure
+        raise failure
+
+
+async def _follow(
+    reconciler: Reconciler,
+    status: WatchStatus,
+    folder: str,
+    identity: tuple[int, int] | None,
+    elsewhere: list[str],
+    batches: anyio.abc.ObjectReceiveStream[Batch | Exception],
+    lost: LostEvents,
+) -> None:
     registry = reconciler.registry
     first = True
     # awatch sets up its watches on the first iteration; a failure there raises at once
@@ -255,28 +345,53 @@ async def _watch(
         log.info("watching %s for node files", folder)
     status.state = "watching"
     status.error = None
-    async for changes in awatch(
-        folder,
-        *[d for d in dep_dirs if d != folder],
-        watch_filter=None,
-        step=step_ms,
-        debounce=debounce_ms,
-        rust_timeout=1_000,
-        yield_on_timeout=True,
-        stop_event=stopping,
-    ):
-        if first:
-            # Events between the last full scan and the watch starting were not seen.
+    async with batches:
+        async for changes in batches:
+            if isinstance(changes, Exception):
+                raise changes
+            if await anyio.to_thread.run_sync(lost.overflowed) and not first:
+                log.warning(
+                    "file events were lost (the kernel's event queue overflowed; "
+                    "fs.inotify.max_queued_events=%s); rescanning %s", queue_limit(), folder,
+                )
+                await reconciler.run()
+            elif first:
+                # Events between the last full scan and the watch starting were not seen.
+                await reconciler.run()
+            elif changes:
+                await reconciler.run([os.path.abspath(path) for _, path in changes])
             first = False
-            await reconciler.run()
-        paths = [os.path.abspath(path) for _, path in changes]
-        if changes:
-            await reconciler.run(paths)
-        # The folder itself in the batch means it was removed (its watch is gone even if a
-        # new folder took its place, possibly with the same inode number).
-        if folder in paths or _identity(folder) != identity:
-            log.warning("assets folder %s was removed or replaced; watching again", folder)
-            return
-        wanted = sorted({os.path.dirname(d) for d in registry.deps() if os.path.isdir(os.path.dirname(d))})
-        if wanted != dep_dirs:
-            return
+            # The folder itself in the batch means it was removed (its watch is gone even if a
+            # new folder took its place, possibly with the same inode number).
+            if any(os.path.abspath(path) == folder for _, path in changes) or _identity(folder) != identity:
+                log.warning("assets folder %s was removed or replaced; watching again", folder)
+                return
+            if _folders_elsewhere(registry, folder) != elsewhere:
+                return
+
+
+async def _pump(
+    watcher: AsyncIterator[Batch], send: anyio.abc.ObjectSendStream[Batch | Exception]
+) -> None:
+    """One watcher's batches, then its failure if it fails, into the shared stream."""
+    async with send:
+        try:
+            async for changes in watcher:
+                await send.send(changes)
+        except Exception as exc:  # noqa: BLE001 - handed on: the watcher failed, whatever the cause
+            # awatch runs its worker in a task group of its own, so its failure comes as a
+            # group of one; the error inside is what the log and /health should name.
+            while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]
+            await send.send(exc)
+
+
+async def _relay(stopping: anyio.Event, stop: anyio.Event) -> None:
+    await stopping.wait()
+    stop.set()
+
+
+async def _drain_every(lost: LostEvents, seconds: float) -> None:
+    while lost.active:
+        await anyio.sleep(seconds)
+        await anyio.to_thread.run_sync(lost.drain)
