@@ -45,6 +45,9 @@ if [ -z "$base" ]; then
   fi
 fi
 
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
 if [ "$base" = "$standin" ] && ! podman image exists "$standin"; then
   if [ -z "$apt_sources" ]; then
     for candidate in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
@@ -67,12 +70,11 @@ if [ "$base" = "$standin" ] && ! podman image exists "$standin"; then
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
-    bookworm - "$apt_sources" \
-    | podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' - "$standin" >/dev/null
+    bookworm "$work/base.tar" "$apt_sources"
+  # Imported only once mmdebstrap has succeeded: a cut-off tarball never becomes the base.
+  podman import --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' "$work/base.tar" "$standin" >/dev/null
+  rm -f "$work/base.tar"
 fi
-
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 
 # This machine's effective pip settings for reaching an index, as a pip.conf for the build.
 # Its RUN steps get this folder as root's home (/root is in every Debian base, so mounting
@@ -100,7 +102,9 @@ for line in listing.splitlines():
         found[section][key] = ast.literal_eval(value)
 settings = {**found["global"], **found["install"], **found[":env:"]}  # pip's precedence
 # pip in the build trusts what this machine trusts, whatever bundle the base ships.
-settings.setdefault("cert", os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().openssl_cafile)
+bundle = os.environ.get("SSL_CERT_FILE") or ssl.get_default_verify_paths().openssl_cafile
+if os.path.isfile(bundle):
+    settings.setdefault("cert", bundle)
 
 mounts: dict[str, str] = {}  # real path on this machine -> its path in the build
 
