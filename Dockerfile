@@ -1,10 +1,11 @@
-# syntax=docker/dockerfile:1
 # The registry as a small, non-root image.
 #   With a registry:  docker build -t droq-registry .      (or: podman build --format docker ...)
 #   Offline:          deploy/build-image.sh                  (same file, a base made from Debian packages)
 # Node files live in /srv/assets/nodes (mount your own read-only over it); the database,
 # a derived index rebuilt from the files when missing, lives on the /data volume.
 # PYTHON_IMAGE is any Debian-based image with python3.11, python -m venv, useradd.
+# No "# syntax=" line: BuildKit would fetch that frontend from a registry, and nothing
+# here needs more than the builder's own.
 ARG PYTHON_IMAGE=python:3.11-slim
 
 FROM ${PYTHON_IMAGE} AS build
