@@ -54,6 +54,11 @@ def inspect(kind: str, name: str) -> dict[str, Any]:
     return dict(json.loads(podman(kind, "inspect", name).stdout)[0])
 
 
+def base_of(image: str) -> str:
+    """The image it was built on, as the Dockerfile labels it."""
+    return str(inspect("image", image)["Labels"]["org.opencontainers.image.base.name"])
+
+
 @pytest.fixture(scope="session")
 def image() -> str:
     """The image of this checkout, built by the documented offline script."""
@@ -108,13 +113,12 @@ def run(image: str) -> Iterator[Callable[..., Container]]:
     """`run(*podman_run_options)` -> a started container of the image; removed after the test."""
     started: list[Container] = []
 
-    def start(*options: str, ready: bool = True) -> Container:
+    def start(*options: str) -> Container:
         container = Container(f"droq-test-{uuid.uuid4().hex[:12]}", free_port())
         started.append(container)
         podman("run", "--detach", "--name", container.name, "--publish", f"127.0.0.1:{container.port}:8002",
                *options, image)
-        if ready:
-            container.wait_ready()
+        container.wait_ready()
         return container
 
     yield start
@@ -182,8 +186,8 @@ def test_image_keeps_its_healthcheck_user_port_volume_and_command(image: str) ->
 @pytest.fixture(scope="module")
 def layers(image: str) -> Iterator[tuple[Path, list[str]]]:
     """(the image's file system mounted read-only on the host, what its layers add to the base)."""
-    base = inspect("image", image)["Labels"]["org.opencontainers.image.base.name"]
-    changed = [line.split(" ", 1)[1] for line in podman("image", "diff", image, base).stdout.splitlines()]
+    diff = podman("image", "diff", image, base_of(image)).stdout
+    changed = [line.split(" ", 1)[1] for line in diff.splitlines()]
     root = Path(podman("image", "mount", image).stdout.strip())
     try:
         yield root, changed
@@ -212,9 +216,8 @@ def test_image_adds_only_the_service_to_its_base(image: str, layers: tuple[Path,
     assert {p[len(site):] for p in venv if p.startswith(f"{site}droq_registry/") and "__pycache__" not in p} == {
         f"droq_registry/{p.relative_to(package)}" for p in package.rglob("*") if "__pycache__" not in p.parts
     }
-    image_size = inspect("image", image)["Size"]
-    base_size = inspect("image", inspect("image", image)["Labels"]["org.opencontainers.image.base.name"])["Size"]
-    assert image_size - base_size <= 60 * 1024 * 1024, f"{(image_size - base_size) / 2**20:.1f} MiB over the base"
+    added = inspect("image", image)["Size"] - inspect("image", base_of(image))["Size"]
+    assert added <= 60_000_000, f"{added / 1e6:.1f} MB over the base"
 
 
 def test_image_files_are_roots_and_read_only_to_the_service_except_data(layers: tuple[Path, list[str]]) -> None:
@@ -247,7 +250,7 @@ def test_a_read_only_bind_mount_of_the_shipped_nodes_is_served_as_in_process(
 ) -> None:
     container = run(mount(nodes))
     assert container.get("/ready").json() == {"status": "ready", "revision": 1}
-    local: TestClient = open_client(make_settings(nodes))
+    local: TestClient = open_client(make_settings(nodes, db_path=tmp_path / "local.db"))
     try:
         # The same files give the same answers, byte for byte, with the same ETag.
         for path in ("/api/v1/components/Multiply/node", "/api/v1/nodes", "/api/v1/nodes/dfx-math-executor-node"):
@@ -400,13 +403,14 @@ def test_an_arbitrary_uid_in_group_0_writes_its_database_and_serves(
 
 def visible_state(container: Container) -> dict[str, Any]:
     """What a client sees of the stored state, and the database file's identity."""
-    ready = container.get("/ready")
+    sources = container.get("/api/v1/sources")
     return {
-        "ready": ready.json(),
-        "revision": ready.headers["x-registry-revision"],
-        # Issue 12 adds an epoch: it must survive a restart too (None until it exists).
-        "epoch": ready.headers.get("x-registry-epoch"),
-        "sources": container.get("/api/v1/sources").json(),
+        "ready": container.get("/ready").json(),
+        "revision": sources.headers["x-registry-revision"],
+        # Issue 12 adds an epoch to every /api/v1 answer: it must survive a restart too
+        # (None on both sides until it exists).
+        "epoch": sources.headers.get("x-registry-epoch"),
+        "sources": sources.json(),
         "changes": container.get("/api/v1/changes?since=0").json(),
         "db": container.exec("stat", "-c", "%i %W", "/data/registry.db").strip(),
     }
@@ -477,6 +481,10 @@ def test_compose_serves_the_mounted_nodes_and_down_keeps_the_volume(image: str, 
         assert [n["metadata"]["node_id"] for n in first.get("/api/v1/nodes").json()["nodes"]] == ["theirs"]
         write_json(nodes / "added.json", node_doc("added", {"Added": "pkg.added"}))
         wait_until(lambda: first.get("/api/v1/components/Added/node").status_code == 200, DEADLINE)
+        # compose.yml's own health check (readiness) replaces the image's, and passes.
+        assert inspect("container", first.name)["Config"]["Healthcheck"]["Test"] == [
+            "CMD", "droq-registry", "probe", "/ready"
+        ]
         assert healthcheck(first) == (0, "")
         mounts = {m["Destination"]: (m["Type"], m["RW"]) for m in inspect("container", first.name)["Mounts"]}
         assert mounts == {"/srv/assets/nodes": ("bind", False), "/data": ("volume", True)}
