@@ -293,6 +293,30 @@ def test_node_files_written_on_the_host_appear_through_the_bind_mount_by_file_ev
     ]
 
 
+def test_a_host_file_the_service_user_cannot_read_is_that_files_error_only(
+    run: Callable[..., Container], nodes: Path
+) -> None:
+    container = run(mount(nodes), "--env=REGISTRY_RESYNC_SECONDS=0")
+    wait_until(lambda: container.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
+    # Written on the host by root, mode 0600: uid 10001 in the container may not read it.
+    secret = nodes / "secret.json"
+    secret.touch(mode=0o600)
+    secret.write_bytes(orjson.dumps(node_doc("secret", {"Secret": "pkg.secret"})))
+
+    def row() -> tuple[Any, ...] | None:
+        rows = {r["path"]: r for r in container.get("/api/v1/sources").json()["sources"]}
+        found = rows.get("secret.json")
+        return found and (found["state"], found["node_id"], found["error"], found["serving_last_good"])
+
+    assert wait_until(row, DEADLINE) == ("error", None, "cannot read the file: Permission denied", False)
+    assert container.get("/api/v1/nodes").json()["total_nodes"] == len(list(ASSETS.glob("*.json")))
+
+    secret.chmod(0o644)
+    secret.write_bytes(orjson.dumps(node_doc("secret", {"Secret": "pkg.secret"})))
+    wait_until(lambda: container.get("/api/v1/components/Secret/node").status_code == 200, DEADLINE)
+    assert row() == ("ok", "secret", None, False)
+
+
 def healthcheck(container: Container) -> tuple[int, str]:
     """`podman healthcheck run`: exit code and output (nothing when healthy)."""
     result = podman("healthcheck", "run", container.name, check=False)
