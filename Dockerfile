@@ -1,10 +1,14 @@
-# syntax=docker/dockerfile:1
-# The registry as a small, non-root image. Build: docker build -t droq-registry .
+# The registry as a small, non-root image.
+#   With a registry:  docker build -t droq-registry .      (or: podman build --format docker ...)
+#   Offline:          deploy/build-image.sh                  (same file, a base made from Debian packages)
 # Node files live in /srv/assets/nodes (mount your own read-only over it); the database,
 # a derived index rebuilt from the files when missing, lives on the /data volume.
-ARG PYTHON_VERSION=3.11
+# PYTHON_IMAGE is any Debian-based image with python3.11, python -m venv, useradd.
+# No "# syntax=" line: BuildKit would fetch that frontend from a registry, and nothing
+# here needs more than the builder's own.
+ARG PYTHON_IMAGE=python:3.11-slim
 
-FROM python:${PYTHON_VERSION}-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
@@ -13,13 +17,22 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY config/ config/
 COPY daemon/ daemon/
-RUN pip install .
+# The service needs neither pip nor setuptools at run time: they leave with the build stage.
+RUN pip install . \
+ && pip uninstall --yes pip setuptools
 
-FROM python:${PYTHON_VERSION}-slim
+FROM ${PYTHON_IMAGE}
+ARG PYTHON_IMAGE
+# Which base this image was built on (the tests compare the image with it).
+LABEL org.opencontainers.image.title="droq-registry" \
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
+# /data belongs to the service user and to group 0, group-writable: the image also runs
+# under an arbitrary uid with group 0 (OpenShift), which must be able to write the database.
 RUN groupadd --system --gid 10001 registry \
- && useradd --system --uid 10001 --gid registry --no-create-home --home-dir /nonexistent registry \
- && mkdir -p /data \
- && chown registry:registry /data
+ && useradd --system --no-log-init --uid 10001 --gid registry --no-create-home --home-dir /nonexistent registry \
+ && mkdir /data \
+ && chown 10001:0 /data \
+ && chmod 0775 /data
 COPY --from=build /opt/venv /opt/venv
 COPY assets/nodes/ /srv/assets/nodes/
 ENV PATH=/opt/venv/bin:$PATH \
@@ -32,5 +45,6 @@ USER 10001:10001
 WORKDIR /srv
 VOLUME ["/data"]
 EXPOSE 8002
+# exec form: the server is PID 1 and receives SIGTERM itself (stops cleanly, exit code 0).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 CMD ["droq-registry", "probe", "/health"]
 CMD ["droq-registry", "serve"]
