@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import __version__, openapi
-from .model import Change
+from .offload import Offload
 from .snapshot import Snapshot, etag_of
 
 SERVICE = "droq-registry-service"
@@ -82,6 +82,11 @@ def snapshot_of(request: Request) -> Snapshot:
     return request.app.state.registry.snapshot  # type: ignore[no-any-return]
 
 
+def offload_of(request: Request) -> Offload:
+    """The app's worker threads, for answers too big to build on the event loop."""
+    return request.app.state.offload  # type: ignore[no-any-return]
+
+
 async def root(request: Request) -> Response:
     snap = snapshot_of(request)
     return JSONResponse(
@@ -96,9 +101,9 @@ def state_counts(registry: Any, watcher: Any) -> dict[str, float]:
     return {
         "revision": snap.revision,
         "nodes": len(snap.nodes),
-        "components": sum(len(v.paths) for v in snap.nodes.values()),
+        "components": snap.components,
         "files": len(snap.sources),
-        "files_in_error": sum(1 for s in snap.sources.values() if s.state != "ok"),
+        "files_in_error": snap.files_in_error,
         "ready": 1 if registry.status.ready else 0,
         "watcher_up": 1 if watcher.state == "watching" else 0,
     }
@@ -142,17 +147,20 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "starting", "detail": detail}, 503, _headers(snap))
 
 
-def _node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
-    def build() -> tuple[bytes, str]:
-        views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
-        parts = [
-            b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
-            for v in views
-        ]
-        body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
-        return body, etag_of(body)
+def node_list_key(status: str) -> tuple[str, str]:
+    """Where the snapshot keeps the answer of `GET /api/v1/nodes?status=...` once built."""
+    return ("nodes", status)
 
-    return snap.cached(("nodes", status), build)  # type: ignore[no-any-return]
+
+def node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
+    """Body and ETag of the node list: a walk of every node (run it off the event loop)."""
+    views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
+    parts = [
+        b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
+        for v in views
+    ]
+    body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
+    return body, etag_of(body)
 
 
 async def list_nodes(request: Request) -> Response:
@@ -160,7 +168,8 @@ async def list_nodes(request: Request) -> Response:
     status = request.query_params.get("status", "active")
     if status not in STATUSES and status != "all":
         return error(snap, 400, "status must be one of active, inactive, deploying, all")
-    return ok(request, snap, *_node_list(snap, status))
+    answer = await offload_of(request).once(snap, node_list_key(status), lambda: node_list(snap, status))
+    return ok(request, snap, *answer)
 
 
 async def get_node(request: Request) -> Response:
@@ -244,15 +253,11 @@ async def list_sources(request: Request) -> Response:
         )
         return body, etag_of(body)
 
-    return ok(request, snap, *snap.cached("sources", build))
+    return ok(request, snap, *await offload_of(request).once(snap, "sources", build))
 
 
 MAX_WAIT_SECONDS = 60.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
-
-
-def _change(c: Change) -> dict[str, Any]:
-    return {"revision": c.revision, "kind": c.kind, "node_id": c.node_id, "source": c.source, "at": c.at}
 
 
 def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
@@ -267,18 +272,23 @@ def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
     return since
 
 
-def _expired(registry: Any, since: int) -> str | None:
-    floor = registry.changes.floor
-    if since < floor:
+def _expired(snap: Snapshot, since: int) -> str | None:
+    if not snap.changes.kept(since):
         return (
-            f"changes after revision {since} are no longer kept (the log starts after revision {floor}); "
-            "re-list the registry and follow changes from the X-Registry-Revision of that answer"
+            f"changes after revision {since} are no longer kept (the log starts after revision "
+            f"{snap.changes.floor}); re-list the registry and follow changes from the X-Registry-Revision "
+            "of that answer"
         )
     return None
 
 
+def _gone(snap: Snapshot, detail: str) -> Response:
+    return JSONResponse({"detail": detail, "revision": snap.revision}, 410, _headers(snap))
+
+
 async def list_changes(request: Request) -> Response:
-    """The change log after `since`; with `wait`, held until a change commits."""
+    """The change log after `since`; with `wait`, held until a change commits (or the
+    service stops: then it answers at once with what there is)."""
     registry = request.app.state.registry
     snap = registry.snapshot
     since = _since(request.query_params.get("since"), snap, "since")
@@ -293,16 +303,16 @@ async def list_changes(request: Request) -> Response:
             wait = -1.0
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             return error(snap, 400, f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
-    expired = _expired(registry, since)
-    if expired:
-        return JSONResponse({"detail": expired, "revision": snap.revision}, 410, _headers(snap))
-    if wait and snap.revision == since:
+    if wait and snap.revision == since and snap.changes.kept(since):
         await request.app.state.feed.wait_beyond(since, wait)
         snap = registry.snapshot
-        if _expired(registry, since):  # the log moved past `since` while we waited
-            return JSONResponse({"detail": _expired(registry, since), "revision": snap.revision}, 410, _headers(snap))
-    changes = registry.changes.since(since, snap.revision)
-    body = orjson.dumps({"revision": snap.revision, "changes": [_change(c) for c in changes]})
+    # From here on only `snap` is read: its revision, log and floor belong together.
+    expired = _expired(snap, since)
+    if expired:
+        return _gone(snap, expired)
+    log = snap.changes
+    records = b",".join(log.encoded[log.span(since, snap.revision)])
+    body = b'{"revision":%d,"changes":[%b]}' % (snap.revision, records)
     return ok(request, snap, body, etag_of(body))
 
 
@@ -322,8 +332,8 @@ async def events(request: Request) -> Response:
     async def stream() -> AsyncIterator[ServerSentEvent]:
         last = int(start)
         while not feed.closed.is_set():
-            current = registry.snapshot
-            expired = _expired(registry, last)
+            current = registry.snapshot  # read once per round: revision, log and floor agree
+            expired = _expired(current, last)
             if expired:
                 yield ServerSentEvent(
                     orjson.dumps({"revision": current.revision, "detail": expired}).decode(),
@@ -331,15 +341,17 @@ async def events(request: Request) -> Response:
                     id=str(current.revision),
                 )
                 last = current.revision
-            changes = registry.changes.since(last, current.revision)
-            for i, change in enumerate(changes):
+            log = current.changes
+            span = log.span(last, current.revision)
+            revisions, encoded = log.revisions[span], log.encoded[span]
+            for i, record in enumerate(encoded):
                 # Only a revision's last record carries the id: a client cut off in the middle
                 # of a revision resumes from the one before and gets all of it again.
-                complete = i + 1 == len(changes) or changes[i + 1].revision != change.revision
+                complete = i + 1 == len(revisions) or revisions[i + 1] != revisions[i]
                 yield ServerSentEvent(
-                    orjson.dumps(_change(change)).decode(),
+                    record.decode(),
                     event="change",
-                    id=str(change.revision) if complete else None,
+                    id=str(revisions[i]) if complete else None,
                 )
             last = current.revision
             await feed.wait_beyond(last, KEEPALIVE_SECONDS)
@@ -362,16 +374,18 @@ def _quote(value: str) -> str:
 
 
 async def openapi_document(request: Request) -> Response:
-    """The API contract (OpenAPI 3.1)."""
+    """The API contract (OpenAPI 3.1), built once (off the event loop)."""
     state = request.app.state
     if getattr(state, "openapi", None) is None:
-        state.openapi = orjson.dumps(openapi.build(auth=state.auth))
+        auth = state.auth
+        state.openapi = await offload_of(request).run(lambda: orjson.dumps(openapi.build(auth=auth)))
     return Response(state.openapi, media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    body = generate_latest(request.app.state.metrics.registry)
+    """Prometheus text format (written off the event loop: prometheus-client is thread-safe,
+    and the state it reports is read from the immutable snapshot)."""
+    body = await offload_of(request).run(generate_latest, request.app.state.metrics.registry)
     return Response(body, headers={"cache-control": "no-cache"}, media_type=CONTENT_TYPE_LATEST)
 
 

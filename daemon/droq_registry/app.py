@@ -23,6 +23,7 @@ from .feed import Feed
 from .hotpath import HotPath
 from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
+from .offload import Offload
 from .reconcile import Registry, Result
 from .settings import Settings
 from .store import Store
@@ -106,6 +107,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: api.http_error},
     )
     app.state.metrics = metrics
+    app.state.offload = Offload()
     app.state.auth = settings.api_token is not None
     metrics.watch_state(
         lambda: api.state_counts(app.state.registry, app.state.watch_status),

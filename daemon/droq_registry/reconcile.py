@@ -241,8 +241,8 @@ class Registry:
             self._claim(source)
         self._seen: dict[str, Seen] = {}
         self._dep_seen: dict[str, Seen | None] = {}
-        self.changes = ChangeLog(loaded.changes, loaded.changes_floor, settings.changes_keep)
-        self.snapshot = Snapshot.empty().evolve(
+        changes = ChangeLog.of(loaded.changes, loaded.changes_floor, settings.changes_keep)
+        self.snapshot = Snapshot.empty(changes).evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
             (),
@@ -253,6 +253,11 @@ class Registry:
     @property
     def revision(self) -> int:
         return self.snapshot.revision
+
+    @property
+    def changes(self) -> ChangeLog:
+        """The change log: part of the snapshot, so read `snapshot.changes` with the rest."""
+        return self.snapshot.changes
 
     def stop(self) -> None:
         """Ask a reconcile in progress to give up before it writes (the service is stopping)."""
@@ -349,9 +354,9 @@ class Registry:
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
             self._commit(plan)
-            self.changes.extend(changes, floor)
             self.snapshot = self.snapshot.evolve(
-                revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop
+                revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
+                self.snapshot.changes.extend(changes, floor),
             )
             # What is served now lives until the next revision and is freed by reference
             # counting (snapshots hold no cycles); keep the cyclic collector from walking
