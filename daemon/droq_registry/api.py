@@ -356,16 +356,22 @@ async def events(request: Request) -> Response:
             last = current.revision
             await feed.wait_beyond(last, KEEPALIVE_SECONDS)
 
+    # A stream ends when the feed closes, which the server does first thing when it stops
+    # (RegistryApp.stop_following). sse-starlette also watches for the stop signal; its
+    # grace period lets the stream end on its own, as a complete response, instead of
+    # being cut (which uvicorn logs as an error).
     return EventSourceResponse(
         stream(),
         headers=_headers(snap),
         ping=KEEPALIVE_SECONDS,
-        shutdown_event=feed.closed,
+        shutdown_grace_period=STREAM_GRACE_SECONDS,
     )
 
 
 #: A comment line this often keeps idle streams open through proxies.
 KEEPALIVE_SECONDS = 15.0
+#: How long a stream may take to end on its own at shutdown before it is cut.
+STREAM_GRACE_SECONDS = 1.0
 
 
 def _quote(value: str) -> str:
