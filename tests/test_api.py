@@ -364,6 +364,31 @@ def test_lookup_picks_highest_priority_then_smallest_node_id(ranked_client: Test
     assert (listing["component_class"], listing["total_nodes"]) == ("Comp", 4)
 
 
+def module(node_id: str) -> str:
+    return node_id.replace("-", "_")
+
+
+def test_a_class_many_nodes_declare_lists_every_active_one_best_first(assets: Path, client_for: Client) -> None:
+    ranks = {"p0-b": 0, "p0-a": 0, "p7": 7, "p3": 3, "p3-z": 3, "p9": 9, "p5": 5}
+    for node_id, priority in ranks.items():
+        write_json(assets / f"{node_id}.json", node_doc(node_id, {"Everywhere": f"{module(node_id)}.mod"},
+                                                                 priority=priority))
+    write_json(assets / "off.json", node_doc("off", {"Everywhere": "off.mod"}, status="inactive", priority=99))
+    client = client_for(assets)
+    assert client.get("/api/v1/sources").json()["errors"] == 0
+    best_first = ["p9", "p7", "p5", "p3", "p3-z", "p0-a", "p0-b"]
+    response = client.get("/api/v1/components/Everywhere/nodes")
+    assert response.status_code == 200
+    assert response.json() == {
+        "component_class": "Everywhere",
+        "nodes": [{"node": client.get(f"/api/v1/nodes/{n}").json()["node"], "module_path": f"{module(n)}.mod"}
+                  for n in best_first],
+        "total_nodes": 7,
+    }
+    assert client.get("/api/v1/components/Everywhere/nodes",
+                      headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+
+
 @pytest.mark.parametrize(("node_id", "component"), [("n-off", "Gone"), ("n-soon", "Soon")])
 def test_inactive_and_deploying_nodes_are_not_looked_up_but_are_reachable_by_id(
     node_id: str, component: str, ranked_client: TestClient

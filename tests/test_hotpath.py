@@ -422,6 +422,36 @@ def test_lookup_cache_stays_within_its_byte_budget(
     assert 0 < peak <= 200_000
 
 
+def test_not_found_answers_are_not_kept_whatever_the_names(real_assets: Path, client_for: Client) -> None:
+    client = client_for(real_assets)
+    for i in range(300):  # names a client makes up: long, and several bytes per character
+        name = "é" * 120 + str(i)
+        assert client.get(LOOKUP.format(name)).status_code == 404
+        assert client.get(f"/api/v1/nodes/{name}").status_code == 404
+    served = client.app.hot.served  # type: ignore[attr-defined]
+    assert (served.used, served.lookups, served.details) == (0, {}, {})
+    found = client.get(LOOKUP.format("TextInputComponent"))
+    assert found.status_code == 200
+    assert served.used == len(found.content) + len(b"TextInputComponent") + hotpath.ENTRY_COST
+    assert list(served.lookups) == ["TextInputComponent"]
+
+
+def test_the_node_list_is_left_to_starlette_until_it_is_built_off_the_event_loop(
+    real_assets: Path, client_for: Client
+) -> None:
+    client = client_for(real_assets)
+    app = client.app
+    sc = scope("GET", "/api/v1/nodes", b"status=all")
+    assert not list_built(app, b"status=all")
+    assert app.hot.answer(dict(sc)) is None  # type: ignore[attr-defined]
+    first = client.get("/api/v1/nodes?status=all")  # Starlette builds it in a worker thread
+    assert first.status_code == 200
+    assert list_built(app, b"status=all")
+    assert not list_built(app, b"")  # built once per status asked for, not all of them
+    messages = assert_same_as_starlette(app, sc)  # from now on the fast path answers it
+    assert messages[1]["body"] == first.content
+
+
 def test_a_new_revision_is_answered_from_the_new_snapshot_at_once(assets: Path, client_for: Client) -> None:
     write_json(assets / "n.json", node_doc("n", {"Comp": "pkg.one"}))
     client = client_for(assets, reload=True)

@@ -214,16 +214,27 @@ async def component_nodes(request: Request) -> Response:
     candidates = _candidates(snap, component_class)
     if not candidates:
         return _component_missing(snap, component_class)
+    if len(candidates) <= INLINE_CANDIDATES:
+        body = _component_nodes(snap, component_class, candidates)
+    else:  # every candidate's whole node: a class many nodes declare makes megabytes
+        body = await offload_of(request).run(_component_nodes, snap, component_class, candidates)
+    return ok(request, snap, body, etag_of(body))
+
+
+#: Up to this many candidates, `GET /api/v1/components/{class}/nodes` is built on the loop.
+INLINE_CANDIDATES = 4
+
+
+def _component_nodes(snap: Snapshot, component_class: str, candidates: tuple[str, ...]) -> bytes:
     views = [snap.nodes[n] for n in candidates]
     parts = [
         b'{"node":' + v.node_json + b',"module_path":' + orjson.dumps(v.paths[component_class]) + b"}"
         for v in views
     ]
-    body = (
+    return (
         b'{"component_class":' + orjson.dumps(component_class) + b',"nodes":['
         + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
     )
-    return ok(request, snap, body, etag_of(body))
 
 
 async def list_sources(request: Request) -> Response:
