@@ -59,7 +59,7 @@ async def search(request: Request) -> Response:
         return error(snap, 400, "q must be a non-empty search text")
     if len(query) > MAX_QUERY:
         return error(snap, 400, f"q must be at most {MAX_QUERY} characters")
-    body = await offload_of(request).run(search_body, snap, query)
+    body = await offload_of(request).search(search_body, snap, query)
     return ok(request, snap, body, etag_of(body))
 
 

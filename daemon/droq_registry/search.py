@@ -41,6 +41,9 @@ MAX_QUERY = 200
 #: Separates the fields in a node's text. A query holding it can only match a field that
 #: holds it too, and such nodes are checked field by field (`NodeText.fields`).
 SEP = "\0"
+#: Display names and descriptions are kept compressed in blocks of this many components,
+#: so an answer decompresses a little for each component it shows.
+BLOCK = 32
 
 
 class NodeText:
@@ -62,7 +65,9 @@ class NodeText:
             description = description if isinstance(description, str) else None
             shown.append((display, description))
             folded.append((cls.casefold(), (display or "").casefold(), (description or "").casefold()))
-        self.originals = zlib.compress(orjson.dumps(shown), 1)
+        self.originals = tuple(
+            zlib.compress(orjson.dumps(shown[at : at + BLOCK]), 1) for at in range(0, len(shown), BLOCK)
+        )
         self.text = SEP.join(SEP.join(f) for f in folded)
         self.starts = array("q")
         at = 0
@@ -92,9 +97,13 @@ class NodeText:
                 return
             at = text.find(needle, starts[k + 1])
 
-    def shown(self) -> list[list[str | None]]:
-        """Display name and description of each component, as an answer shows them."""
-        return orjson.loads(zlib.decompress(self.originals))  # type: ignore[no-any-return]
+    def shown(self, k: int, blocks: dict[int, list[list[str | None]]]) -> list[str | None]:
+        """Display name and description of component `k`, as an answer shows them
+        (`blocks`: what this answer has decompressed so far)."""
+        block = blocks.get(k // BLOCK)
+        if block is None:
+            block = blocks[k // BLOCK] = orjson.loads(zlib.decompress(self.originals[k // BLOCK]))
+        return block[k % BLOCK]
 
     def grams(self) -> set[str]:
         """Every sequence of one, two and three characters in the text."""
@@ -222,7 +231,7 @@ def search(snap: Snapshot, query: str) -> bytes:
         if bits is not None and not bits >> index.slots[node_id] & 1:
             continue
         text = index.texts[node_id]
-        shown: list[list[str | None]] | None = None
+        blocks: dict[int, list[list[str | None]]] = {}
         for k in text.matches(needle):
             cls = text.classes[k]
             if cls in seen:
@@ -231,9 +240,7 @@ def search(snap: Snapshot, query: str) -> bytes:
             if len(results) == MAX_RESULTS:
                 truncated = True
                 break
-            if shown is None:
-                shown = text.shown()
-            display, description = shown[k]
+            display, description = text.shown(k, blocks)
             candidates = list(snap.index.get(cls, ()))
             results.append(
                 {

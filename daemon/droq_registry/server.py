@@ -47,6 +47,8 @@ log = logging.getLogger("droq_registry.server")
 
 #: File descriptors kept from the connection cap for everything else.
 RESERVED_FDS = 64
+#: How long a thread may hold the GIL while another waits for it.
+SWITCH_INTERVAL_SECONDS = 0.001
 #: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides).
 DEFAULT_MAX_CONNECTIONS = 4096
 
@@ -245,6 +247,10 @@ class GateCollector(Collector):
 
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean stop."""
+    # Worker threads (searches, big lists, reconciles) hold the GIL in turns with the event
+    # loop; a shorter switch interval (CPython's default is 5 ms) hands it back to the loop
+    # sooner, so probes and lookups wait less behind them.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     fd_limit = raise_fd_limit()
     limits = Limits(
         head_timeout=settings.head_timeout_seconds,
