@@ -1,9 +1,10 @@
 """Slow and hostile clients cost only themselves: real server processes and raw sockets.
 
 A connection that never finishes its request head is closed after the head timeout; an
-idle kept-alive connection after the keep-alive timeout; a head over the size limit is
-answered 431 before it ends; and a flood of connections never takes the file descriptors
-the service needs to read node files, nor the room a probe needs. What closed a
+idle kept-alive connection after the keep-alive timeout; a client that reads nothing of
+its answer after the send timeout; a head over the size limit is answered 431 before it
+ends; and a flood of connections never takes the file descriptors the service needs to
+read node files, nor the room a probe needs. What closed a
 connection is read from the service's own metrics, so no test depends on timing.
 """
 
@@ -130,12 +131,13 @@ def limited(tmp_path: Path, real_assets: Path, server: Server) -> Callable[..., 
 
 def test_limits_have_sane_defaults_and_are_read_from_the_environment() -> None:
     defaults = Settings.from_env({})
-    assert (defaults.head_timeout_seconds, defaults.keepalive_timeout_seconds, defaults.max_head_bytes,
-            defaults.max_connections) == (10.0, 5.0, 65536, None)
+    assert (defaults.head_timeout_seconds, defaults.keepalive_timeout_seconds, defaults.send_timeout_seconds,
+            defaults.max_head_bytes, defaults.max_connections) == (10.0, 5.0, 30.0, 65536, None)
     given = Settings.from_env({"REGISTRY_HEAD_TIMEOUT_SECONDS": "2.5", "REGISTRY_KEEPALIVE_TIMEOUT_SECONDS": "30",
-                               "REGISTRY_MAX_HEAD_BYTES": "8192", "REGISTRY_MAX_CONNECTIONS": "100"})
-    assert (given.head_timeout_seconds, given.keepalive_timeout_seconds, given.max_head_bytes,
-            given.max_connections) == (2.5, 30.0, 8192, 100)
+                               "REGISTRY_SEND_TIMEOUT_SECONDS": "7", "REGISTRY_MAX_HEAD_BYTES": "8192",
+                               "REGISTRY_MAX_CONNECTIONS": "100"})
+    assert (given.head_timeout_seconds, given.keepalive_timeout_seconds, given.send_timeout_seconds,
+            given.max_head_bytes, given.max_connections) == (2.5, 30.0, 7.0, 8192, 100)
     for name, value, reason in [
         ("REGISTRY_HEAD_TIMEOUT_SECONDS", "0", "expected a number of seconds, more than 0"),
         ("REGISTRY_KEEPALIVE_TIMEOUT_SECONDS", "inf", "expected a number of seconds, more than 0"),
@@ -358,3 +360,40 @@ def test_when_every_connection_is_busy_a_new_one_waits_and_is_then_served(
     srv.http = httpx.Client(base_url=srv.url, timeout=10)
     assert metric(srv, "connections_held_total") == 1
     assert closed_for(srv, "idle_evicted") >= 1
+
+
+def test_a_client_that_reads_nothing_of_a_big_answer_is_cut_off_after_the_send_timeout(
+    tmp_path: Path, assets: Path, server: Server
+) -> None:
+    for i in range(120):  # a node list of about 8 MB: more than the socket buffers hold
+        write_json(assets / f"big-{i:03d}.json", node_doc(f"big-{i:03d}", readme="r" * 65536))
+    srv = server(env_for(assets, tmp_path / "registry.db", REGISTRY_SEND_TIMEOUT_SECONDS="1"),
+                 tmp_path / "server.log")
+    size = len(srv.get("/api/v1/nodes").content)
+    assert size > 7_000_000
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(DEADLINE)
+        sock.connect(("127.0.0.1", srv.port))
+        sock.sendall(b"GET /api/v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_until(lambda: closed_for(srv, "send_stalled") == 1, DEADLINE)  # it read nothing
+        received = 0
+        try:
+            while chunk := sock.recv(65536):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+        assert received < size  # cut off, not served whole
+    assert srv.get("/health").status_code == 200
+    assert metric(srv, "connections_open") == 1  # only the one /metrics itself came on
+
+
+def test_an_upgrade_request_is_answered_as_http_and_logs_no_warning(limited: Callable[..., ServerProcess]) -> None:
+    srv = limited()
+    with connect(srv.port) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = read_response(sock)
+        assert answer is not None and answer[0] == 200
+    wait_until(lambda: metric(srv, "connections_open") == 1, DEADLINE)  # the gate saw it close
+    assert "WARNING uvicorn" not in srv.log()

@@ -28,7 +28,7 @@ from typing import Protocol
 log = logging.getLogger("droq_registry.connections")
 
 #: Why the service closed a connection itself (the keys of `Gate.closed_by_us`).
-REASONS = ("idle_evicted", "head_timeout", "head_too_large")
+REASONS = ("idle_evicted", "head_timeout", "head_too_large", "send_stalled")
 #: accept() errors that mean "no descriptor or memory right now": wait and try again.
 _SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _RETRY_SECONDS = 0.1

@@ -10,6 +10,9 @@ and it accepts connections until the process runs out of file descriptors (its
   whose request head is not complete `head_timeout` seconds after it connected or after
   the head's first byte, and answers 431 and closes when a head grows past
   `max_head_bytes` (it counts the bytes as they arrive, so a head is never buffered whole).
+  A client that takes nothing of an answer for `send_timeout` seconds while the unsent
+  part waits (its socket buffers are full) is cut off, so it keeps neither the
+  connection nor those bytes for ever.
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or holding new ones in the listen queue.
 - The file-descriptor limit is raised to its hard limit at start-up, and the connection
@@ -57,6 +60,7 @@ DEFAULT_MAX_CONNECTIONS = 4096
 class Limits:
     head_timeout: float
     keepalive_timeout: float
+    send_timeout: float
     max_head_bytes: int
     max_connections: int
 
@@ -107,6 +111,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.head_bytes = 0
         self.heads = 0
         self.head_timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
+        self.unsent = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -115,6 +121,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
         self.gate.closed(self)
         super().connection_lost(exc)
 
@@ -156,9 +164,39 @@ class LimitedProtocol(HttpToolsProtocol):
         if not pipelined and not self.transport.is_closing():
             self.gate.idle_again(self)
 
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_timer is None:
+            self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self.unsent = self.transport.get_write_buffer_size()
+        self.send_timer = self.loop.call_later(self.limits.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def _send_stalled(self) -> None:
+        self.send_timer = None
+        if self.transport.get_write_buffer_size() < self.unsent:
+            self._watch_sending()  # slow, but it reads
+            return
+        self.gate.counted("send_stalled")
+        self.transport.abort()  # close() would wait for the unsent bytes to go
+
     def evict(self) -> None:
-        if not self.transport.is_closing():
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # a slow reader: close() would keep its descriptor until it reads
+        elif not self.transport.is_closing():
             self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
+        # request answered as HTTP. uvicorn would log two warnings for every such request.
+        self.logger.debug("ignoring an Upgrade request header")
 
     def _arm(self) -> None:
         self._disarm()
@@ -255,6 +293,7 @@ def run(settings: Settings) -> int:
     limits = Limits(
         head_timeout=settings.head_timeout_seconds,
         keepalive_timeout=settings.keepalive_timeout_seconds,
+        send_timeout=settings.send_timeout_seconds,
         max_head_bytes=settings.max_head_bytes,
         max_connections=connection_limit(settings.max_connections, fd_limit),
     )

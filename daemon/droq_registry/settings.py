@@ -96,10 +96,12 @@ class Settings:
     #: When set, /api/... and /metrics need `Authorization: Bearer <token>`.
     api_token: str | None = field(default=None, repr=False)
     # Limits on clients (server.py): time to send a whole request head, idle time of a
-    # kept-alive connection, size of a request head, open connections (None: derived
-    # from the file-descriptor limit, see server.connection_limit).
+    # kept-alive connection, time a client may take no part of an answer, size of a
+    # request head, open connections (None: derived from the file-descriptor limit, see
+    # server.connection_limit).
     head_timeout_seconds: float = 10.0
     keepalive_timeout_seconds: float = 5.0
+    send_timeout_seconds: float = 30.0
     max_head_bytes: int = 64 * 1024
     max_connections: int | None = None
 
@@ -137,6 +139,7 @@ class Settings:
             keepalive_timeout_seconds=get(
                 "REGISTRY_KEEPALIVE_TIMEOUT_SECONDS", _positive_seconds, defaults.keepalive_timeout_seconds
             ),
+            send_timeout_seconds=get("REGISTRY_SEND_TIMEOUT_SECONDS", _positive_seconds, defaults.send_timeout_seconds),
             max_head_bytes=get("REGISTRY_MAX_HEAD_BYTES", _positive_int, defaults.max_head_bytes),
             max_connections=get("REGISTRY_MAX_CONNECTIONS", _positive_int, defaults.max_connections),
         )
