@@ -45,6 +45,8 @@ run read_1000x350 330 bench/read.py --duration 4 --warmup 1 --repeat 3 --nodes 1
 run startup 120 bench/startup.py --nodes 1000 --components 350 --restarts 3 --timeout 30
 run reconcile 300 bench/reconcile.py --files 10000 --changes 50 --visible-changes 200
 run burst 150 bench/burst.py --files 500 --duration 5
+# Probes and lookups while 10 clients search a registry of 1,000 x 350 for 30 s.
+run search_load 300 bench/search_load.py --duration 30
 
 "$PY" bench/summarize.py --command "bash bench/run_all.sh" "${names[@]}" >/dev/null \
     && echo && echo "written bench/results/summary.md"
