@@ -1062,3 +1062,51 @@ def test_a_missing_assets_folder_is_one_warning_not_an_error_per_poll(tmp_path: 
     assert [r.getMessage() for r in records if r.levelno == logging.WARNING] == [
         f"assets folder {folder} is missing; serving the last state and waiting for it"
     ]
+
+
+# --- work that grows with the registry runs off the event loop -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "path"),
+    [
+        ("api", "node_list", "/api/v1/nodes?status=all"),
+        ("explore", "search_body", "/api/v1/search?q=text"),
+    ],
+    ids=["node list", "search"],
+)
+def test_big_answers_are_built_in_a_worker_thread_while_probes_are_answered(
+    module: str, name: str, path: str, real_assets: Path, client_for: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import threading
+
+    target = importlib.import_module(f"droq_registry.{module}")
+    real = getattr(target, name)
+    release = threading.Event()
+    builds: list[str] = []
+
+    def held(*args: Any) -> Any:
+        builds.append(threading.current_thread().name)
+        assert release.wait(20), "the probe was not answered while the answer was being built"
+        return real(*args)
+
+    monkeypatch.setattr(target, name, held)
+    client = client_for(real_assets)
+    answers: list[Any] = []
+    askers = [threading.Thread(target=lambda: answers.append(client.get(path))) for _ in range(5)]
+    for asker in askers:
+        asker.start()
+    wait_until(lambda: builds)
+    # The build is held in its worker thread: the event loop answers probes meanwhile.
+    assert client.get("/health").status_code == 200
+    assert client.get(f"/api/v1/components/{min(REAL['lfx-runtime-executor-node']['components'])}/node"
+                      ).status_code == 200
+    release.set()
+    for asker in askers:
+        asker.join(20)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.content for a in answers}) == 1
+    assert set(builds) == {"AnyIO worker thread"}  # anyio.to_thread, not the event loop's thread
+    if module == "api":
+        assert len(builds) == 1  # built once for the revision, whoever asked meanwhile
