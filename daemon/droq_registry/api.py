@@ -1,8 +1,10 @@
 """Starlette routes: read-only answers built from one snapshot each.
 
 A handler takes `registry.snapshot` once and builds its body, ETag and
-`X-Registry-Revision` from it. Bodies of nodes are pre-serialised in the snapshot, so a
-lookup is a dictionary hit and a few byte joins.
+`X-Registry-Revision` from it (the change log and its floor included). Bodies of nodes
+are pre-serialised in the snapshot, so a lookup is a dictionary hit and a few byte joins;
+an answer that grows with the registry (a list of every node or source, /metrics) is
+built in a worker thread (`offload.py`), so the event loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
