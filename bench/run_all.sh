@@ -47,6 +47,8 @@ run reconcile 300 bench/reconcile.py --files 10000 --changes 50 --visible-change
 run burst 150 bench/burst.py --files 500 --duration 5
 # Lost events: 20,000 files made under SIGSTOP, served after SIGCONT (target 10 s).
 run lost_events 300 bench/lost_events.py --files 20000 --repeat 3
+# Probes and lookups while 10 clients search a registry of 1,000 x 350 for 30 s.
+run search_load 300 bench/search_load.py --duration 30
 
 "$PY" bench/summarize.py --command "bash bench/run_all.sh" "${names[@]}" >/dev/null \
     && echo && echo "written bench/results/summary.md"

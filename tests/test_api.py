@@ -366,6 +366,31 @@ def test_lookup_picks_highest_priority_then_smallest_node_id(ranked_client: Test
     assert (listing["component_class"], listing["total_nodes"]) == ("Comp", 4)
 
 
+def module(node_id: str) -> str:
+    return node_id.replace("-", "_")
+
+
+def test_a_class_many_nodes_declare_lists_every_active_one_best_first(assets: Path, client_for: Client) -> None:
+    ranks = {"p0-b": 0, "p0-a": 0, "p7": 7, "p3": 3, "p3-z": 3, "p9": 9, "p5": 5}
+    for node_id, priority in ranks.items():
+        write_json(assets / f"{node_id}.json", node_doc(node_id, {"Everywhere": f"{module(node_id)}.mod"},
+                                                                 priority=priority))
+    write_json(assets / "off.json", node_doc("off", {"Everywhere": "off.mod"}, status="inactive", priority=99))
+    client = client_for(assets)
+    assert client.get("/api/v1/sources").json()["errors"] == 0
+    best_first = ["p9", "p7", "p5", "p3", "p3-z", "p0-a", "p0-b"]
+    response = client.get("/api/v1/components/Everywhere/nodes")
+    assert response.status_code == 200
+    assert response.json() == {
+        "component_class": "Everywhere",
+        "nodes": [{"node": client.get(f"/api/v1/nodes/{n}").json()["node"], "module_path": f"{module(n)}.mod"}
+                  for n in best_first],
+        "total_nodes": 7,
+    }
+    assert client.get("/api/v1/components/Everywhere/nodes",
+                      headers={"If-None-Match": response.headers["etag"]}).status_code == 304
+
+
 @pytest.mark.parametrize(("node_id", "component"), [("n-off", "Gone"), ("n-soon", "Soon")])
 def test_inactive_and_deploying_nodes_are_not_looked_up_but_are_reachable_by_id(
     node_id: str, component: str, ranked_client: TestClient
@@ -1039,3 +1064,51 @@ def test_a_missing_assets_folder_is_one_warning_not_an_error_per_poll(tmp_path: 
     assert [r.getMessage() for r in records if r.levelno == logging.WARNING] == [
         f"assets folder {folder} is missing; serving the last state and waiting for it"
     ]
+
+
+# --- work that grows with the registry runs off the event loop -----------------------------
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "path"),
+    [
+        ("api", "node_list", "/api/v1/nodes?status=all"),
+        ("explore", "search_body", "/api/v1/search?q=text"),
+    ],
+    ids=["node list", "search"],
+)
+def test_big_answers_are_built_in_a_worker_thread_while_probes_are_answered(
+    module: str, name: str, path: str, real_assets: Path, client_for: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import threading
+
+    target = importlib.import_module(f"droq_registry.{module}")
+    real = getattr(target, name)
+    release = threading.Event()
+    builds: list[str] = []
+
+    def held(*args: Any) -> Any:
+        builds.append(threading.current_thread().name)
+        assert release.wait(20), "the probe was not answered while the answer was being built"
+        return real(*args)
+
+    monkeypatch.setattr(target, name, held)
+    client = client_for(real_assets)
+    answers: list[Any] = []
+    askers = [threading.Thread(target=lambda: answers.append(client.get(path))) for _ in range(5)]
+    for asker in askers:
+        asker.start()
+    wait_until(lambda: builds)
+    # The build is held in its worker thread: the event loop answers probes meanwhile.
+    assert client.get("/health").status_code == 200
+    assert client.get(f"/api/v1/components/{min(REAL['lfx-runtime-executor-node']['components'])}/node"
+                      ).status_code == 200
+    release.set()
+    for asker in askers:
+        asker.join(20)
+    assert [a.status_code for a in answers] == [200] * 5
+    assert len({a.content for a in answers}) == 1
+    assert set(builds) == {"AnyIO worker thread"}  # anyio.to_thread, not the event loop's thread
+    if module == "api":
+        assert len(builds) == 1  # built once for the revision, whoever asked meanwhile

@@ -918,3 +918,65 @@ def test_two_hundred_idle_subscribers_each_get_every_change_and_keepalives(
     assert len(keepalives) == SUBSCRIBERS and all(c.startswith(":") for c in keepalives), keepalives[:3]
     assert [status for status, _ in lookups] == [200] * len(names)
     assert max(seconds for _, seconds in lookups) < 2.0, lookups
+
+
+# --- one request, one state ------------------------------------------------------------------
+
+
+class MovingRegistry:
+    """The app's registry, except that every read of `snapshot` returns the next committed
+    snapshot: a handler that reads the state twice would pair one revision's log with
+    another's floor. This is the one seam between the reconciler and the readers."""
+
+    def __init__(self, registry: Any, snapshots: list[Any]) -> None:
+        self._registry = registry
+        self._snapshots = snapshots
+        self.reads = 0
+
+    @property
+    def snapshot(self) -> Any:
+        snap = self._snapshots[self.reads % len(self._snapshots)]
+        self.reads += 1
+        return snap
+
+    @property
+    def revision(self) -> int:
+        return int(self._snapshots[-1].revision)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+def test_a_change_log_answer_comes_from_one_snapshot_even_while_the_log_is_trimmed(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = client_for(assets, changes_keep=1)
+    app: Any = client.app
+    registry = app.state.registry
+    snapshots = [registry.snapshot]
+    for i in range(6):  # one record per revision; the log keeps 1-2 of them and moves its floor
+        write_json(assets / f"n{i}.json", node_doc(f"n{i}"))
+        registry.reconcile()
+        snapshots.append(registry.snapshot)
+    floors = [s.changes.floor for s in snapshots]
+    assert floors == sorted(floors) and floors[-1] > floors[0]  # the trims really happened
+    moving = MovingRegistry(registry, snapshots)
+    app.state.registry = moving
+    answers = 0
+    for start in range(len(snapshots)):
+        for since in range(snapshots[-1].revision + 1):
+            moving.reads = start
+            response = client.get(f"/api/v1/changes?since={since}")
+            snap = next(s for s in snapshots if s.revision == revision_of(response))
+            log = snap.changes
+            if since > snap.revision:
+                assert response.status_code == 400
+            elif since < log.floor:
+                assert (response.status_code, response.json()) == (410, _gone(since, log.floor, snap.revision))
+            else:
+                expected = [orjson.loads(r) for r, v in zip(log.encoded, log.revisions) if since < v <= snap.revision]
+                assert (response.status_code, response.json()) == (200, {"revision": snap.revision,
+                                                                         "changes": expected})
+                assert [c["revision"] for c in expected] == list(range(since + 1, snap.revision + 1))
+                answers += 1
+    assert answers > 0

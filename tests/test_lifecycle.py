@@ -12,6 +12,7 @@ import shutil
 import signal
 import sqlite3
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ import orjson
 import pytest
 
 from conftest import ServerProcess, node_doc, wait_until, write_json
+from test_limits import connect, descriptors, read_chunks, read_head, read_response
 
 DEADLINE = 10.0
 KILL_DEADLINE = 30.0
@@ -265,3 +267,34 @@ def test_log_has_one_line_per_reconcile_with_its_counts(
         ("5", "0", "0", "1", "0"),  # a removed
     ]
     assert "b.json: not valid JSON: unexpected end of data at line 1 column 17" in log
+
+
+def test_stop_signal_answers_every_long_poll_200_and_ends_every_stream_cleanly(
+    tmp_path: Path, real_assets: Path, server: Server
+) -> None:
+    srv = server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
+    wait_watching(srv)
+    revision = srv.get("/ready").json()["revision"]
+    with descriptors(4096), ExitStack() as sockets:
+        polls = [sockets.enter_context(connect(srv.port)) for _ in range(100)]
+        for sock in polls:
+            sock.sendall(f"GET /api/v1/changes?since={revision}&wait=60 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        streams = [sockets.enter_context(connect(srv.port)) for _ in range(200)]
+        for sock in streams:
+            sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        heads = [read_head(sock) for sock in streams]  # each stream has started: its handler runs
+        assert {head[0] for head in heads} == {200}
+        assert {head[1]["content-type"] for head in heads} == {"text/event-stream; charset=utf-8"}
+        # the long-polls are pending too (asked before the streams): nothing has committed
+        started = time.monotonic()
+        code = srv.stop(signal.SIGTERM, timeout=5)
+        elapsed = time.monotonic() - started
+        answers = [read_response(sock) for sock in polls]
+        ends = [read_chunks(sock, head[2]) for sock, head in zip(streams, heads)]
+    assert (code, elapsed < 5) == (0, True), f"exit code {code} after {elapsed:.1f}s\n{srv.log()}"
+    assert [(a[0], orjson.loads(a[2])) if a else None for a in answers] == [
+        (200, {"revision": revision, "changes": []})
+    ] * 100
+    assert ends == [b""] * 200  # complete chunked bodies (no events happened), then closed
+    log = srv.log()
+    assert " ERROR " not in log and "Traceback" not in log, log

@@ -1,8 +1,10 @@
 """Starlette routes: read-only answers built from one snapshot each.
 
 A handler takes `registry.snapshot` once and builds its body, ETag and
-`X-Registry-Revision` from it. Bodies of nodes are pre-serialised in the snapshot, so a
-lookup is a dictionary hit and a few byte joins.
+`X-Registry-Revision` from it (the change log and its floor included). Bodies of nodes
+are pre-serialised in the snapshot, so a lookup is a dictionary hit and a few byte joins;
+an answer that grows with the registry (a list of every node or source, /metrics) is
+built in a worker thread (`offload.py`), so the event loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from . import __version__, openapi
-from .model import Change
+from .offload import Offload
 from .snapshot import Snapshot, etag_of
 
 SERVICE = "droq-registry-service"
@@ -82,6 +84,11 @@ def snapshot_of(request: Request) -> Snapshot:
     return request.app.state.registry.snapshot  # type: ignore[no-any-return]
 
 
+def offload_of(request: Request) -> Offload:
+    """The app's worker threads, for answers too big to build on the event loop."""
+    return request.app.state.offload  # type: ignore[no-any-return]
+
+
 async def root(request: Request) -> Response:
     snap = snapshot_of(request)
     return JSONResponse(
@@ -96,9 +103,9 @@ def state_counts(registry: Any, watcher: Any) -> dict[str, float]:
     return {
         "revision": snap.revision,
         "nodes": len(snap.nodes),
-        "components": sum(len(v.paths) for v in snap.nodes.values()),
+        "components": snap.components,
         "files": len(snap.sources),
-        "files_in_error": sum(1 for s in snap.sources.values() if s.state != "ok"),
+        "files_in_error": snap.files_in_error,
         "ready": 1 if registry.status.ready else 0,
         "watcher_up": 1 if watcher.state == "watching" else 0,
     }
@@ -155,17 +162,20 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"status": "starting", "detail": detail}, 503, _headers(snap))
 
 
-def _node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
-    def build() -> tuple[bytes, str]:
-        views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
-        parts = [
-            b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
-            for v in views
-        ]
-        body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
-        return body, etag_of(body)
+def node_list_key(status: str) -> tuple[str, str]:
+    """Where the snapshot keeps the answer of `GET /api/v1/nodes?status=...` once built."""
+    return ("nodes", status)
 
-    return snap.cached(("nodes", status), build)  # type: ignore[no-any-return]
+
+def node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
+    """Body and ETag of the node list: a walk of every node (run it off the event loop)."""
+    views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
+    parts = [
+        b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
+        for v in views
+    ]
+    body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
+    return body, etag_of(body)
 
 
 async def list_nodes(request: Request) -> Response:
@@ -173,7 +183,8 @@ async def list_nodes(request: Request) -> Response:
     status = request.query_params.get("status", "active")
     if status not in STATUSES and status != "all":
         return error(snap, 400, "status must be one of active, inactive, deploying, all")
-    return ok(request, snap, *_node_list(snap, status))
+    answer = await offload_of(request).once(snap, node_list_key(status), lambda: node_list(snap, status))
+    return ok(request, snap, *answer)
 
 
 async def get_node(request: Request) -> Response:
@@ -218,16 +229,27 @@ async def component_nodes(request: Request) -> Response:
     candidates = _candidates(snap, component_class)
     if not candidates:
         return _component_missing(snap, component_class)
+    if len(candidates) <= INLINE_CANDIDATES:
+        body = _component_nodes(snap, component_class, candidates)
+    else:  # every candidate's whole node: a class many nodes declare makes megabytes
+        body = await offload_of(request).run(_component_nodes, snap, component_class, candidates)
+    return ok(request, snap, body, etag_of(body))
+
+
+#: Up to this many candidates, `GET /api/v1/components/{class}/nodes` is built on the loop.
+INLINE_CANDIDATES = 4
+
+
+def _component_nodes(snap: Snapshot, component_class: str, candidates: tuple[str, ...]) -> bytes:
     views = [snap.nodes[n] for n in candidates]
     parts = [
         b'{"node":' + v.node_json + b',"module_path":' + orjson.dumps(v.paths[component_class]) + b"}"
         for v in views
     ]
-    body = (
+    return (
         b'{"component_class":' + orjson.dumps(component_class) + b',"nodes":['
         + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
     )
-    return ok(request, snap, body, etag_of(body))
 
 
 async def list_sources(request: Request) -> Response:
@@ -257,15 +279,11 @@ async def list_sources(request: Request) -> Response:
         )
         return body, etag_of(body)
 
-    return ok(request, snap, *snap.cached("sources", build))
+    return ok(request, snap, *await offload_of(request).once(snap, "sources", build))
 
 
 MAX_WAIT_SECONDS = 60.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
-
-
-def _change(c: Change) -> dict[str, Any]:
-    return {"revision": c.revision, "kind": c.kind, "node_id": c.node_id, "source": c.source, "at": c.at}
 
 
 def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
@@ -280,18 +298,23 @@ def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
     return since
 
 
-def _expired(registry: Any, since: int) -> str | None:
-    floor = registry.changes.floor
-    if since < floor:
+def _expired(snap: Snapshot, since: int) -> str | None:
+    if not snap.changes.kept(since):
         return (
-            f"changes after revision {since} are no longer kept (the log starts after revision {floor}); "
-            "re-list the registry and follow changes from the X-Registry-Revision of that answer"
+            f"changes after revision {since} are no longer kept (the log starts after revision "
+            f"{snap.changes.floor}); re-list the registry and follow changes from the X-Registry-Revision "
+            "of that answer"
         )
     return None
 
 
+def _gone(snap: Snapshot, detail: str) -> Response:
+    return JSONResponse({"detail": detail, "revision": snap.revision}, 410, _headers(snap))
+
+
 async def list_changes(request: Request) -> Response:
-    """The change log after `since`; with `wait`, held until a change commits."""
+    """The change log after `since`; with `wait`, held until a change commits (or the
+    service stops: then it answers at once with what there is)."""
     registry = request.app.state.registry
     snap = registry.snapshot
     since = _since(request.query_params.get("since"), snap, "since")
@@ -306,16 +329,16 @@ async def list_changes(request: Request) -> Response:
             wait = -1.0
         if not 0 <= wait <= MAX_WAIT_SECONDS:
             return error(snap, 400, f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}")
-    expired = _expired(registry, since)
-    if expired:
-        return JSONResponse({"detail": expired, "revision": snap.revision}, 410, _headers(snap))
-    if wait and snap.revision == since:
+    if wait and snap.revision == since and snap.changes.kept(since):
         await request.app.state.feed.wait_beyond(since, wait)
         snap = registry.snapshot
-        if _expired(registry, since):  # the log moved past `since` while we waited
-            return JSONResponse({"detail": _expired(registry, since), "revision": snap.revision}, 410, _headers(snap))
-    changes = registry.changes.since(since, snap.revision)
-    body = orjson.dumps({"revision": snap.revision, "changes": [_change(c) for c in changes]})
+    # From here on only `snap` is read: its revision, log and floor belong together.
+    expired = _expired(snap, since)
+    if expired:
+        return _gone(snap, expired)
+    log = snap.changes
+    records = b",".join(log.encoded[log.span(since, snap.revision)])
+    body = b'{"revision":%d,"changes":[%b]}' % (snap.revision, records)
     return ok(request, snap, body, etag_of(body))
 
 
@@ -335,8 +358,8 @@ async def events(request: Request) -> Response:
     async def stream() -> AsyncIterator[ServerSentEvent]:
         last = int(start)
         while not feed.closed.is_set():
-            current = registry.snapshot
-            expired = _expired(registry, last)
+            current = registry.snapshot  # read once per round: revision, log and floor agree
+            expired = _expired(current, last)
             if expired:
                 yield ServerSentEvent(
                     orjson.dumps({"revision": current.revision, "detail": expired}).decode(),
@@ -344,29 +367,37 @@ async def events(request: Request) -> Response:
                     id=str(current.revision),
                 )
                 last = current.revision
-            changes = registry.changes.since(last, current.revision)
-            for i, change in enumerate(changes):
+            log = current.changes
+            span = log.span(last, current.revision)
+            revisions, encoded = log.revisions[span], log.encoded[span]
+            for i, record in enumerate(encoded):
                 # Only a revision's last record carries the id: a client cut off in the middle
                 # of a revision resumes from the one before and gets all of it again.
-                complete = i + 1 == len(changes) or changes[i + 1].revision != change.revision
+                complete = i + 1 == len(revisions) or revisions[i + 1] != revisions[i]
                 yield ServerSentEvent(
-                    orjson.dumps(_change(change)).decode(),
+                    record.decode(),
                     event="change",
-                    id=str(change.revision) if complete else None,
+                    id=str(revisions[i]) if complete else None,
                 )
             last = current.revision
             await feed.wait_beyond(last, KEEPALIVE_SECONDS)
 
+    # A stream ends when the feed closes, which the server does first thing when it stops
+    # (RegistryApp.stop_following). sse-starlette also watches for the stop signal; its
+    # grace period lets the stream end on its own, as a complete response, instead of
+    # being cut (which uvicorn logs as an error).
     return EventSourceResponse(
         stream(),
         headers=_headers(snap),
         ping=KEEPALIVE_SECONDS,
-        shutdown_event=feed.closed,
+        shutdown_grace_period=STREAM_GRACE_SECONDS,
     )
 
 
 #: A comment line this often keeps idle streams open through proxies.
 KEEPALIVE_SECONDS = 15.0
+#: How long a stream may take to end on its own at shutdown before it is cut.
+STREAM_GRACE_SECONDS = 1.0
 
 
 def _quote(value: str) -> str:
@@ -375,16 +406,18 @@ def _quote(value: str) -> str:
 
 
 async def openapi_document(request: Request) -> Response:
-    """The API contract (OpenAPI 3.1)."""
+    """The API contract (OpenAPI 3.1), built once (off the event loop)."""
     state = request.app.state
     if getattr(state, "openapi", None) is None:
-        state.openapi = orjson.dumps(openapi.build(auth=state.auth))
+        auth = state.auth
+        state.openapi = await offload_of(request).run(lambda: orjson.dumps(openapi.build(auth=auth)))
     return Response(state.openapi, media_type="application/json")
 
 
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
-    body = generate_latest(request.app.state.metrics.registry)
+    """Prometheus text format (written off the event loop: prometheus-client is thread-safe,
+    and the state it reports is read from the immutable snapshot)."""
+    body = await offload_of(request).run(generate_latest, request.app.state.metrics.registry)
     return Response(body, headers={"cache-control": "no-cache"}, media_type=CONTENT_TYPE_LATEST)
 
 

@@ -23,6 +23,7 @@ from .feed import Feed
 from .hotpath import HotPath
 from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
+from .offload import Offload
 from .reconcile import Registry, Result
 from .settings import Settings
 from .store import check_path
@@ -34,7 +35,7 @@ _clock = time.perf_counter
 UI_DIR = Path(__file__).resolve().parent / "ui"
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings) -> RegistryApp:
     """The service. Nothing is opened until the lifespan starts."""
     schema = Schema.load(settings.schema_path)
     metrics = Metrics()
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> Starlette:
         exception_handlers={HTTPException: api.http_error},
     )
     app.state.metrics = metrics
+    app.state.offload = Offload()
     app.state.auth = settings.api_token is not None
     metrics.watch_state(
         lambda: api.state_counts(app.state.registry, app.state.watch_status),
@@ -138,6 +140,13 @@ class RegistryApp(Starlette):
         self.hot = hot
         self._answer: Callable[[dict[str, Any]], Any] = hot.answer
         self._count = hot.metrics.request
+
+    def stop_following(self) -> None:
+        """The server is stopping (before it waits for open requests): pending long-polls
+        answer now with what they have, and event streams end. Idempotent."""
+        feed = getattr(self.state, "feed", None)
+        if feed is not None:
+            feed.close()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":

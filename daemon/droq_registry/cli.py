@@ -1,18 +1,17 @@
-"""`droq-registry serve | validate PATH...`; the only module that imports uvicorn."""
+"""`droq-registry serve | validate PATH... | probe [PATH]`; `server.py` runs the server."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
 from .diff import Failed, Parsed, conflict_message
-from .logs import PROG, configure_logging, startup_failure, uvicorn_log_config
+from .logs import PROG, configure_logging, startup_failure
 from .nodefile import Schema
 from .reconcile import is_node_file, read_source
 from .settings import Settings, SettingsError, log_format_from_env
@@ -76,27 +75,9 @@ def serve() -> int:
         startup_failure(settings.log_format, f"cannot start: {exc}")
         return 2
 
-    import uvicorn
+    from .server import run
 
-    from .app import create_app
-
-    config = uvicorn.Config(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=uvicorn_log_config(settings),
-        timeout_graceful_shutdown=2,
-        server_header=False,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
-    # handlers that were there before it. A clean stop is a success, so those are no-ops
-    # and the process exits 0 (containers and supervisors read anything else as a crash).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server.run()
-    return 0 if server.started else 1
+    return run(settings)
 
 
 def service_main() -> int:

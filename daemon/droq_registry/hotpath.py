@@ -23,9 +23,17 @@ status and duration.
 
 Memory: lookup bodies are big (a node's whole JSON, tens of KB) and there is one per
 component class, so the per-snapshot cache of prepared answers has a byte budget
-(`CACHE_BYTES`); when it is full it is emptied and refilled by the requests that follow.
-Node detail and list bodies are cached on the snapshot already (`NodeView.detail`,
-`Snapshot.cached`); their prepared answers only add headers.
+(`CACHE_BYTES`, counted in bytes: bodies plus the UTF-8 length of the keys a client
+chose); when it is full it is emptied and refilled by the requests that follow. A 404 is
+not kept at all (it costs one small `orjson.dumps`), so what a client can make the cache
+hold is bounded by the registry's own classes and nodes. Node detail and list bodies are
+kept already (`NodeView.detail`, the snapshot's cache); their prepared answers only add
+headers.
+
+The event loop only ever does small work here. The node list is a walk of every node (on
+1,000 nodes, tens of megabytes): it is answered here only once the Starlette handler has
+built it in a worker thread for this snapshot (`offload.py`); until then the request goes
+through Starlette, which builds it off the loop.
 """
 
 from __future__ import annotations
@@ -110,7 +118,9 @@ class Prepared:
         self.used = 0
 
     def _keep(self, table: dict[str, Answer], key: str, answer: Answer) -> Answer:
-        cost = len(answer.body) + len(key) + ENTRY_COST
+        if answer.status != 200:
+            return answer
+        cost = len(answer.body) + len(key.encode("utf-8", "surrogatepass")) + ENTRY_COST
         if cost > CACHE_BYTES:
             return answer
         if self.used + cost > CACHE_BYTES:
@@ -147,11 +157,15 @@ class Prepared:
             answer = Answer(self.revision, 200, *view.detail())
         return self._keep(self.details, node_id, answer)
 
-    def node_list(self, status: str) -> Answer:
-        """`GET /api/v1/nodes?status=...`, as `api.list_nodes` answers (`status` is valid)."""
+    def node_list(self, status: str) -> Answer | None:
+        """`GET /api/v1/nodes?status=...`, as `api.list_nodes` answers (`status` is valid);
+        None while the list is not built for this snapshot (Starlette builds it off the loop)."""
         snap = self.snap
         assert snap is not None
-        answer = self.lists[status] = Answer(self.revision, 200, *api._node_list(snap, status))
+        built = snap.cache.get(api.node_list_key(status))
+        if built is None:
+            return None
+        answer = self.lists[status] = Answer(self.revision, 200, *built)
         return answer
 
 
@@ -228,7 +242,10 @@ class HotPath:
             answer = served.details.get(key) or served.detail(key)
         else:
             route = LIST_ROUTE
-            answer = served.lists.get(key) or served.node_list(key)
+            listed = served.lists.get(key) or served.node_list(key)
+            if listed is None:
+                return None
+            answer = listed
         if inm is not None and answer.etag is not None and (
             inm == answer.etag_bytes or api.etag_matches(inm.decode("latin-1"), answer.etag)
         ):

@@ -258,8 +258,7 @@ class Registry:
         self.watch_dirs: frozenset[str] = frozenset()
         self._seen: dict[str, Seen] = {}
         self._dep_seen: dict[str, Seen | None] = {}
-        self.changes = ChangeLog((), 0, settings.changes_keep)
-        self.snapshot = Snapshot.empty()
+        self.snapshot = Snapshot.empty(ChangeLog.of((), 0, settings.changes_keep))
         if store is not None:
             self.attach(store)
 
@@ -272,8 +271,8 @@ class Registry:
         for source in self.sources.values():
             self._claim(source)
         self.watch_dirs = _folders_of(self.sources)
-        self.changes = ChangeLog(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
-        self.snapshot = Snapshot.empty().evolve(
+        changes = ChangeLog.of(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
+        self.snapshot = Snapshot.empty(changes).evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
             (),
@@ -286,6 +285,11 @@ class Registry:
     @property
     def revision(self) -> int:
         return self.snapshot.revision
+
+    @property
+    def changes(self) -> ChangeLog:
+        """The change log: part of the snapshot, so read `snapshot.changes` with the rest."""
+        return self.snapshot.changes
 
     def stop(self) -> None:
         """Ask a reconcile in progress to give up before it writes (the service is stopping)."""
@@ -461,9 +465,9 @@ class Registry:
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
             self._commit(plan)
-            self.changes.extend(changes, floor)
             self.snapshot = self.snapshot.evolve(
-                revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop
+                revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
+                self.snapshot.changes.extend(changes, floor),
             )
             # What is served now lives until the next revision and is freed by reference
             # counting (snapshots hold no cycles); keep the cyclic collector from walking

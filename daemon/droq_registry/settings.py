@@ -46,6 +46,13 @@ def _non_negative_float(value: str) -> float:
     return number
 
 
+def _positive_seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError("expected a number of seconds, more than 0")
+    return number
+
+
 def _positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -88,6 +95,15 @@ class Settings:
     schema_path: Path = field(default_factory=lambda: default_schema_path())
     #: When set, /api/... and /metrics need `Authorization: Bearer <token>`.
     api_token: str | None = field(default=None, repr=False)
+    # Limits on clients (server.py): time to send a whole request head, idle time of a
+    # kept-alive connection, time a client may take no part of an answer, size of a
+    # request head, open connections (None: derived from the file-descriptor limit, see
+    # server.connection_limit).
+    head_timeout_seconds: float = 10.0
+    keepalive_timeout_seconds: float = 5.0
+    send_timeout_seconds: float = 30.0
+    max_head_bytes: int = 64 * 1024
+    max_connections: int | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -119,6 +135,13 @@ class Settings:
             watch_debounce_ms=get("REGISTRY_WATCH_DEBOUNCE_MS", _positive_int, defaults.watch_debounce_ms),
             schema_path=Path(get("REGISTRY_SCHEMA_PATH", _text, str(defaults.schema_path))),
             api_token=_token(env),
+            head_timeout_seconds=get("REGISTRY_HEAD_TIMEOUT_SECONDS", _positive_seconds, defaults.head_timeout_seconds),
+            keepalive_timeout_seconds=get(
+                "REGISTRY_KEEPALIVE_TIMEOUT_SECONDS", _positive_seconds, defaults.keepalive_timeout_seconds
+            ),
+            send_timeout_seconds=get("REGISTRY_SEND_TIMEOUT_SECONDS", _positive_seconds, defaults.send_timeout_seconds),
+            max_head_bytes=get("REGISTRY_MAX_HEAD_BYTES", _positive_int, defaults.max_head_bytes),
+            max_connections=get("REGISTRY_MAX_CONNECTIONS", _positive_int, defaults.max_connections),
         )
 
     def with_(self, **changes: object) -> Settings:

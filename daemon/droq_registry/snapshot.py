@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from .model import CORE_FIELDS, Change, Node, Source
+from .search import SearchCell
 
 
 def etag_of(*parts: bytes) -> str:
@@ -88,18 +89,29 @@ def _rank(view: NodeView) -> tuple[int, str]:
 
 @dataclass(frozen=True, eq=False)
 class Snapshot:
-    """One committed revision of the registry, ready to answer from."""
+    """One committed revision of the registry, ready to answer from.
+
+    Everything a request reads is here and is swapped in whole by one assignment: the
+    nodes, the class index, the sources, the change log with its floor, the counts.
+    `cache` holds answers derived from it, built once on first use (`offload.Offload.once`).
+    """
 
     revision: int
     nodes: Mapping[str, NodeView]
     #: component class -> active nodes that declare it, best first.
     index: Mapping[str, tuple[str, ...]]
     sources: Mapping[str, Source]
+    changes: ChangeLog = field(default_factory=lambda: ChangeLog.of((), 0, 1))
+    #: Component classes declared by the nodes, and files in error or in conflict.
+    components: int = 0
+    files_in_error: int = 0
+    #: How to build this snapshot's search index (see `search.SearchCell`).
+    search: SearchCell = field(default_factory=SearchCell)
     cache: dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls) -> Snapshot:
-        return cls(revision=0, nodes={}, index={}, sources={})
+    def empty(cls, changes: ChangeLog | None = None) -> Snapshot:
+        return cls(revision=0, nodes={}, index={}, sources={}, changes=changes or ChangeLog.of((), 0, 1))
 
     def evolve(
         self,
@@ -108,14 +120,20 @@ class Snapshot:
         nodes_drop: Iterable[str],
         sources_put: Mapping[str, Source],
         sources_drop: Iterable[str],
+        changes: ChangeLog | None = None,
     ) -> Snapshot:
-        """The next snapshot: this one with the given nodes and sources replaced."""
+        """The next snapshot: this one with the given nodes and sources replaced (and the
+        change log, when given). The work is proportional to what changed."""
         nodes = dict(self.nodes)
         index = dict(self.index)
+        components = self.components
         changed = set(nodes_drop) | set(nodes_put)
         for node_id in changed:
             old = nodes.pop(node_id, None)
-            if old is None or old.status != "active":
+            if old is None:
+                continue
+            components -= len(old.paths)
+            if old.status != "active":
                 continue
             for cls in old.paths:
                 rest = tuple(n for n in index.get(cls, ()) if n != node_id)
@@ -125,6 +143,7 @@ class Snapshot:
                     index.pop(cls, None)
         for node_id, view in nodes_put.items():
             nodes[node_id] = view
+            components += len(view.paths)
             if view.status != "active":
                 continue
             # Most classes have one candidate: they all share their node's one-element tuple.
@@ -136,47 +155,84 @@ class Snapshot:
                 else:
                     index[cls] = tuple(sorted((*before, node_id), key=lambda n: _rank(nodes[n])))
         sources = dict(self.sources)
-        for path in sources_drop:
-            sources.pop(path, None)
-        sources.update(sources_put)
-        return Snapshot(revision=revision, nodes=nodes, index=index, sources=sources)
+        in_error = self.files_in_error
+        for path in (*sources_drop, *sources_put):
+            old_source = sources.pop(path, None)
+            if old_source is not None:
+                in_error -= old_source.state != "ok"
+                changed.add(old_source.node_id or "")  # its last good document may have gone
+        for path, source in sources_put.items():
+            sources[path] = source
+            in_error += source.state != "ok"
+            changed.add(source.node_id or "")
+        changed.discard("")
+        return Snapshot(
+            revision=revision,
+            nodes=nodes,
+            index=index,
+            sources=sources,
+            changes=self.changes if changes is None else changes,
+            components=components,
+            files_in_error=in_error,
+            search=self.search.next(changed),
+        )
 
-    def cached(self, key: Any, build: Any) -> Any:
-        """Build a derived answer once per snapshot (a benign race builds it twice)."""
-        try:
-            return self.cache[key]
-        except KeyError:
-            value = self.cache[key] = build()
-            return value
+
+def change_json(change: Change) -> bytes:
+    """One change record as the API writes it."""
+    return orjson.dumps(
+        {
+            "revision": change.revision,
+            "kind": change.kind,
+            "node_id": change.node_id,
+            "source": change.source,
+            "at": change.at,
+        }
+    )
 
 
+@dataclass(frozen=True, slots=True)
 class ChangeLog:
-    """The newest change records, in revision order; `floor` is the oldest complete point.
+    """The newest change records, in revision order, and `floor`: the log is complete for
+    every revision above it.
 
-    Written by the reconciler's thread, read by requests: the records and their revisions
-    are one tuple, replaced whole, so a reader never pairs one list with another's trim.
+    One immutable value, part of the snapshot: a request that reads the snapshot once gets
+    records and floor that belong together, so a trim can never hide records from it.
+    Each record is encoded once, here, so an answer is a join of bytes.
     """
 
-    def __init__(self, changes: Iterable[Change], floor: int, keep: int) -> None:
-        records = tuple(changes)
-        self._log: tuple[tuple[Change, ...], tuple[int, ...]] = (records, tuple(c.revision for c in records))
-        self.floor = floor
-        self.keep = keep
+    records: tuple[Change, ...]
+    revisions: tuple[int, ...]
+    encoded: tuple[bytes, ...]
+    floor: int
+    keep: int
 
-    def extend(self, changes: list[Change], floor: int) -> None:
-        records, revisions = self._log
-        records += tuple(changes)
-        revisions += tuple(c.revision for c in changes)
+    @classmethod
+    def of(cls, changes: Iterable[Change], floor: int, keep: int) -> ChangeLog:
+        records = tuple(changes)
+        return cls(records, tuple(c.revision for c in records), tuple(map(change_json, records)), floor, keep)
+
+    def extend(self, changes: Iterable[Change], floor: int) -> ChangeLog:
+        """This log with `changes` appended and the floor raised to `floor`."""
+        new = tuple(changes)
+        records = self.records + new
+        revisions = self.revisions + tuple(c.revision for c in new)
+        encoded = self.encoded + tuple(map(change_json, new))
         floor = max(self.floor, floor)
         if len(records) > self.keep * 2:  # trim in batches, not on every append
             cut = bisect.bisect_right(revisions, floor)
-            records, revisions = records[cut:], revisions[cut:]
-        self._log = (records, revisions)
-        self.floor = floor
+            records, revisions, encoded = records[cut:], revisions[cut:], encoded[cut:]
+        return ChangeLog(records, revisions, encoded, floor, self.keep)
+
+    def kept(self, revision: int) -> bool:
+        """Whether every change after `revision` is still in the log."""
+        return revision >= self.floor
+
+    def span(self, revision: int, until: int) -> slice:
+        """Where the records with `revision < r <= until` are (for a revision that is kept)."""
+        start = bisect.bisect_right(self.revisions, max(revision, self.floor))
+        return slice(start, bisect.bisect_right(self.revisions, until))
 
     def since(self, revision: int, until: int) -> list[Change]:
-        """Records with `revision < r <= until` (the caller checks `revision >= floor`)."""
-        records, revisions = self._log
-        start = bisect.bisect_right(revisions, max(revision, self.floor))
-        stop = bisect.bisect_right(revisions, until)
-        return list(records[start:stop])
+        """Records with `revision < r <= until` (the caller checks `kept(revision)`)."""
+        return list(self.records[self.span(revision, until)])

@@ -1,0 +1,161 @@
+"""Accepting connections within a cap, so that file descriptors are left for the rest.
+
+A file descriptor is what every open connection, node file, database file and watch
+costs, and the process has a fixed number of them. Were connections accepted without
+limit, a flood of clients would take them all, and the next node file read would fail
+with "Too many open files". So the `Gate` accepts connections one at a time, while fewer
+than its limit are open. At the limit it first closes the connection that has been idle
+longest (no request in progress: never sent one, still sending its head, or kept alive
+between requests; nginx reuses such connections the same way), and when every connection
+is busy with a request it stops accepting: new connections wait in the kernel's listen
+queue until one closes. Nobody is answered 503, and a probe gets in as soon as any
+connection is idle.
+
+The protocol of each connection tells the gate when it opens, starts a request, becomes
+idle and closes (`server.LimitedProtocol`). Only the event loop's thread touches the gate,
+except the metrics, which read a copy of its counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+from collections.abc import Callable
+from typing import Protocol
+
+log = logging.getLogger("droq_registry.connections")
+
+#: Why the service closed a connection itself (the keys of `Gate.closed_by_us`).
+REASONS = ("idle_evicted", "head_timeout", "head_too_large", "send_stalled")
+#: accept() errors that mean "no descriptor or memory right now": wait and try again.
+_SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_RETRY_SECONDS = 0.1
+
+
+class Connection(Protocol):
+    def evict(self) -> None:
+        """Close the connection now (it is idle)."""
+
+
+class Gate:
+    """Accepts connections while fewer than `limit` are open; see the module's docstring."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: dict[Connection, None] = {}
+        #: Open connections with no request in progress, longest idle first.
+        self.idle: dict[Connection, None] = {}
+        self.closed_by_us = dict.fromkeys(REASONS, 0)
+        #: Times a new connection had to wait because every open one was busy.
+        self.held = 0
+        self._room_made = asyncio.Event()  # a connection closed or became idle
+        self._listeners: list[socket.socket] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._waiting: set[socket.socket] = set()
+
+    # --- what the connections tell the gate
+
+    def opened(self, conn: Connection) -> None:
+        self.open[conn] = None
+        self.idle[conn] = None
+
+    def busy(self, conn: Connection) -> None:
+        self.idle.pop(conn, None)
+
+    def idle_again(self, conn: Connection) -> None:
+        if conn in self.open:
+            self.idle.pop(conn, None)
+            self.idle[conn] = None
+            self._room_made.set()
+
+    def closed(self, conn: Connection) -> None:
+        self.open.pop(conn, None)
+        self.idle.pop(conn, None)
+        self._room_made.set()
+
+    def counted(self, reason: str) -> None:
+        self.closed_by_us[reason] += 1
+
+    # --- accepting
+
+    def start(self, listeners: list[socket.socket], factory: Callable[[], asyncio.Protocol]) -> None:
+        """Accept on every listening socket (non-blocking), making protocols with `factory`."""
+        loop = asyncio.get_running_loop()
+        self._listeners = listeners
+        self._tasks = [loop.create_task(self._accept(loop, sock, factory)) for sock in listeners]
+
+    async def _accept(
+        self, loop: asyncio.AbstractEventLoop, listener: socket.socket, factory: Callable[[], asyncio.Protocol]
+    ) -> None:
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:
+                if exc.errno in _SCARCE:
+                    log.warning("cannot accept a connection (%s); trying again shortly", exc.strerror)
+                    await asyncio.sleep(_RETRY_SECONDS)
+                continue  # ECONNABORTED and the like: that client is gone
+            self._waiting.add(sock)
+            try:
+                await self._room()
+                sock.setblocking(False)
+                await loop.connect_accepted_socket(factory, sock)
+            except OSError:  # the client went away meanwhile
+                sock.close()
+            except BaseException:
+                sock.close()
+                raise
+            finally:
+                self._waiting.discard(sock)
+
+    async def _room(self) -> None:
+        """Return once there is room for one more connection (closing an idle one if need be)."""
+        waited = False
+        while len(self.open) >= self.limit:
+            oldest = next(iter(self.idle), None)
+            if oldest is not None:
+                self.idle.pop(oldest)
+                self.open.pop(oldest, None)  # its descriptor goes as soon as the loop closes it
+                self.counted("idle_evicted")
+                oldest.evict()
+                continue
+            if not waited:
+                waited = True
+                self.held += 1
+            self._room_made.clear()
+            await self._room_made.wait()
+
+    # --- what uvicorn's Server calls at shutdown (as on asyncio's Server)
+
+    def close(self) -> None:
+        """Stop accepting: close the listening sockets and the connections not let in yet."""
+        for task in self._tasks:
+            task.cancel()
+        for sock in [*self._listeners, *self._waiting]:
+            sock.close()
+
+    async def wait_closed(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def listen(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening sockets on every address `host` resolves to (as asyncio's create_server)."""
+    sockets: list[socket.socket] = []
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets

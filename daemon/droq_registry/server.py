@@ -1,0 +1,324 @@
+"""The HTTP server: uvicorn, with limits that keep a slow or hostile client's cost its own.
+
+The only module that imports uvicorn. uvicorn alone closes an idle kept-alive connection
+(`timeout_keep_alive`), but it waits for ever for a connection that never sends a request
+or sends it a byte at a time, its httptools parser buffers a request head of any size,
+and it accepts connections until the process runs out of file descriptors (its
+`limit_concurrency` answers 503, and the service never answers 5xx). So:
+
+- `LimitedProtocol` (uvicorn's httptools protocol, given as `http=`) closes a connection
+  whose request head is not complete `head_timeout` seconds after it connected or after
+  the head's first byte, and answers 431 and closes when a head grows past
+  `max_head_bytes` (it counts the bytes as they arrive, so a head is never buffered whole).
+  A client that takes nothing of an answer for `send_timeout` seconds while the unsent
+  part waits (its socket buffers are full) is cut off, so it keeps neither the
+  connection nor those bytes for ever.
+- `connections.Gate` accepts connections itself, at most `max_connections` open at once,
+  closing the longest-idle one to make room, or holding new ones in the listen queue.
+- The file-descriptor limit is raised to its hard limit at start-up, and the connection
+  cap leaves `RESERVED_FDS` of it for node files, the database, the watcher and probes.
+- On SIGTERM, the app is told first (`RegistryApp.stop_following`): long-polls answer at
+  once and event streams end, and then uvicorn's graceful shutdown finds them finished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from uvicorn.config import STARTUP_FAILURE, Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from .app import create_app
+from .connections import Gate, listen
+from .logs import uvicorn_log_config
+from .metrics import PREFIX
+from .settings import Settings
+
+log = logging.getLogger("droq_registry.server")
+
+#: File descriptors kept from the connection cap for everything else.
+RESERVED_FDS = 64
+#: How long a thread may hold the GIL while another waits for it.
+SWITCH_INTERVAL_SECONDS = 0.001
+#: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides).
+DEFAULT_MAX_CONNECTIONS = 4096
+
+
+@dataclass(frozen=True)
+class Limits:
+    head_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_head_bytes: int
+    max_connections: int
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (as Go's runtime does); the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft if soft != resource.RLIM_INFINITY else 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        return soft
+    return hard
+
+
+def connection_limit(configured: int | None, fd_limit: int) -> int:
+    """At most `fd_limit - RESERVED_FDS` (and at least 1), whatever is configured."""
+    room = max(1, fd_limit - RESERVED_FDS)
+    if configured is None:
+        return min(DEFAULT_MAX_CONNECTIONS, room)
+    if configured > room:
+        log.warning(
+            "REGISTRY_MAX_CONNECTIONS=%d leaves too few of the %d file descriptors; using %d",
+            configured, fd_limit, room,
+        )
+        return room
+    return configured
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head timeout, a head size limit and the gate."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        gate: Gate,
+        limits: Limits,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.gate = gate
+        self.limits = limits
+        self.timeout_keep_alive = limits.keepalive_timeout  # type: ignore[assignment]  # a float is fine
+        self.in_head = True  # waiting for (the rest of) a request head
+        self.head_bytes = 0
+        self.heads = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
+        self.unsent = 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.gate.opened(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+        self.gate.closed(self)
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_head:
+            super().data_received(data)
+            return
+        if self.head_timer is None:
+            self._arm()  # the first byte of a request on a kept-alive connection
+        # The parser sees no more than the head may still hold. (A head that starts in the
+        # same read as the previous request's end is counted from the next read on.)
+        room = self.limits.max_head_bytes - self.head_bytes
+        piece = data if len(data) <= room else data[:room]
+        self.head_bytes += len(piece)
+        heads = self.heads
+        super().data_received(piece)
+        if len(piece) == len(data) or self.transport.is_closing():
+            return
+        if self.heads == heads:
+            self._refuse_head()
+        else:
+            self.data_received(data[len(piece) :])
+
+    def on_headers_complete(self) -> None:
+        self.heads += 1
+        self.in_head = False
+        self._disarm()
+        self.gate.busy(self)
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head = True
+        self.head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        pipelined = bool(self.pipeline)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self.gate.idle_again(self)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_timer is None:
+            self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self.unsent = self.transport.get_write_buffer_size()
+        self.send_timer = self.loop.call_later(self.limits.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def _send_stalled(self) -> None:
+        self.send_timer = None
+        if self.transport.get_write_buffer_size() < self.unsent:
+            self._watch_sending()  # slow, but it reads
+            return
+        self.gate.counted("send_stalled")
+        self.transport.abort()  # close() would wait for the unsent bytes to go
+
+    def evict(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # a slow reader: close() would keep its descriptor until it reads
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
+        # request answered as HTTP. uvicorn would log two warnings for every such request.
+        self.logger.debug("ignoring an Upgrade request header")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.transport.is_closing():
+            self.gate.counted("head_timeout")
+            self.transport.close()
+
+    def _refuse_head(self) -> None:
+        self.gate.counted("head_too_large")
+        if self.cycle is None or self.cycle.response_complete:  # else a response is being written
+            body = b'{"detail":"the request head is larger than %d bytes"}' % self.limits.max_head_bytes
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+            )
+        self.transport.close()
+
+
+class RegistryServer(uvicorn.Server):
+    """uvicorn's Server, accepting through a `Gate` and telling the app first when it stops."""
+
+    def __init__(self, config: Config, limits: Limits, on_stop: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.limits = limits
+        self.gate = Gate(limits.max_connections)
+        self._on_stop = on_stop
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # uvicorn's own startup for a host and port, with the gate in place of create_server.
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config, loop = self.config, asyncio.get_running_loop()
+
+        def protocol() -> asyncio.Protocol:
+            return LimitedProtocol(config, self.server_state, self.lifespan.state, self.gate, self.limits, loop)
+
+        try:
+            listeners = listen(config.host, config.port, config.backlog)
+        except OSError as exc:
+            logging.getLogger("uvicorn.error").error(exc)
+            await self.lifespan.shutdown()
+            sys.exit(STARTUP_FAILURE)
+        self.gate.start(listeners, protocol)
+        self.servers = [self.gate]  # type: ignore[list-item]  # close() and wait_closed() are what it uses
+        self._log_started_message(listeners)
+        self.started = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._on_stop()
+        await super().shutdown(sockets)
+
+
+class GateCollector(Collector):
+    """The connection gate's figures for /metrics."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        gate = self._gate
+        yield GaugeMetricFamily(f"{PREFIX}_connections_open", "Open client connections.", value=len(gate.open))
+        yield GaugeMetricFamily(
+            f"{PREFIX}_connections_limit", "Most client connections open at once.", value=gate.limit
+        )
+        closed = CounterMetricFamily(
+            f"{PREFIX}_connections_closed", "Connections the service closed itself, by reason.", labels=["reason"]
+        )
+        for reason, count in dict(gate.closed_by_us).items():
+            closed.add_metric([reason], count)
+        yield closed
+        yield CounterMetricFamily(
+            f"{PREFIX}_connections_held", "New connections held in the listen queue: every open one was busy.",
+            value=gate.held,
+        )
+
+
+def run(settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean stop."""
+    # Worker threads (searches, big lists, reconciles) hold the GIL in turns with the event
+    # loop; a shorter switch interval (CPython's default is 5 ms) hands it back to the loop
+    # sooner, so probes and lookups wait less behind them.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
+    fd_limit = raise_fd_limit()
+    limits = Limits(
+        head_timeout=settings.head_timeout_seconds,
+        keepalive_timeout=settings.keepalive_timeout_seconds,
+        send_timeout=settings.send_timeout_seconds,
+        max_head_bytes=settings.max_head_bytes,
+        max_connections=connection_limit(settings.max_connections, fd_limit),
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=uvicorn_log_config(settings),
+        http=LimitedProtocol,
+        ws="none",
+        timeout_graceful_shutdown=2,
+        server_header=False,
+    )
+    server = RegistryServer(config, limits, app.stop_following)
+    app.state.metrics.registry.register(GateCollector(server.gate))
+    log.info(
+        "limits: %d connections (of %d file descriptors), request heads %d bytes within %gs, keep-alive %gs",
+        limits.max_connections, fd_limit, limits.max_head_bytes, limits.head_timeout, limits.keepalive_timeout,
+    )
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
+    # handlers that were there before it. A clean stop is a success, so those are no-ops
+    # and the process exits 0 (containers and supervisors read anything else as a crash).
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
+    return 0 if server.started else 1
