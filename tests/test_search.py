@@ -188,7 +188,8 @@ def test_search_answer_shape_ranking_and_truncation(assets: Path, client_for: Cl
     assert client.get("/api/v1/search", params={"q": "KITE"},
                       headers={"If-None-Match": body.headers["etag"]}).status_code == 304
     write_json(assets / "many.json", node_doc("many", {f"Kite{i:02d}": "m.k" for i in range(60)}))
-    client = client_for(assets)
+    # A second service while the first still runs: its own database (one writer per database).
+    client = client_for(assets, db_path=assets.parent / "second.db")
     many = client.get("/api/v1/search", params={"q": "kite"}).json()
     assert many["truncated"] is True
     assert len(many["results"]) == MAX_RESULTS
