@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import re
 import resource
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import ROOT, free_port, make_settings, node_doc, open_client, wait_until, write_json
-from droq_registry import nodefile
+from droq_registry import cli, nodefile
 from droq_registry.model import CORE_FIELDS
 from droq_registry.nodefile import MAX_DEPTH, Schema
 from droq_registry.reconcile import Registry, TransientError
@@ -674,3 +675,38 @@ def test_a_dangling_symlink_is_a_removal_and_the_node_returns_with_its_target(
     (tmp_path / "configmap" / "a.json.old").rename(a)
     assert registry.reconcile().counts == {"added": 1, "updated": 0, "removed": 0, "errors": 0}
     assert client.get("/api/v1/nodes/a").json() == detail(node_doc("a"))
+
+
+# --- validate: the same rules, never a traceback ---------------------------------------------
+
+
+def run_validate(*args: str) -> tuple[int, str, str]:
+    """`droq-registry validate ARGS` in this process (`cli.main`), with what it printed."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(["validate", *args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_validate_out_of_descriptors_decides_nothing_and_exits_2_with_one_line(assets: Path) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+    with descriptors_used_up():
+        code, out, err = run_validate(str(assets))
+    schema_path = make_settings(assets).schema_path
+    assert (code, out, err) == (2, "", f"droq-registry: cannot check the files now: {schema_path}: Too many open files\n")
+
+
+def test_validate_when_a_read_fails_for_want_of_a_resource_exits_2_naming_the_file(
+    assets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+
+    def would_block(fd: int, n: int) -> bytes:
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(os, "read", would_block)  # where the node file's bytes are read
+    code, out, err = run_validate(str(assets))
+    monkeypatch.undo()
+    assert (code, out, err) == (
+        2, "", f"droq-registry: cannot check the files now: {assets / 'a.json'}: {os.strerror(errno.EAGAIN)}\n",
+    )

@@ -75,7 +75,7 @@ class NotRegularFile(OSError):
     """The name is there, but is a directory, FIFO, socket or device: the file's error."""
 
 
-def _raise_if_transient(exc: BaseException, path: str) -> None:
+def raise_if_transient(exc: BaseException, path: str) -> None:
     """Turn `exc` into a TransientError when it, or what caused it, is a shortage of the
     process (a failed import while out of descriptors is one)."""
     cause: BaseException | None = exc
@@ -122,13 +122,13 @@ def file_sig(path: str) -> FileSig | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:  # a link loop, a link into a folder we may not search
-        _raise_if_transient(exc, path)
+        raise_if_transient(exc, path)
         try:
             st = os.lstat(path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as again:
-            _raise_if_transient(again, path)
+            raise_if_transient(again, path)
             return FileSig(0, 0, 0, 0, 0, "unresolved")
         kind = "unresolved"
     return FileSig(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, kind)
@@ -161,7 +161,7 @@ def read_file(path: str) -> bytes:
         finally:
             os.close(fd)
     except (OSError, MemoryError) as exc:
-        _raise_if_transient(exc, path)
+        raise_if_transient(exc, path)
         raise
 
 
@@ -173,7 +173,7 @@ def list_folder(folder: Path) -> dict[str, FileSig] | None:
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:
-        _raise_if_transient(exc, str(folder))
+        raise_if_transient(exc, str(folder))
         raise
     found = {}
     for entry in entries:
@@ -244,7 +244,7 @@ def read_source(
     except TransientError:
         raise
     except Exception as exc:  # a bug, or a limit of a library: still only this file's error
-        _raise_if_transient(exc, path)
+        raise_if_transient(exc, path)
         log.debug("%s: unexpected error while parsing it", path, exc_info=True)
         why = _storable_text(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
         return Failed(why, "sha256:" + digest.hexdigest()), {}
