@@ -146,6 +146,12 @@ def test_invalid_utf8_is_refused_with_byte_offset_and_line(schema: Schema) -> No
     assert str(err) == f"cafe.json: not valid UTF-8 at byte {offset} (line 3)"
 
 
+def test_invalid_utf8_after_a_byte_order_mark_is_refused_at_its_offset_in_the_file(schema: Schema) -> None:
+    data = codecs.BOM_UTF8 + b'{"node_id": "n1", "name": "caf\xe9", "components": {}}'
+    offset = data.index(b"\xe9")
+    assert refusal(data, schema).message == f"not valid UTF-8 at byte {offset} (line 1)"
+
+
 def test_file_larger_than_the_limit_is_refused_before_parsing(schema: Schema) -> None:
     data = b" " * (MAX_FILE_BYTES + 1)
     err = refusal(data, schema)

@@ -237,14 +237,15 @@ def load_json(raw: bytes, path: str, levels: int = MAX_DEPTH) -> Any:
     most `levels` levels."""
     if len(raw) > MAX_FILE_BYTES:
         raise NodeFileError(path, None, f"file is larger than {MAX_FILE_BYTES} bytes")
-    raw = raw.removeprefix(codecs.BOM_UTF8)
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    raw = raw[bom:]
     if not raw.strip():
         raise NodeFileError(path, None, "file is empty")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise NodeFileError(path, None, f"not valid UTF-8 at byte {exc.start} (line {line})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1  # the offset counts the file's bytes, BOM too
+        raise NodeFileError(path, None, f"not valid UTF-8 at byte {bom + exc.start} (line {line})") from None
     try:
         document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
