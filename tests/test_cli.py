@@ -204,6 +204,7 @@ def test_validate_lists_a_folder_as_the_service_does_refusing_what_is_not_a_regu
     os.mkfifo(folder / "c-pipe.json")
     os.symlink("d-loop.json", folder / "d-loop.json")
     os.symlink("nowhere.json", folder / "e-dangling.json")  # not a file: the service sees none
+    os.symlink(os.devnull, folder / "f-device.json")
 
     listed = validate([folder], tmp_path)
     assert (listed.returncode, listed.stdout.splitlines(), listed.stderr.splitlines()) == (
@@ -213,8 +214,9 @@ def test_validate_lists_a_folder_as_the_service_does_refusing_what_is_not_a_regu
             f"{folder}/b-folder.json: not a regular file (a directory)",
             f"{folder}/c-pipe.json: not a regular file (a named pipe)",
             f"{folder}/d-loop.json: not a regular file (a symbolic link loop)",
+            f"{folder}/f-device.json: not a regular file (a device)",
         ],
-        ["3 of 4 file(s) refused"],
+        ["4 of 5 file(s) refused"],
     )
     named = validate([folder / "c-pipe.json", folder / "d-loop.json", folder / "e-dangling.json"], tmp_path)
     assert (named.returncode, named.stdout.splitlines(), named.stderr.splitlines()) == (

@@ -10,9 +10,12 @@ hostile node files and checks the service and `validate` against each other.
 
 from __future__ import annotations
 
+import codecs
 import errno
+import functools
 import hashlib
 import io
+import json
 import os
 import re
 import resource
@@ -30,10 +33,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from conftest import ROOT, free_port, make_settings, node_doc, open_client, wait_until, write_json
 from droq_registry import cli, nodefile
+from droq_registry.diff import conflict_message
 from droq_registry.model import CORE_FIELDS
 from droq_registry.nodefile import MAX_DEPTH, Schema
 from droq_registry.reconcile import Registry, TransientError
@@ -320,6 +326,12 @@ def test_a_components_file_nested_too_deep_is_the_error_of_its_node_file(assets:
             "components_json_path: ../components/c.json: Foo.icon" + "[0]" * (MAX_DEPTH - 3) + f": {TOO_DEEP}",
         ),
     }
+
+
+def test_a_components_path_that_could_break_a_line_is_shown_escaped(assets: Path, client_for: Client) -> None:
+    write_json(assets / "odd.json", {"node_id": "odd", "name": "O", "components_json_path": "no\nsuch\u2028.json"})
+    client = client_for(assets)
+    assert rows(client)["odd.json"]["error"] == "components_json_path: no\\nsuch\\u2028.json: no such file"
 
 
 def test_an_unexpected_failure_while_building_one_node_is_that_files_error(
@@ -710,3 +722,220 @@ def test_validate_when_a_read_fails_for_want_of_a_resource_exits_2_naming_the_fi
     assert (code, out, err) == (
         2, "", f"droq-registry: cannot check the files now: {assets / 'a.json'}: {os.strerror(errno.EAGAIN)}\n",
     )
+
+
+# --- 4. hostile node files, generated (hypothesis) -------------------------------------------
+#
+# Each example is a folder with two good node files and one hostile one, reconciled by the
+# real Registry into a real SQLite store: first a valid version of the hostile file, then
+# the hostile bytes. Whatever the bytes, the pass commits, the good files are served, the
+# hostile file is served or refused (with a one-line reason, keeping its last good node),
+# the database holds what memory holds, and `validate` says the same of every file.
+
+GOOD = {
+    "good-a.json": node_doc("good-a", components={"GoodA": "pkg.good_a"}),
+    "good-z.json": node_doc("good-z", components={"Shared": {"path": "pkg.z", "display_name": "Z"}}),
+}
+HOSTILE = "hostile.json"  # sorts after the good files: a clash of node_id leaves them the owners
+DEEP = "__deep__"  # stands in the document for a nesting no encoder writes
+SCHEMA_FIELDS = (*CORE_FIELDS, "components", "components_json_path")
+VALID_FIELDS: dict[str, st.SearchStrategy[Any]] = {
+    "description": st.text(max_size=20),
+    "source_code_location": st.none() | st.text(max_size=20),
+    "docker_image": st.none() | st.text(max_size=20),
+    "api_url": st.none() | st.text(max_size=20),
+    "ip_address": st.none() | st.text(max_size=20),
+    "deployment_location": st.sampled_from(["local", "cloud", "k8s"]),
+    "status": st.sampled_from(["active", "inactive", "deploying"]),
+    "priority": st.integers(-(10**9), 10**9) | st.sampled_from([2.0, -0.0, 1e9]),
+}
+
+odd_text = st.one_of(
+    st.text(max_size=12),  # any code point but lone surrogates: NULs, controls, RTL marks, emoji
+    st.sampled_from(["", "\x00", "a\x00b", "\u202e\u2028", "\ufeff", "line\nbreak", "😀", '"\\']),
+    st.sampled_from([1, 1_000, 100_000]).map(lambda n: "é" * n),  # huge strings
+)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**64 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    odd_text,
+)
+json_values = st.recursive(
+    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3), max_leaves=8
+)
+extra_keys = odd_text.filter(lambda k: k not in SCHEMA_FIELDS and k != "supported_components")
+identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
+module_paths = st.lists(identifiers, min_size=1, max_size=3).map(".".join)
+component_specs = module_paths | st.fixed_dictionaries(
+    {"path": module_paths}, optional={"description": odd_text, "display_name": odd_text, "icon": json_values}
+)
+node_ids = st.sampled_from(["hostile", "good-a", "good-z", "h.1_x-2"]) | st.from_regex(
+    r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", fullmatch=True
+)
+
+
+def deep_text(levels: int) -> str:
+    return "[" * levels + "1" + "]" * levels
+
+
+def write(document: dict[str, Any], writer: str) -> bytes:
+    """The document as people's tools write it."""
+    if writer == "orjson":
+        try:
+            return orjson.dumps(document)
+        except orjson.JSONEncodeError:  # integers past 64 bits: stdlib json writes them
+            writer = "ascii"
+    if writer == "ascii":
+        return json.dumps(document).encode()
+    if writer == "indented-bom-crlf":
+        return codecs.BOM_UTF8 + json.dumps(document, ensure_ascii=False, indent=2).replace("\n", "\r\n").encode()
+    assert writer == "duplicate-keys"  # a key written twice: the last one counts, as in every parser
+    text = json.dumps(document, ensure_ascii=False)
+    return ('{"node_id": "first-of-two", "name": 0, ' + text[1:]).encode()
+
+
+@st.composite
+def hostile_files(draw: st.DrawFn) -> tuple[bytes, str]:
+    """(the bytes of a node file, what was done to it): "valid", "field", "deep" or "bytes"."""
+    document: dict[str, Any] = {"node_id": draw(node_ids), "name": draw(odd_text)}
+    document["components"] = draw(st.dictionaries(identifiers, component_specs, max_size=4))
+    for key in draw(st.sets(st.sampled_from(sorted(VALID_FIELDS)))):
+        document[key] = draw(VALID_FIELDS[key])
+    document.update(draw(st.dictionaries(extra_keys, json_values, max_size=4)))
+    how = draw(st.sampled_from(["valid", "field", "deep", "bytes"]))
+    deep = ""
+    if how == "valid" and draw(st.booleans()):  # as deep as allowed, in an extra field
+        document["deepest"] = nested(MAX_DEPTH - 1)
+    elif how == "field":
+        document[draw(st.sampled_from(SCHEMA_FIELDS))] = draw(json_values)
+    elif how == "deep":
+        deep = deep_text(draw(st.integers(MAX_DEPTH, MAX_DEPTH + 3) | st.integers(1024, 1100)))
+        if document["components"] and draw(st.booleans()):
+            cls = min(document["components"])
+            document["components"][cls] = {"path": "pkg.deep", "icon": DEEP}
+        else:
+            document["deep_field"] = DEEP
+    data = write(document, draw(st.sampled_from(["orjson", "ascii", "indented-bom-crlf", "duplicate-keys"])))
+    data = data.replace(b'"' + DEEP.encode() + b'"', deep.encode())
+    if how == "bytes":
+        data = draw(st.sampled_from(BYTE_FAULTS))(data, draw(st.integers(0, len(data))))
+    return data, how
+
+
+BYTE_FAULTS: list[Callable[[bytes, int], bytes]] = [
+    lambda data, at: data[:at] + b"\xff" + data[at:],  # invalid UTF-8
+    lambda data, at: data[:at] + b"\xed\xa0\x80" + data[at:],  # a surrogate, UTF-8 encoded
+    lambda data, at: data[:at] + b"\x00" + data[at:],  # a NUL
+    lambda data, at: data[:at],  # truncated
+    lambda data, at: data.replace(b'"name":', b'"name": "\\ud800", "n":', 1),  # an escaped lone surrogate
+    lambda data, at: data.decode("utf-8", "replace").encode("utf-16"),
+    lambda data, at: codecs.BOM_UTF8 * 2 + data,
+    lambda data, at: data.replace(b"{", b'{"big": 1' + b"0" * 400 + b", ", 1),  # a huge integer
+    lambda data, at: data.replace(b"{", b'{"far": 1e400, ', 1),  # a number past any float
+    lambda data, at: data.replace(b"{", b'{"priority": 1e9999999999, ', 1),
+]
+
+
+def without_bom(data: bytes) -> bytes:
+    return data.removeprefix(codecs.BOM_UTF8)
+
+
+def served(registry: Registry, node_id: str) -> dict[str, Any] | None:
+    view = registry.snapshot.nodes.get(node_id)
+    return None if view is None else {"source": view.source, "node": orjson.loads(view.node_json)}
+
+
+@functools.cache
+def node_schema() -> Schema:
+    """The service's schema, compiled once for all examples (validate compiles its own)."""
+    return Schema.load(make_settings(Path("unused")).schema_path)
+
+
+def check_hostile_file(folder: Path, data: bytes, how: str) -> tuple[str, list[str]]:
+    """Reconcile `data` as the hostile file among the good ones; check every invariant.
+    Returns the hostile file's state and the lines `validate` must print for the folder."""
+    for name, document in GOOD.items():
+        write_json(folder / name, document)
+    write_json(folder / HOSTILE, node_doc("hostile"))
+    store = Store.open(folder.parent / "registry.db")
+    try:
+        config = make_settings(folder, db_path=folder.parent / "registry.db")
+        registry = Registry(config, store, node_schema())
+        registry.reconcile()
+        (folder / HOSTILE).write_bytes(data)
+        registry.reconcile()  # never raises: one file can only ever cost itself
+
+        for document in GOOD.values():  # the good files are always served, exactly
+            assert served(registry, document["node_id"]) == {
+                "source": f"{document['node_id']}.json", "node": public(document),
+            }
+        source = registry.sources[HOSTILE]
+        state, error = source.state, source.error
+        if state == "ok":
+            assert served(registry, source.node_id or "") == {
+                "source": HOSTILE, "node": public(orjson.loads(without_bom(data))),
+            }
+            assert how in ("valid", "field", "bytes")
+        elif state == "conflict":
+            assert source.node_id in ("good-a", "good-z")
+            assert error == conflict_message(source.node_id or "", f"{source.node_id}.json")
+            assert how in ("valid", "field", "bytes")
+        else:
+            assert error is not None
+            assert how != "valid", error
+            assert error.isprintable() and len(error) < 2100, error  # one line, whatever the file holds
+            assert not error.startswith("cannot be used: unexpected"), error  # every refusal has its rule
+            if how == "deep":
+                assert re.search(f"{TOO_DEEP}( at line \\d+ column \\d+)?$", error), error
+            assert served(registry, "hostile") == {"source": HOSTILE, "node": public(node_doc("hostile"))}
+        # what memory serves is what the database committed
+        loaded = Store.open(folder.parent / "registry.db")
+        try:
+            reloaded = loaded.load()
+            assert (reloaded.revision, reloaded.sources, reloaded.served) == (
+                registry.revision, registry.sources, registry.served,
+            )
+        finally:
+            loaded.close()
+    finally:
+        store.close()
+
+    lines = [f"{folder / name}: ok ({document['node_id']})" for name, document in GOOD.items()]
+    if state == "ok":
+        lines.append(f"{folder / HOSTILE}: ok ({source.node_id})")
+    elif state == "conflict":
+        lines.append(f"{folder / HOSTILE}: {conflict_message(source.node_id or '', str(folder / f'{source.node_id}.json'))}")
+    else:
+        lines.append(f"{folder / HOSTILE}: {error}")
+    return state, lines
+
+
+@settings(max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "150")), deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_files())
+def test_a_hostile_node_file_is_served_or_refused_alone_and_validate_agrees(example: tuple[bytes, str]) -> None:
+    data, how = example
+    with tempfile.TemporaryDirectory(prefix="droq-hostile-") as tmp:
+        folder = Path(tmp) / "nodes"
+        folder.mkdir()
+        state, lines = check_hostile_file(folder, data, how)
+        code, out, err = run_validate(str(folder))
+    assert (code, out.splitlines()) == (0 if state == "ok" else 1, lines)
+    assert err == ("" if state == "ok" else "1 of 3 file(s) refused\n")
+
+
+@settings(max_examples=8, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(hostile_files())
+def test_validate_as_a_process_agrees_with_the_service_on_a_hostile_file(example: tuple[bytes, str]) -> None:
+    data, how = example
+    with tempfile.TemporaryDirectory(prefix="droq-hostile-") as tmp:
+        folder = Path(tmp) / "nodes"
+        folder.mkdir()
+        state, lines = check_hostile_file(folder, data, how)
+        result = subprocess.run(
+            [sys.executable, "-m", "droq_registry", "validate", str(folder)],
+            capture_output=True, timeout=60, check=False, cwd=ROOT,
+        )
+    assert (result.returncode, result.stdout.decode().splitlines()) == (0 if state == "ok" else 1, lines)
+    assert result.stderr.decode() == ("" if state == "ok" else "1 of 3 file(s) refused\n")

@@ -749,6 +749,22 @@ def test_a_document_nested_deeper_than_the_limit_is_refused_naming_the_place(
     assert "\n" not in str(err)
 
 
+def test_a_value_that_could_break_or_reorder_a_line_is_shown_escaped(schema: Schema) -> None:
+    err = refusal(raw(node_id="\u202e\u2028x\x85"), schema, "odd\nname.json")
+    assert err.message == f'node_id: expected {NODE_ID_RULE}, got "\\u202e\\u2028x\\u0085"'
+    assert str(err) == f"odd\\nname.json: {err.message}"
+    assert str(err).isprintable()
+
+
+def test_a_place_is_bounded_however_long_the_keys_on_the_way(schema: Schema) -> None:
+    value: Any = 1
+    for _ in range(MAX_DEPTH):
+        value = {"k" * 80: value}
+    err = refusal(raw(extra=value), schema)
+    full = "extra" + ("." + "k" * 80) * (MAX_DEPTH - 1)
+    assert (err.where, err.why) == (full[:500] + "..." + full[-500:], TOO_DEEP)
+
+
 def test_a_document_nested_exactly_to_the_limit_is_a_node_that_encodes(schema: Schema) -> None:
     document = deep_doc(MAX_DEPTH)
     document["components"] = {"Foo": {"path": "a.b", "icon": nested(MAX_DEPTH - 3, "object")}}

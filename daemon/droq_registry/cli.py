@@ -13,7 +13,7 @@ from pathlib import Path
 from . import __version__
 from .diff import Failed, Gone, Outcome, Parsed, conflict_message
 from .logs import configure_logging, uvicorn_log_config
-from .nodefile import Schema
+from .nodefile import Schema, printable
 from .reconcile import TransientError, list_folder, raise_if_transient, read_source
 from .settings import Settings, SettingsError
 from .store import Store, StoreError
@@ -176,8 +176,9 @@ def _validate(paths: Sequence[str], schema: Schema) -> int:
 
 
 def _shown(path: str | Path) -> str:
-    """A path as it can be printed: bytes that are not UTF-8 shown escaped."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+    """A path as it can be printed on one line: bytes that are not UTF-8 and characters that
+    are not printable shown escaped."""
+    return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,8 +34,9 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 #: 254 levels), and the store. Real node files nest 4 levels.
 MAX_DEPTH = 64
 
-#: How much of a key or value an error message shows.
+#: How much of a key or value an error message shows, and of a place or a reason.
 _SHOWN = 80
+_MESSAGE = 1000
 
 #: Keys of a file that are not passed through as extra fields.
 _STRUCTURAL = frozenset(("components", "supported_components"))
@@ -64,13 +65,17 @@ class NodeFileError(Exception):
     """A node file that cannot be used. `where` is a dotted path inside the document."""
 
     def __init__(self, path: str, where: str | None, why: str) -> None:
+        # A message is one printable line of bounded size, whatever the file holds: it goes
+        # to the API, the log and a terminal.
+        where = _bounded(where) if where else where
+        why = _bounded(why)
         super().__init__(path, where, why)
         self.path = path
         self.where = where
         self.why = why
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{printable(self.path)}: {self.message}"
 
     @property
     def message(self) -> str:
@@ -205,12 +210,28 @@ def _clip(text: str) -> str:
     return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
 
 
+def _bounded(text: str) -> str:
+    text = printable(text)
+    return text if len(text) <= _MESSAGE else text[: _MESSAGE // 2] + "..." + text[-_MESSAGE // 2 :]
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls, line and paragraph
+    separators, bidirectional overrides, lone surrogates) written as a JSON escape, so that
+    it cannot break, forge or reorder a line wherever it is shown."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
+
+
 def _show(value: Any) -> str:
     if isinstance(value, dict):
         return "an object"
     if isinstance(value, list):
         return "a list"
-    return _clip(orjson.dumps(value).decode())
+    if isinstance(value, str) and len(value) > _SHOWN:
+        value = value[:_SHOWN]  # a huge string is not encoded whole to show 80 characters
+    return _clip(printable(orjson.dumps(value).decode()))
 
 
 def _too_deep(value: Any, levels: int) -> list[Any] | None:

@@ -246,7 +246,7 @@ def read_source(
     except Exception as exc:  # a bug, or a limit of a library: still only this file's error
         raise_if_transient(exc, path)
         log.debug("%s: unexpected error while parsing it", path, exc_info=True)
-        why = _storable_text(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
+        why = nodefile.printable(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
         return Failed(why, "sha256:" + digest.hexdigest()), {}
 
 
@@ -265,10 +265,11 @@ def _outcome(
         target = resolve_components_path(folder, ref)
     except NodeFileError as exc:
         digest.update(b"\0escapes")
-        return Failed(_storable_text(exc.message), "sha256:" + digest.hexdigest()), {}
+        return Failed(nodefile.printable(exc.message), "sha256:" + digest.hexdigest()), {}
+    shown = nodefile.printable(ref)
     if _storable_text(target) != target:  # the store keeps the path: it must be text
         digest.update(b"\0unstorable")
-        return Failed(f"components_json_path: {ref}: the path it resolves to is not valid UTF-8",
+        return Failed(f"components_json_path: {shown}: the path it resolves to is not valid UTF-8",
                       "sha256:" + digest.hexdigest()), {}
     deps = (target,)
     sigs = {target: file_sig(target)}
@@ -277,7 +278,7 @@ def _outcome(
     except OSError as exc:
         digest.update(b"\0missing")
         why = "no such file" if isinstance(exc, FileNotFoundError) else describe(exc)
-        return Failed(f"components_json_path: {ref}: {why}", "sha256:" + digest.hexdigest(), deps), sigs
+        return Failed(f"components_json_path: {shown}: {why}", "sha256:" + digest.hexdigest(), deps), sigs
     digest.update(b"\0" + extra)
     content_hash = "sha256:" + digest.hexdigest()
     try:
