@@ -334,6 +334,21 @@ def test_a_components_path_that_could_break_a_line_is_shown_escaped(assets: Path
     assert rows(client)["odd.json"]["error"] == "components_json_path: no\\nsuch\\u2028.json: no such file"
 
 
+def test_the_largest_node_a_file_can_make_fits_in_a_sqlite_row() -> None:
+    # The store keeps a node's canonical JSON; SQLite refuses a value longer than its
+    # length limit. A file is at most MAX_FILE_BYTES, and the encoding grows it most when
+    # it is made of numbers orjson writes longer ("9E15" -> "9000000000000000.0"): measure
+    # that ratio, and check the limit leaves room for it, so no row is ever refused.
+    numbers = b",".join([b"9E15"] * 10_000)
+    data = orjson.dumps(node_doc("n")).replace(b'"components"', b'"x":[' + numbers + b'],"components"')
+    document = nodefile.parse_document(data, "n.json", node_schema())
+    ratio = len(nodefile.canonical(nodefile.build_node(document, document["components"]), "n.json")) / len(data)
+    with closing(sqlite3.connect(":memory:")) as conn:
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+    assert 3.5 < ratio < 4
+    assert limit > 4 * nodefile.MAX_FILE_BYTES
+
+
 def test_an_unexpected_failure_while_building_one_node_is_that_files_error(
     assets: Path, client_for: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
