@@ -334,6 +334,33 @@ def test_a_components_path_that_could_break_a_line_is_shown_escaped(assets: Path
     assert rows(client)["odd.json"]["error"] == "components_json_path: no\\nsuch\\u2028.json: no such file"
 
 
+@pytest.mark.parametrize("split", [False, True], ids=["components", "components_json_path"])
+def test_a_node_the_encoder_refuses_is_that_files_error_before_any_transaction(
+    assets: Path, client_for: Client, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    # The depth limit keeps every real file within what orjson encodes; should a library
+    # limit ever be reached anyway, the file is refused as the encoder put it.
+    encode = nodefile.encode
+
+    def refusing(node: Any) -> bytes:
+        if node.node_id == "x":
+            raise orjson.JSONEncodeError("Recursion limit reached")
+        return encode(node)
+
+    monkeypatch.setattr(nodefile, "encode", refusing)
+    if split:
+        write_json(assets.parent / "c.json", {"X": "pkg.x"})
+        write_json(assets / "x.json", {"node_id": "x", "name": "X", "components_json_path": "../c.json"})
+    else:
+        write_json(assets / "x.json", node_doc("x"))
+    write_json(assets / "y.json", node_doc("y"))
+    client = client_for(assets)
+    assert {p: (r["state"], r["error"]) for p, r in rows(client).items()} == {
+        "x.json": ("error", "cannot be stored: Recursion limit reached"),
+        "y.json": ("ok", None),
+    }
+
+
 def test_the_largest_node_a_file_can_make_fits_in_a_sqlite_row() -> None:
     # The store keeps a node's canonical JSON; SQLite refuses a value longer than its
     # length limit. A file is at most MAX_FILE_BYTES, and the encoding grows it most when
@@ -777,9 +804,13 @@ scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     odd_text,
 )
-json_values = st.recursive(
-    scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3), max_leaves=8
-)
+
+
+def containers_of(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(inner, max_size=3) | st.dictionaries(odd_text, inner, max_size=3)
+
+
+json_values = st.recursive(scalars, containers_of, max_leaves=8)
 extra_keys = odd_text.filter(lambda k: k not in SCHEMA_FIELDS and k != "supported_components")
 identifiers = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,15}", fullmatch=True)
 module_paths = st.lists(identifiers, min_size=1, max_size=3).map(".".join)

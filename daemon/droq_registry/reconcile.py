@@ -83,7 +83,7 @@ def raise_if_transient(exc: BaseException, path: str) -> None:
         if cause is None:
             return
         if isinstance(cause, MemoryError) or (isinstance(cause, OSError) and cause.errno in TRANSIENT_ERRNOS):
-            why = "out of memory" if isinstance(cause, MemoryError) else cause.strerror
+            why = "out of memory" if isinstance(cause, MemoryError) else (cause.strerror or os.strerror(cause.errno or 0))
             raise TransientError(f"{path}: {why}") from exc
         cause = cause.__cause__ or cause.__context__
 
@@ -97,19 +97,20 @@ def describe(exc: OSError) -> str:
     return f"cannot read the file: {exc.strerror or exc}"
 
 
+#: What `stat` (which follows links) can find at a name instead of a regular file:
+#: FileSig.kind, and how an error says it.
 _KINDS = {
     stat.S_IFDIR: ("directory", "a directory"),
     stat.S_IFIFO: ("fifo", "a named pipe"),
     stat.S_IFSOCK: ("socket", "a socket"),
     stat.S_IFCHR: ("device", "a device"),
     stat.S_IFBLK: ("device", "a device"),
-    stat.S_IFLNK: ("link", "a symbolic link"),
 }
+_OTHER = ("other", "something else")
 
 
 def _not_regular(mode: int) -> NotRegularFile:
-    shown = _KINDS.get(stat.S_IFMT(mode), ("other", "not a file"))[1]
-    return NotRegularFile(0, f"not a regular file ({shown})")
+    return NotRegularFile(0, f"not a regular file ({_KINDS.get(stat.S_IFMT(mode), _OTHER)[1]})")
 
 
 def file_sig(path: str) -> FileSig | None:
@@ -118,7 +119,7 @@ def file_sig(path: str) -> FileSig | None:
     whose `kind` says whether it is a regular file. Raises TransientError."""
     try:
         st = os.stat(path)
-        kind = "file" if stat.S_ISREG(st.st_mode) else _KINDS.get(stat.S_IFMT(st.st_mode), ("other",))[0]
+        kind = "file" if stat.S_ISREG(st.st_mode) else _KINDS.get(stat.S_IFMT(st.st_mode), _OTHER)[0]
     except (FileNotFoundError, NotADirectoryError):
         return None
     except OSError as exc:  # a link loop, a link into a folder we may not search
@@ -255,19 +256,19 @@ def _outcome(
 ) -> tuple[Outcome, dict[str, FileSig | None]]:
     try:
         document = nodefile.parse_document(raw, name, schema)
+        ref = document.get("components_json_path")
+        if ref is None:
+            node = nodefile.build_node(document, document["components"])
+            return _parsed(node, name, "sha256:" + digest.hexdigest()), {}
     except NodeFileError as exc:
         return Failed(exc.message, "sha256:" + digest.hexdigest()), {}
-    ref = document.get("components_json_path")
-    if ref is None:
-        node = nodefile.build_node(document, document["components"])
-        return _parsed(node, name, "sha256:" + digest.hexdigest()), {}
     try:
         target = resolve_components_path(folder, ref)
     except NodeFileError as exc:
         digest.update(b"\0escapes")
         return Failed(nodefile.printable(exc.message), "sha256:" + digest.hexdigest()), {}
     shown = nodefile.printable(ref)
-    if _storable_text(target) != target:  # the store keeps the path: it must be text
+    if not _is_text(target):  # the store keeps the path (an assets folder named in Latin-1?)
         digest.update(b"\0unstorable")
         return Failed(f"components_json_path: {shown}: the path it resolves to is not valid UTF-8",
                       "sha256:" + digest.hexdigest()), {}
@@ -283,15 +284,21 @@ def _outcome(
     content_hash = "sha256:" + digest.hexdigest()
     try:
         components = nodefile.parse_components(extra, ref, schema)
-        node = nodefile.build_node(document, components)
-        return _parsed(node, name, content_hash, deps), sigs
     except NodeFileError as exc:
         return Failed(f"components_json_path: {exc}", content_hash, deps), sigs
+    try:
+        return _parsed(nodefile.build_node(document, components), name, content_hash, deps), sigs
+    except NodeFileError as exc:  # the node as a whole: not the components file's fault
+        return Failed(exc.message, content_hash, deps), sigs
 
 
-def _storable_text(text: str) -> str:
-    """`text` as the store can keep it: anything not UTF-8 (surrogates from odd paths) escaped."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+def _is_text(path: str) -> bool:
+    """Whether `path` is text the store can keep (not bytes that are not UTF-8)."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _same_content(digest: Any, known: Source) -> tuple[bool, dict[str, FileSig | None]]:
