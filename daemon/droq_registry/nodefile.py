@@ -33,6 +33,7 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 #: the encoder and the answers that wrap a node in a few more levels (orjson encodes up to
 #: 254 levels), and the store. Real node files nest 4 levels.
 MAX_DEPTH = 64
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 
 #: How much of a key or value an error message shows, and of a place or a reason.
 _SHOWN = 80
@@ -248,9 +249,6 @@ def _too_deep(value: Any, levels: int) -> list[Any] | None:
                 found.append(key)
                 return found
     return None
-
-
-_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 
 
 def load_json(raw: bytes, path: str, levels: int = MAX_DEPTH) -> Any:
