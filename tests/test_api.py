@@ -922,7 +922,9 @@ def test_components_json_path_problems_are_errors_of_the_node_file(
             "../components/link-out.json",
             f"components_json_path: '../components/link-out.json' resolves outside {root} (not allowed)",
         ),
-        "folder.json": ("../components", "components_json_path: ../components: not a regular file"),
+        "folder.json": (
+            "../components", "components_json_path: ../components: not a regular file (a directory)"
+        ),
     }
     for name, (ref, _) in cases.items():
         write_json(assets / name, {"node_id": name[:-5], "name": "x", "components_json_path": ref})
@@ -1002,7 +1004,11 @@ def test_only_visible_json_files_directly_in_the_folder_are_node_files(
     write_json(assets / "..data" / "k8s.json", node_doc("k8s"))
     client = client_for(assets)
 
-    assert list(source_rows(client)) == ["good.json"]
+    # A visible *.json name that is not a regular file is a node file in error, not nothing.
+    assert {p: (r["state"], r["error"]) for p, r in source_rows(client).items()} == {
+        "folder.json": ("error", "not a regular file (a directory)"),
+        "good.json": ("ok", None),
+    }
     assert [n["metadata"]["node_id"] for n in client.get("/api/v1/nodes?status=all").json()["nodes"]] == [
         "good"
     ]

@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from conftest import LEGACY_NODE, REAL_NODES, ServerProcess, node_doc, write_json
+from droq_registry.nodefile import MAX_DEPTH
 
 FIXTURE_FOLDERS = [REAL_NODES, LEGACY_NODE.parent]
 BIN = Path(sys.executable).parent
@@ -173,6 +174,71 @@ def test_validate_resolves_components_json_path_like_the_service(tmp_path: Path)
             f"{folder}/split.json: ok (split)",
         ],
     )
+
+
+def test_validate_refuses_files_nested_too_deep_naming_the_place_without_a_traceback(tmp_path: Path) -> None:
+    folder = tmp_path / "nodes"
+    folder.mkdir()
+    write_json(folder / "a-good.json", node_doc("good"))
+    prefix = orjson.dumps(node_doc("deep"))[:-1] + b', "extra": {"a": {"b": '
+    (folder / "b-deep.json").write_bytes(prefix + b"[" * 300 + b"]" * 300 + b"}}}")
+    (folder / "c-deeper.json").write_bytes(prefix + b"[" * 5000 + b"]" * 5000 + b"}}}")
+
+    result = validate([folder], tmp_path)
+    assert (result.returncode, result.stdout.splitlines(), result.stderr.splitlines()) == (
+        1,
+        [
+            f"{folder}/a-good.json: ok (good)",
+            f"{folder}/b-deep.json: extra.a.b{'[0]' * (MAX_DEPTH - 3)}: nested deeper than {MAX_DEPTH} levels",
+            f"{folder}/c-deeper.json: nested deeper than {MAX_DEPTH} levels at line 1 column {len(prefix) + 1023}",
+        ],
+        ["2 of 3 file(s) refused"],
+    )
+
+
+def test_validate_lists_a_folder_as_the_service_does_refusing_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    folder = tmp_path / "nodes"
+    folder.mkdir()
+    write_json(folder / "a-good.json", node_doc("good"))
+    (folder / "b-folder.json").mkdir()
+    os.mkfifo(folder / "c-pipe.json")
+    os.symlink("d-loop.json", folder / "d-loop.json")
+    os.symlink("nowhere.json", folder / "e-dangling.json")  # not a file: the service sees none
+    os.symlink(os.devnull, folder / "f-device.json")
+
+    listed = validate([folder], tmp_path)
+    assert (listed.returncode, listed.stdout.splitlines(), listed.stderr.splitlines()) == (
+        1,
+        [
+            f"{folder}/a-good.json: ok (good)",
+            f"{folder}/b-folder.json: not a regular file (a directory)",
+            f"{folder}/c-pipe.json: not a regular file (a named pipe)",
+            f"{folder}/d-loop.json: not a regular file (a symbolic link loop)",
+            f"{folder}/f-device.json: not a regular file (a device)",
+        ],
+        ["4 of 5 file(s) refused"],
+    )
+    named = validate([folder / "c-pipe.json", folder / "d-loop.json", folder / "e-dangling.json"], tmp_path)
+    assert (named.returncode, named.stdout.splitlines(), named.stderr.splitlines()) == (
+        1,
+        [
+            f"{folder}/e-dangling.json: no such file or folder",
+            f"{folder}/c-pipe.json: not a regular file (a named pipe)",
+            f"{folder}/d-loop.json: not a regular file (a symbolic link loop)",
+        ],
+        ["2 of 2 file(s) refused, 1 path(s) not found"],
+    )
+
+
+def test_validate_shows_a_file_name_that_is_not_utf8_escaped(tmp_path: Path) -> None:
+    name = os.fsencode(tmp_path) + b"/caf\xe9.json"
+    with open(name, "wb") as f:
+        f.write(orjson.dumps(node_doc("latin1")))
+    result = subprocess.run(
+        [sys.executable, "-m", "droq_registry", "validate", name], capture_output=True, env=clean_env(tmp_path),
+        cwd=tmp_path, timeout=60, check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (0, os.fsencode(tmp_path) + b"/caf\\xe9.json: ok (latin1)\n", b"")
 
 
 def test_validate_reports_a_path_that_does_not_exist(tmp_path: Path) -> None:

@@ -16,10 +16,12 @@ import pytest
 
 from droq_registry.model import Component, Node
 from droq_registry.nodefile import (
+    MAX_DEPTH,
     MAX_FILE_BYTES,
     NodeFileError,
     Schema,
     build_node,
+    canonical,
     decode,
     encode,
     parse_components,
@@ -142,6 +144,12 @@ def test_invalid_utf8_is_refused_with_byte_offset_and_line(schema: Schema) -> No
     offset = data.index(b"\xe9")
     err = refusal(data, schema, "cafe.json")
     assert str(err) == f"cafe.json: not valid UTF-8 at byte {offset} (line 3)"
+
+
+def test_invalid_utf8_after_a_byte_order_mark_is_refused_at_its_offset_in_the_file(schema: Schema) -> None:
+    data = codecs.BOM_UTF8 + b'{"node_id": "n1", "name": "caf\xe9", "components": {}}'
+    offset = data.index(b"\xe9")
+    assert refusal(data, schema).message == f"not valid UTF-8 at byte {offset} (line 1)"
 
 
 def test_file_larger_than_the_limit_is_refused_before_parsing(schema: Schema) -> None:
@@ -679,6 +687,126 @@ def test_defaults_written_out_give_the_same_bytes_as_defaults_left_out(schema: S
         priority=0,
     )
     assert encode(parse(orjson.dumps(explicit), schema)) == encode(parse(raw(), schema))
+
+
+# --- nesting depth -------------------------------------------------------------------------
+
+TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+
+def nested(levels: int, kind: str = "list") -> Any:
+    """A value `levels` containers deep (0: a number); "object" nests under key "k"."""
+    value: Any = 1
+    for _ in range(levels):
+        value = [value] if kind == "list" else {"k": value}
+    return value
+
+
+def deep_doc(levels: int, kind: str = "list") -> dict[str, Any]:
+    """A valid node whose extra field `extra.a.b` holds a value so deep that the whole file
+    nests exactly `levels` levels (the top-level object is level 1; `extra` level 2, ...)."""
+    return doc(extra={"a": {"b": nested(levels - 3, kind)}})
+
+
+def deep_bytes(levels: int) -> bytes:
+    """`deep_doc(levels)` as bytes, for depths no encoder writes."""
+    inner = levels - 3
+    return raw(extra={"a": {"b": 0}}).replace(b'"b":0', b'"b":' + b"[" * inner + b"1" + b"]" * inner)
+
+
+@pytest.mark.parametrize(
+    ("document", "where"),
+    [
+        pytest.param(
+            deep_doc(MAX_DEPTH + 1), "extra.a.b" + "[0]" * (MAX_DEPTH - 3), id="lists-one-level-too-deep"
+        ),
+        pytest.param(deep_bytes(300), "extra.a.b" + "[0]" * (MAX_DEPTH - 3), id="lists-300-levels"),
+        pytest.param(
+            deep_doc(MAX_DEPTH + 1, "object"), "extra.a.b" + ".k" * (MAX_DEPTH - 3), id="objects-one-too-deep"
+        ),
+        pytest.param(
+            doc(tags=["ok", {"x": 1}, nested(MAX_DEPTH)]), "tags[2]" + "[0]" * (MAX_DEPTH - 2), id="third-tag"
+        ),
+        pytest.param(
+            doc(components={"Foo": {"path": "a.b", "icon": nested(MAX_DEPTH - 2)}}),
+            "components.Foo.icon" + "[0]" * (MAX_DEPTH - 3),
+            id="component-info",
+        ),
+        pytest.param(
+            doc(extra={"a b": {"line\nbreak": nested(MAX_DEPTH - 2)}}),
+            'extra["a b"]["line\\nbreak"]' + "[0]" * (MAX_DEPTH - 3),
+            id="odd-keys-quoted-and-escaped",
+        ),
+    ],
+)
+def test_a_document_nested_deeper_than_the_limit_is_refused_naming_the_place(
+    document: dict[str, Any] | bytes, where: str, schema: Schema
+) -> None:
+    data = document if isinstance(document, bytes) else orjson.dumps(document)
+    err = refusal(data, schema, "deep.json")
+    assert (err.where, err.why) == (where, TOO_DEEP)
+    assert str(err) == f"deep.json: {where}: {TOO_DEEP}"
+    assert "\n" not in str(err)
+
+
+def test_a_value_that_could_break_or_reorder_a_line_is_shown_escaped(schema: Schema) -> None:
+    err = refusal(raw(node_id="\u202e\u2028x\x85"), schema, "odd\nname.json")
+    assert err.message == f'node_id: expected {NODE_ID_RULE}, got "\\u202e\\u2028x\\u0085"'
+    assert str(err) == f"odd\\nname.json: {err.message}"
+    assert str(err).isprintable()
+
+
+def test_a_place_is_bounded_however_long_the_keys_on_the_way(schema: Schema) -> None:
+    value: Any = 1
+    for _ in range(MAX_DEPTH):
+        value = {"k" * 80: value}
+    err = refusal(raw(extra=value), schema)
+    full = "extra" + ("." + "k" * 80) * (MAX_DEPTH - 1)
+    assert (err.where, err.why) == (full[:500] + "..." + full[-500:], TOO_DEEP)
+
+
+def test_a_document_nested_exactly_to_the_limit_is_a_node_that_encodes(schema: Schema) -> None:
+    document = deep_doc(MAX_DEPTH)
+    document["components"] = {"Foo": {"path": "a.b", "icon": nested(MAX_DEPTH - 3, "object")}}
+    node = parse(orjson.dumps(document), schema)
+    assert node.extra == {"extra": document["extra"]}
+    assert node.components == (Component("Foo", "a.b", {"icon": nested(MAX_DEPTH - 3, "object")}),)
+    assert decode(canonical(node, "deep.json")) == node
+
+
+def test_a_document_deeper_than_the_json_parser_goes_is_refused_with_the_same_limit(schema: Schema) -> None:
+    prefix = b'{"node_id": "n1", "name": "N", "components": {}, "extra": '
+    data = prefix + b"[" * 2000 + b"]" * 2000 + b"}"
+    err = refusal(data, schema)
+    # orjson stops past its own limit (about 1024 levels) and names the bracket it stopped at
+    column = len(prefix) + 1025
+    assert (err.where, err.why) == (None, f"{TOO_DEEP} at line 1 column {column}")
+    assert data[column - 1 : column] == b"["
+
+
+def test_a_components_file_counts_its_top_level_as_the_second_level(schema: Schema) -> None:
+    fits = orjson.dumps({"Foo": {"path": "a.b", "icon": nested(MAX_DEPTH - 3)}})
+    assert parse_components(fits, "../c.json", schema)["Foo"]["icon"] == nested(MAX_DEPTH - 3)
+    too_deep = orjson.dumps({"Foo": {"path": "a.b", "icon": nested(MAX_DEPTH - 2)}})
+    with pytest.raises(NodeFileError) as info:
+        parse_components(too_deep, "../c.json", schema)
+    assert str(info.value) == "../c.json: Foo.icon" + "[0]" * (MAX_DEPTH - 3) + f": {TOO_DEEP}"
+
+
+@pytest.mark.parametrize(
+    ("extra", "why"),
+    [
+        pytest.param({"x": {1, 2}}, "cannot be stored: Type is not JSON serializable: set", id="a-set"),
+        pytest.param({"x": nested(300)}, "cannot be stored: Recursion limit reached", id="too-deep"),
+        pytest.param({"x": "\ud800"}, "cannot be stored: str is not valid UTF-8: surrogates not allowed",
+                     id="surrogate"),
+    ],
+)
+def test_a_node_the_encoder_cannot_write_is_the_files_error_not_an_exception(extra: Any, why: str) -> None:
+    node = Node(node_id="n1", name="N", extra=extra)
+    with pytest.raises(NodeFileError) as info:
+        canonical(node, "odd.json")
+    assert str(info.value) == f"odd.json: {why}"
 
 
 # --- components_json_path files ------------------------------------------------------------

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .diff import Failed, Parsed, conflict_message
+from .diff import Failed, Gone, Outcome, Parsed, conflict_message
 from .logs import PROG, configure_logging, startup_failure
-from .nodefile import Schema
-from .reconcile import is_node_file, read_source
+from .nodefile import Schema, printable
+from .reconcile import TransientError, list_folder, raise_if_transient, read_source
 from .settings import Settings, SettingsError, log_format_from_env
 from .store import StoreError, check_path
 
@@ -86,22 +86,56 @@ def service_main() -> int:
 
 
 def validate(paths: Sequence[str]) -> int:
-    """Check node files with the service's own rules; print `file: error` lines."""
-    schema = Schema.load(Settings().schema_path)
+    """Check node files with the service's own rules; print `file: error` lines.
+
+    Exit 0 when every file would be served, 1 when any is refused or missing, 2 when the
+    check itself could not run (no schema, or the process is short of descriptors or memory:
+    nothing was decided about the files). Never a traceback."""
+    schema_path = Settings().schema_path
+    try:
+        try:
+            schema = Schema.load(schema_path)
+        except OSError as exc:
+            raise_if_transient(exc, str(schema_path))
+            raise
+        return _validate(paths, schema)
+    except TransientError as exc:
+        print(f"{PROG}: cannot check the files now: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"{PROG}: cannot load the node schema {schema_path}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _validate(paths: Sequence[str], schema: Schema) -> int:
     files: list[tuple[Path, str]] = []
     missing = 0
     for raw in paths:
         path = Path(raw)
-        if path.is_dir():
-            names = sorted(n for n in os.listdir(path) if is_node_file(n))
-            files.extend((path, name) for name in names if (path / name).is_file())
-        elif path.is_file():
+        try:
+            # A folder is listed as the service lists it: the same names, also those that
+            # are not regular files (they are refused, with the reason).
+            found = list_folder(path) if path.is_dir() else None
+        except OSError as exc:
+            print(f"{_shown(raw)}: cannot list the folder: {exc.strerror or exc}")
+            missing += 1
+            continue
+        if found is not None:
+            files.extend((path, name) for name in sorted(found))
+        elif os.path.lexists(path):
             files.append((path.parent, path.name))
         else:
-            print(f"{raw}: no such file or folder")
+            print(f"{_shown(raw)}: no such file or folder")
             missing += 1
+    outcomes: list[tuple[Path, Outcome | None]] = []
+    for folder, name in files:
+        outcome = read_source(folder, name, schema)[0]
+        if isinstance(outcome, Gone):  # a dangling link: the service sees no file there either
+            print(f"{_shown(folder / name)}: no such file or folder")
+            missing += 1
+        else:
+            outcomes.append((folder / name, outcome))
     failures = missing
-    outcomes = [(folder / name, read_source(folder, name, schema)[0]) for folder, name in files]
     # The file whose name sorts first owns a node_id, as in the service.
     owners: dict[str, Path] = {}
     for path, outcome in sorted(outcomes, key=lambda item: (item[0].name, str(item[0]))):
@@ -111,18 +145,24 @@ def validate(paths: Sequence[str]) -> int:
         if isinstance(outcome, Parsed):
             owner = owners[outcome.node_id]
             if owner != path:
-                print(f"{path}: {conflict_message(outcome.node_id, str(owner))}")
+                print(f"{_shown(path)}: {conflict_message(outcome.node_id, _shown(owner))}")
                 failures += 1
             else:
-                print(f"{path}: ok ({outcome.node_id})")
+                print(f"{_shown(path)}: ok ({outcome.node_id})")
         elif isinstance(outcome, Failed):
-            print(f"{path}: {outcome.error}")
+            print(f"{_shown(path)}: {outcome.error}")
             failures += 1
     if failures:
         refused = failures - missing
-        print(f"{refused} of {len(files)} file(s) refused" + (f", {missing} path(s) not found" if missing else ""),
+        print(f"{refused} of {len(outcomes)} file(s) refused" + (f", {missing} path(s) not found" if missing else ""),
               file=sys.stderr)
     return 1 if failures else 0
+
+
+def _shown(path: str | Path) -> str:
+    """A path as it can be printed on one line: bytes that are not UTF-8 and characters that
+    are not printable shown escaped."""
+    return printable(os.fsencode(path).decode("utf-8", "backslashreplace"))
 
 
 if __name__ == "__main__":  # pragma: no cover

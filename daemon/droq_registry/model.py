@@ -53,13 +53,20 @@ class Node:
 
 @dataclass(frozen=True, slots=True)
 class FileSig:
-    """What `stat` says of a file; equal signatures mean "probably unchanged"."""
+    """What `stat` says of a file; equal signatures mean "probably unchanged".
+
+    `kind` is "file" for a regular file, else what the name is instead ("directory",
+    "fifo", "socket", "device"), or "unresolved" when it cannot even be stat'ed through
+    (a symbolic link loop, a link into a folder the service may not search): then the
+    numbers are the link's own, and the name is looked at again on every pass.
+    """
 
     size: int
     mtime_ns: int
     ctime_ns: int
     inode: int
     device: int
+    kind: str = "file"
 
 
 @dataclass(frozen=True, slots=True)

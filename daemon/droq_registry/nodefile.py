@@ -12,6 +12,7 @@ import copy
 import difflib
 import functools
 import hashlib
+import json
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,6 +26,18 @@ from .model import CORE_FIELDS, Component, Node
 
 #: Larger files are refused before they are parsed: no real node file comes close.
 MAX_FILE_BYTES = 16 * 1024 * 1024
+
+#: How deeply a node file may nest, its top-level object being level 1 (a components file's
+#: top level is level 2: it stands for the node's "components"). The parser refuses anything
+#: deeper, before the schema sees it, so every later stage only ever holds nodes this deep:
+#: the encoder and the answers that wrap a node in a few more levels (orjson encodes up to
+#: 254 levels), and the store. Real node files nest 4 levels.
+MAX_DEPTH = 64
+_TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
+
+#: How much of a key or value an error message shows, and of a place or a reason.
+_SHOWN = 80
+_MESSAGE = 1000
 
 #: Keys of a file that are not passed through as extra fields.
 _STRUCTURAL = frozenset(("components", "supported_components"))
@@ -53,13 +66,17 @@ class NodeFileError(Exception):
     """A node file that cannot be used. `where` is a dotted path inside the document."""
 
     def __init__(self, path: str, where: str | None, why: str) -> None:
+        # A message is one printable line of bounded size, whatever the file holds: it goes
+        # to the API, the log and a terminal.
+        where = _bounded(where) if where else where
+        why = _bounded(why)
         super().__init__(path, where, why)
         self.path = path
         self.where = where
         self.why = why
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}"
+        return f"{printable(self.path)}: {self.message}"
 
     @property
     def message(self) -> str:
@@ -169,10 +186,43 @@ def _expected(schema: Any, keyword: str) -> str | None:
 
 
 def _where(parts: Iterable[Any]) -> str:
+    """A place in a document: `components.Foo.path`, `tags[0]`, `extra["a b"]`."""
     out = ""
     for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _plain_key(part):
+            out += f".{part}" if out else part
+        else:  # any key a reader could misread, or that could break a line: quoted, escaped
+            out += f"[{_clip(json.dumps(str(part)))}]"
     return out
+
+
+def _plain_key(key: Any) -> bool:
+    return (
+        isinstance(key, str)
+        and 0 < len(key) <= _SHOWN
+        and key.isprintable()
+        and not any(c in key for c in '.[]" ')
+    )
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 3] + "..."
+
+
+def _bounded(text: str) -> str:
+    text = printable(text)
+    return text if len(text) <= _MESSAGE else text[: _MESSAGE // 2] + "..." + text[-_MESSAGE // 2 :]
+
+
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls, line and paragraph
+    separators, bidirectional overrides, lone surrogates) written as a JSON escape, so that
+    it cannot break, forge or reorder a line wherever it is shown."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 def _show(value: Any) -> str:
@@ -180,29 +230,54 @@ def _show(value: Any) -> str:
         return "an object"
     if isinstance(value, list):
         return "a list"
-    text = orjson.dumps(value).decode()
-    return text if len(text) <= 80 else text[:77] + "..."
+    if isinstance(value, str) and len(value) > _SHOWN:
+        value = value[:_SHOWN]  # a huge string is not encoded whole to show 80 characters
+    return _clip(printable(orjson.dumps(value).decode()))
 
 
-def load_json(raw: bytes, path: str) -> Any:
-    """Decode a UTF-8 JSON document (a leading byte-order mark is allowed)."""
+def _too_deep(value: Any, levels: int) -> list[Any] | None:
+    """The place (reversed) of the first container in `value` nested more than `levels`
+    levels, `value` itself being the first; None when there is none. Recursion is bounded
+    by `levels`."""
+    if levels == 0:
+        return []
+    for key, child in value.items() if type(value) is dict else enumerate(value):
+        kind = type(child)
+        if kind is dict or kind is list:
+            found = _too_deep(child, levels - 1)
+            if found is not None:
+                found.append(key)
+                return found
+    return None
+
+
+def load_json(raw: bytes, path: str, levels: int = MAX_DEPTH) -> Any:
+    """Decode a UTF-8 JSON document (a leading byte-order mark is allowed) that nests at
+    most `levels` levels."""
     if len(raw) > MAX_FILE_BYTES:
         raise NodeFileError(path, None, f"file is larger than {MAX_FILE_BYTES} bytes")
-    raw = raw.removeprefix(codecs.BOM_UTF8)
+    bom = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    raw = raw[bom:]
     if not raw.strip():
         raise NodeFileError(path, None, "file is empty")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise NodeFileError(path, None, f"not valid UTF-8 at byte {exc.start} (line {line})") from None
+        line = raw.count(b"\n", 0, exc.start) + 1  # the offset counts the file's bytes, BOM too
+        raise NodeFileError(path, None, f"not valid UTF-8 at byte {bom + exc.start} (line {line})") from None
     try:
-        return orjson.loads(text)
+        document = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
+        at = f"at line {exc.lineno} column {exc.colno}"
+        if "depth limit" in exc.msg:  # deeper than orjson parses (1024): our limit, its place
+            raise NodeFileError(path, None, f"{_TOO_DEEP} {at}") from None
         reason = exc.msg.split(":")[0] if exc.msg else "invalid JSON"
-        raise NodeFileError(
-            path, None, f"not valid JSON: {reason} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise NodeFileError(path, None, f"not valid JSON: {reason} {at}") from None
+    if type(document) is dict or type(document) is list:
+        found = _too_deep(document, levels)
+        if found is not None:
+            raise NodeFileError(path, _where(reversed(found)) or None, _TOO_DEEP)
+    return document
 
 
 def parse_document(raw: bytes, path: str, schema: Schema) -> dict[str, Any]:
@@ -216,7 +291,7 @@ def parse_document(raw: bytes, path: str, schema: Schema) -> dict[str, Any]:
 
 def parse_components(raw: bytes, path: str, schema: Schema) -> dict[str, Any]:
     """Bytes of a `components_json_path` file -> its validated component map."""
-    document = load_json(raw, path)
+    document = load_json(raw, path, MAX_DEPTH - 1)
     schema.check_components(path, document)
     return document  # type: ignore[no-any-return]
 
@@ -257,6 +332,15 @@ def encode(node: Node) -> bytes:
         },
         option=orjson.OPT_SORT_KEYS,
     )
+
+
+def canonical(node: Node, path: str) -> bytes:
+    """`encode(node)`, or the file's `NodeFileError`: whatever the store could not hold is
+    refused here, as the error of the file it came from, before any transaction."""
+    try:
+        return encode(node)
+    except orjson.JSONEncodeError as exc:
+        raise NodeFileError(path, None, f"cannot be stored: {exc}") from None
 
 
 def decode(doc: bytes) -> Node:
