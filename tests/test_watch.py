@@ -7,6 +7,7 @@ HTTP answers to show the effect. Where a test fakes anything, it replaces the on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -1138,6 +1139,27 @@ def test_watched_folders_are_one_frozen_value_replaced_by_each_commit_that_moves
     write_json(assets / "b.json", node_doc("b"))  # a commit that moves no folder keeps the value
     registry.reconcile()
     assert registry.watch_dirs is after
+
+
+def test_the_status_health_reads_is_one_frozen_value_replaced_whole_by_each_pass(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    write_json(assets / "a.json", node_doc("a"))
+    client = client_for(assets)
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    before = registry.status
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        before.ready = False
+    seen = (before.ready, before.last_reconcile_at, dict(before.reconciles))
+
+    write_json(assets / "b.json", node_doc("b"))
+    registry.reconcile()
+    after = registry.status
+    assert after is not before
+    assert (after.ready, after.reconciles["changed"]) == (True, before.reconciles["changed"] + 1)
+    assert (before.ready, before.last_reconcile_at, dict(before.reconciles)) == seen, (
+        "the value a reader held is never changed in place"
+    )
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -322,9 +322,11 @@ def _parsed(node: Node, path: str, content_hash: str, deps: tuple[str, ...] = ()
     return Parsed(node.node_id, nodefile.pack(doc), nodefile.digest(doc), content_hash, deps)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Status:
-    """What /health reports of the reconciler; written by it, read by anyone."""
+    """What /health reports of the reconciler: an immutable value, replaced whole by
+    `Registry.note` (the reconcile thread, or the event loop between passes), so a reader
+    never sees half of one change."""
 
     ready: bool = False
     folder_present: bool | None = None
@@ -332,7 +334,7 @@ class Status:
     last_duration_ms: float | None = None
     #: Why the latest pass failed (None once one succeeds again).
     last_error: str | None = None
-    reconciles: dict[str, int] = field(default_factory=lambda: {"changed": 0, "unchanged": 0, "failed": 0})
+    reconciles: Mapping[str, int] = field(default_factory=lambda: {"changed": 0, "unchanged": 0, "failed": 0})
     #: The database: waiting (another registry writes it), opening, ok or failing.
     database: str = "opening"
     database_error: str | None = None
@@ -399,7 +401,7 @@ class Registry:
             (),
         )
         self.store = store
-        self.status.database, self.status.database_error = "ok", None
+        self.note(database="ok", database_error=None)
 
     @property
     def revision(self) -> int:
@@ -434,17 +436,22 @@ class Registry:
             self._succeeded()
             return result
 
+    def note(self, **changes: Any) -> None:
+        """Publish a new status with `changes` (one assignment: readers see all or none)."""
+        self.status = replace(self.status, **changes)
+
     def _failed(self, exc: Exception) -> None:
         """Note a failed pass for /health; log one line when the cause changes, not each time."""
         status = self.status
-        status.reconciles["failed"] += 1
-        status.failed_passes += 1
-        if status.failing_since is None:
-            status.failing_since = utc_now()
+        update: dict[str, Any] = {
+            "reconciles": {**status.reconciles, "failed": status.reconciles["failed"] + 1},
+            "failed_passes": status.failed_passes + 1,
+            "failing_since": status.failing_since or utc_now(),
+        }
         known = isinstance(exc, (StoreError, OSError, TransientError))
         message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, StorageFault):
-            status.database, status.database_error = "failing", message
+            update.update(database="failing", database_error=message)
             if exc.cause in ("damaged", "replaced"):
                 self._rewrite = self._rewrite or exc.cause
         if message == status.last_error:
@@ -453,7 +460,7 @@ class Registry:
             log.error("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
         else:  # not a fault of the disk or the files: a bug, worth its traceback once
             log.exception("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
-        status.last_error = message
+        self.note(last_error=message, **update)
 
     def _succeeded(self) -> None:
         status = self.status
@@ -462,10 +469,7 @@ class Registry:
                 "reconcile works again after %d failed pass(es) since %s; serving revision %d",
                 status.failed_passes, status.failing_since, self.revision,
             )
-        status.last_error = None
-        status.failed_passes = 0
-        status.failing_since = None
-        status.database, status.database_error = "ok", None
+        self.note(last_error=None, failed_passes=0, failing_since=None, database="ok", database_error=None)
 
     def _check_database(self) -> None:
         """Before writing: when the database file was deleted or replaced under the service
@@ -479,7 +483,7 @@ class Registry:
             # Its lock file was deleted or replaced (someone cleaned the volume): a service
             # waiting for it may have taken a new one and be writing now.
             if not lock.retake():
-                self.status.ready = False  # what it serves may be stale: not ready until it writes again
+                self.note(ready=False)  # what it serves may be stale: not ready until it writes again
                 raise StorageFault(
                     "locked",
                     f"{store.path} was taken over by another registry ({lock.holder()}) after its lock"
@@ -527,11 +531,11 @@ class Registry:
             if found is None:
                 if self.status.folder_present is not False:
                     log.warning("assets folder %s is missing; serving the last state and waiting for it", folder)
-                self.status.folder_present = False
+                self.note(folder_present=False)
                 raise FolderMissing(str(folder))
             if self.status.folder_present is False:
                 log.info("assets folder %s is back; loading it", folder)
-            self.status.folder_present = True
+            self.note(folder_present=True)
             listing = dict(found)
             listing.update({name: None for name in self.sources if name not in found})
 
@@ -604,11 +608,13 @@ class Registry:
             self._seen.pop(name, None)
 
         duration_ms = (time.perf_counter() - started) * 1000
-        status = self.status
-        status.ready = True
-        status.last_reconcile_at = now
-        status.last_duration_ms = round(duration_ms, 3)
-        status.reconciles["changed" if plan else "unchanged"] += 1
+        result_kind = "changed" if plan else "unchanged"
+        self.note(
+            ready=True,
+            last_reconcile_at=now,
+            last_duration_ms=round(duration_ms, 3),
+            reconciles={**self.status.reconciles, result_kind: self.status.reconciles[result_kind] + 1},
+        )
         counts = plan.counts
         if plan:
             log.info(

@@ -90,8 +90,8 @@ class Reconciler:
         """Become the database's writer: wait (not ready, saying why) while another service
         holds its lock, open it (retrying while it cannot be opened), then load the registry
         from it. Loading only now means the state is what the previous writer committed last."""
-        status = self.registry.status
-        path = self.registry.settings.db_path
+        registry = self.registry
+        path = registry.settings.db_path
         waited_from = None
         while True:
             try:
@@ -101,19 +101,19 @@ class Reconciler:
                 if waited_from is None:
                     waited_from = time.monotonic()
                     log.warning("database %s; not ready meanwhile", waiting)
-                status.database, status.database_error = "waiting", waiting
+                registry.note(database="waiting", database_error=waiting)
             except StorageFault as exc:  # the lock file cannot be opened: say so, keep trying
-                if str(exc) != status.database_error:
+                if str(exc) != registry.status.database_error:
                     log.error("%s; not ready, trying again", exc)
-                status.database, status.database_error = "failing", str(exc)
-            status.failing_since = status.failing_since or utc_now()
+                registry.note(database="failing", database_error=str(exc))
+            registry.note(failing_since=registry.status.failing_since or utc_now())
             await anyio.sleep(LOCK_POLL_SECONDS)
         if waited_from is not None:
             log.info("database %s is free after %.1fs; taking it over", path, time.monotonic() - waited_from)
-        self.registry.writer_lock = lock
+        registry.writer_lock = lock
         delay = RETRY_FIRST_SECONDS
         while True:
-            status.database = "opening"
+            registry.note(database="opening")
             try:
                 store = await anyio.to_thread.run_sync(Store.open, path)
                 try:
@@ -124,13 +124,13 @@ class Reconciler:
                 break
             except StorageFault as exc:
                 self._on_fault(exc.cause)
-                if str(exc) != status.database_error:
+                if str(exc) != registry.status.database_error:
                     log.error("%s; not ready, trying again", exc)
-                status.database, status.database_error = "failing", str(exc)
-                status.failing_since = status.failing_since or utc_now()
+                registry.note(database="failing", database_error=str(exc),
+                              failing_since=registry.status.failing_since or utc_now())
             await anyio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
-        status.failing_since = None
+        registry.note(failing_since=None)
 
     def _attach(self, store: Store) -> None:
         try:
