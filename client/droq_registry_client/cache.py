@@ -81,8 +81,10 @@ def load(path: Path) -> Cached | None:
         lines = path.read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CacheError(f"{path}: cannot be read: {exc}") from None
+    except OSError as exc:
+        raise CacheError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CacheError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not lines:
         raise CacheError(f"{path}: empty file")
     header = _line(path, lines, 0)

@@ -75,6 +75,7 @@ class Follower:
         self._cache_error: str | None = None
         # A write cancelled on close keeps running in its thread: the final one waits for it.
         self._save_lock = threading.Lock()
+        self._saved: State | None = None  # the state the cache file holds
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -101,8 +102,9 @@ class Follower:
         finally:
             if writer is not None:
                 writer.cancel()
-                if self.dirty.is_set():
-                    await self._save_cache()
+                # A write the cancel interrupted goes on in its thread; this one waits for it
+                # (the lock), then writes the state if that write was not of the latest.
+                await self._save_cache()
 
     async def _step(self, url: str) -> list[Note]:
         state = self.core.state
@@ -122,7 +124,10 @@ class Follower:
     # --- following ---------------------------------------------------------------------
 
     async def _follow(self, url: str, state: State) -> list[Note]:
-        wait = max(0.0, min(self.options.poll_wait, self.next_resync - time.monotonic()))
+        # Resuming (another replica, or after a failure) asks without waiting, so the
+        # cursor is confirmed, or refused, at once rather than at the end of a long-poll.
+        resuming = self.session != url
+        wait = 0.0 if resuming else max(0.0, min(self.options.poll_wait, self.next_resync - time.monotonic()))
         response = await self._get(
             url,
             wire.CHANGES,
@@ -197,7 +202,8 @@ class Follower:
         if old is None or (reason == RESYNC and not differed):
             LOG.debug("listed %s at revision %d: %d nodes (%s)", url, new.revision, len(new.nodes), reason)
             return []
-        return [("relisted", f"listed {url} again at revision {new.revision} ({reason}); {differed} nodes differed")]
+        nodes = "node" if differed == 1 else "nodes"
+        return [("relisted", f"listed {url} again at revision {new.revision} ({reason}); {differed} {nodes} differed")]
 
     async def _fetch(
         self, url: str, node_ids: Iterable[str], state: State, epoch: str | None, revision: int
@@ -271,14 +277,18 @@ class Follower:
 
     async def _get(self, url: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
-            return await self.http.get(url + path, **kwargs)
+            response = await self.http.get(url + path, **kwargs)
         except httpx.HTTPError as exc:
             raise Failure(f"GET {url}{path}: {type(exc).__name__}: {exc or 'no detail'}") from None
+        if response.status_code in (401, 403):
+            raise Failure(
+                f"GET {response.request.url} answered {response.status_code}: {wire.detail_of(response)}; "
+                "check the token"
+            )
+        return response
 
     @staticmethod
     def _meta(response: httpx.Response) -> wire.Meta:
-        if response.status_code == 401:
-            raise Failure(f"GET {response.request.url} answered 401: {wire.detail_of(response)} (check the token)")
         try:
             return wire.meta(response)
         except wire.ProtocolError as exc:
@@ -358,7 +368,7 @@ class Follower:
         if cached is None:
             return
         core = self.core
-        core.state = cached.state
+        core.state = self._saved = cached.state
         core.url = cached.url
         core.confirmed_at = cached.confirmed_at
         core.stale = True
@@ -371,9 +381,13 @@ class Follower:
             f"{len(cached.state.nodes)} nodes{age}) until a replica answers",
         )
 
-    def _save_locked(self, path: Path, state: State, url: str | None, confirmed_at: float | None) -> None:
+    def _save_locked(self, path: Path, url: str | None, confirmed_at: float | None) -> None:
         with self._save_lock:
+            state = self.core.state
+            if state is None or state is self._saved:
+                return
             cache.save(path, state, url, confirmed_at)
+            self._saved = state
 
     async def _cache_writer(self) -> None:
         while True:
@@ -382,12 +396,12 @@ class Follower:
             await asyncio.sleep(self.options.cache_interval)
 
     async def _save_cache(self) -> None:
-        path, state = self.options.cache_path, self.core.state
-        if path is None or state is None:
+        path = self.options.cache_path
+        if path is None:
             return
         self.dirty.clear()
         try:
-            await asyncio.to_thread(self._save_locked, path, state, self.core.url, self.core.confirmed_at)
+            await asyncio.to_thread(self._save_locked, path, self.core.url, self.core.confirmed_at)
         except OSError as exc:
             message = f"cannot write the cache file {path}: {exc.strerror or exc}"
             if message != self._cache_error:  # once per distinct error, not on every change

@@ -298,6 +298,12 @@ class ProxyProcess:
         wait_until(up, interval=0.05)
         return self
 
+    def restart(self, epoch: str | None) -> None:
+        """Kill it and start it again on the same port, speaking for another epoch."""
+        self.kill()
+        self.epoch = epoch
+        self.start()
+
     def switch(self, upstream: str) -> None:
         self.upstream = upstream
         assert self.http.post("/_proxy/upstream", content=upstream).status_code == 200
