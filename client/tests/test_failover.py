@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -104,11 +104,11 @@ def test_a_failing_callback_costs_only_itself(
         seen.append(change.kind)
         raise RuntimeError("the executor's callback is broken")
 
-    with caplog.at_level("ERROR", logger="droq_registry_client"):
-        with RegistryClient(reg.url, on_state_change=broken, **FAST) as client:
-            assert client.wait_synced(15)
-            write_node(reg.folder, "later.json", node_doc("later", {"Later": "later.mod"}))
-            wait_until(lambda: _path(client, "Later") == "later.mod")
+    with (caplog.at_level("ERROR", logger="droq_registry_client"),
+          RegistryClient(reg.url, on_state_change=broken, **FAST) as client):
+        assert client.wait_synced(15)
+        write_node(reg.folder, "later.json", node_doc("later", {"Later": "later.mod"}))
+        wait_until(lambda: _path(client, "Later") == "later.mod")
     assert seen == ["synced"]
     assert [r.getMessage() for r in caplog.records] == ["the on_state_change callback failed on synced"]
 

@@ -10,8 +10,9 @@ take a record of one history for another's, and must relist only when the conten
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from conftest import Client, Events, ProxyProcess, Registry, node_doc, wait_until, write_node
 from test_lookups import FAST, client_view, every_class, server_view

@@ -7,8 +7,9 @@ whole, with what the registry answers over HTTP at that moment.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

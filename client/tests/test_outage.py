@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -108,15 +108,14 @@ def test_a_damaged_cache_file_is_ignored_with_a_warning_naming_the_line(
     lines[2] = lines[2][: len(lines[2]) // 2]  # a torn line, as from a copy cut short
     cache_path.write_text("\n".join(lines) + "\n")
 
-    with caplog.at_level("WARNING", logger="droq_registry_client"):
-        with RegistryClient(reg.url, cache_path=cache_path, **FAST) as client:
-            assert client.wait_synced(15)
-            assert not client.status().from_cache
-            assert client.node_for("Multiply") == reg.get("/api/v1/components/Multiply/node")
-            wait_until(lambda: _cached_ids(cache_path) is not None)
+    with (caplog.at_level("WARNING", logger="droq_registry_client"),
+          RegistryClient(reg.url, cache_path=cache_path, **FAST) as client):
+        assert client.wait_synced(15)
+        assert not client.status().from_cache
+        assert client.node_for("Multiply") == reg.get("/api/v1/components/Multiply/node")
+        wait_until(lambda: _cached_ids(cache_path) is not None)
     warnings = [r.getMessage() for r in caplog.records if "cache file" in r.getMessage()]
-    assert warnings == [f"not using the cache file: {cache_path} line 3: not JSON "
-                        f"({_json_error(lines[2])})"]
+    assert warnings == [f"not using the cache file: {cache_path} line 3: not JSON ({_json_error(lines[2])})"]
 
 
 def test_an_unwritable_cache_path_costs_only_the_cache(
