@@ -51,7 +51,7 @@ def save(path: Path, state: State, url: str | None, confirmed_at: float | None) 
             out.write(json.dumps(header) + "\n")
             # One node at a time: each dumps is short, so other threads get the GIL between.
             for _, entry in sorted(state.nodes.items()):
-                line = {"etag": entry.etag, "node": entry.node, "components": entry.components}
+                line = {"etag": entry.etag, "node": entry.node, "components": entry.components_copy()}
                 out.write(json.dumps(line, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())

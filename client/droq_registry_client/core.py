@@ -56,7 +56,10 @@ class Core:
         if candidates is None:
             raise ComponentNotFound(component_class, state.revision, self.stale)
         best = candidates[0] if not self.down else self._healthy(component_class, candidates)
-        return {"node": best.node, "components": best.components, "module_path": best.components[component_class]}
+        components = best._data
+        if type(components) is not dict:
+            components = best.components
+        return {"node": best.node, "components": components, "module_path": components[component_class]}
 
     def nodes_for(self, component_class: str) -> list[JSON]:
         """The `nodes` of `GET /api/v1/components/{class}/nodes`: every candidate, best first."""
@@ -80,7 +83,7 @@ class Core:
             raise ValueError(f"status: one of {', '.join(NODE_STATUSES)}, got {status!r}")
         state = self._known()
         return [
-            {"metadata": e.node, "components_count": len(e.components)}
+            {"metadata": e.node, "components_count": len(e.classes)}
             for _, e in sorted(state.nodes.items())
             if status == "all" or e.status == status
         ]

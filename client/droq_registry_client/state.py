@@ -13,7 +13,7 @@ check it against the registry's own `/components/{class}/nodes` answers.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 JSON = dict[str, Any]
@@ -24,13 +24,21 @@ class Entry:
 
     `node` and `components` are shared by every answer that includes this node: callers
     treat them as read-only (as client-go's listers ask of cached objects).
+
+    Until a lookup first needs it, `components` is kept as the tuple of its module paths
+    beside `classes` (the node's `supported_components` list when it is in the same
+    order): a third of the memory of a dict of a few hundred entries. The first lookup that
+    answers with this node makes the dict (tens of microseconds, once) and keeps it, so
+    memory grows only with the nodes an executor actually routes to.
     """
 
-    __slots__ = ("alone", "components", "etag", "node", "node_id", "rank", "status")
+    __slots__ = ("_data", "alone", "classes", "etag", "node", "node_id", "rank", "status")
 
-    def __init__(self, node: JSON, components: dict[str, str], etag: str | None) -> None:
+    def __init__(self, node: JSON, classes: Sequence[str], paths: tuple[str, ...], etag: str | None) -> None:
         self.node = node
-        self.components = components
+        self.classes = classes
+        #: The module paths (aligned with `classes`), or the components dict once made.
+        self._data: tuple[str, ...] | dict[str, str] = paths
         self.etag = etag
         self.node_id: str = node["node_id"]
         self.status: str = node.get("status", "active")
@@ -41,6 +49,21 @@ class Entry:
         self.alone: tuple[Entry, ...] = (self,)
 
     @property
+    def components(self) -> dict[str, str]:
+        """{class: module path}, made on first use and kept (a race makes it twice, harmlessly)."""
+        data = self._data
+        if type(data) is dict:
+            return data
+        made = dict(zip(self.classes, data, strict=True))
+        self._data = made
+        return made
+
+    def components_copy(self) -> dict[str, str]:
+        """{class: module path} without keeping it (for the cache file and comparisons)."""
+        data = self._data
+        return data if type(data) is dict else dict(zip(self.classes, data, strict=True))
+
+    @property
     def active(self) -> bool:
         return self.status == "active"
 
@@ -48,7 +71,7 @@ class Entry:
         """Whether both carry the same served content (ETags are content hashes)."""
         if self.etag is not None and other.etag is not None:
             return self.etag == other.etag
-        return self.node == other.node and self.components == other.components
+        return self.node == other.node and self.components_copy() == other.components_copy()
 
 
 class State:
@@ -97,7 +120,7 @@ class State:
             old = nodes.pop(node_id, None)
             if old is None or not old.active:
                 continue
-            for cls in old.components:
+            for cls in old.classes:
                 rest = tuple(e for e in index.get(cls, ()) if e is not old)
                 if rest:
                     index[cls] = rest
@@ -106,7 +129,7 @@ class State:
         for entry in put:
             nodes[entry.node_id] = entry
             if entry.active:
-                for cls in entry.components:
+                for cls in entry.classes:
                     before = index.get(cls)
                     if before is None:
                         index[cls] = entry.alone
@@ -135,23 +158,45 @@ def build(entries: Iterable[Entry], epoch: str | None, revision: int, content_ha
     """A state from scratch (after a listing, or from the cache file)."""
     nodes = {entry.node_id: entry for entry in entries}
     index: dict[str, tuple[Entry, ...]] = {}
+    canonical: dict[str, str] = {}  # one string per class name across nodes, while building
     # Visiting the active nodes best first keeps each class's candidates in order.
     for entry in sorted((e for e in nodes.values() if e.active), key=_rank):
         alone = entry.alone
-        for cls in entry.components:
+        for cls in entry.classes:
             before = index.get(cls)
             index[cls] = alone if before is None else before + alone
+        _share_names(entry, canonical)
     return State(nodes, index, epoch, revision, content_hash)
 
 
-def entry_from(node: JSON, components: dict[str, str], etag: str | None) -> Entry:
-    """An `Entry` whose `supported_components` share the `components` keys' strings.
+def _share_names(entry: Entry, canonical: dict[str, str]) -> None:
+    """Make `entry` hold the string objects other nodes already hold for the same class
+    names (classes several nodes declare are a tenth of a large registry's)."""
+    classes = entry.classes
+    if not isinstance(classes, list) or type(entry._data) is dict:
+        for cls in classes:
+            canonical.setdefault(cls, cls)
+        return
+    for i, cls in enumerate(classes):
+        first = canonical.setdefault(cls, cls)
+        if first is not cls:
+            classes[i] = first  # the node's own supported_components list: same value
 
-    A parsed answer holds each class name twice (in `supported_components` and as a key of
-    `components`); one string object for both saves about a third of a node's memory.
+
+def entry_from(node: JSON, components: dict[str, str], etag: str | None) -> Entry:
+    """An `Entry` from a parsed answer, holding each class name in one string object.
+
+    A parsed answer has each class name twice (in `supported_components` and as a key of
+    `components`); the list is made to hold the keys' own strings, and serves as the
+    entry's `classes` when it lists them in the same order (the registry sorts both).
     """
     supported = node.get("supported_components")
-    if isinstance(supported, list) and supported:
+    classes: Sequence[str] = tuple(components)
+    if isinstance(supported, list):
+        names: list[str] = supported
         keys = {name: name for name in components}
-        node["supported_components"] = [keys.get(name, name) for name in supported]
-    return Entry(node, components, etag)
+        shared = [keys.get(name, name) for name in names]
+        node["supported_components"] = shared
+        if len(shared) == len(classes) and all(a is b for a, b in zip(shared, classes)):
+            classes = shared
+    return Entry(node, classes, tuple(components.values()), etag)
