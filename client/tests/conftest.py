@@ -129,6 +129,10 @@ class Registry:
                 return False
 
         wait_until(ready, timeout=timeout, interval=0.05)
+        # On a shared machine another process can take the port while ours is down.
+        served = self.http.get("/health").json().get("assets_dir")
+        if served != str(self.folder):
+            raise AssertionError(f"{self.url} is another registry's (it serves {served}): the port was taken")
 
     def kill(self) -> None:
         """SIGKILL and wait: the registry is gone, its port refuses connections."""
