@@ -183,11 +183,14 @@ class Follower:
 
     async def _relist(self, url: str, reason: str) -> list[Note]:
         old = self.core.state
+        await self._ready(url)
         response = await self._get(url, wire.NODES, params={"status": "all"})
         if response.status_code != 200:
             raise Failure(f"GET {url}{wire.NODES} answered {response.status_code}: {wire.detail_of(response)}")
         position = self._meta(response)
         ids = self._parse(wire.node_ids, response)
+        if position.revision == 0 and not ids:
+            await self._ready(url)  # empty because it is empty, or because it restarted meanwhile?
         if old is not None and position.content_hash is not None and position.content_hash == old.content_hash:
             new, differed = old.at(position.epoch, position.revision, position.content_hash), 0
         else:
@@ -204,6 +207,13 @@ class Follower:
             return []
         nodes = "node" if differed == 1 else "nodes"
         return [("relisted", f"listed {url} again at revision {new.revision} ({reason}); {differed} {nodes} differed")]
+
+    async def _ready(self, url: str) -> None:
+        """A registry that has not committed its first load serves an empty revision 0:
+        never take that for its state (`/ready` answers 503 until then)."""
+        response = await self._get(url, wire.READY)
+        if response.status_code == 503:
+            raise Failure(f"{url} is not ready: {wire.detail_of(response)}")
 
     async def _fetch(
         self, url: str, node_ids: Iterable[str], state: State, epoch: str | None, revision: int

@@ -27,6 +27,8 @@ CONTENT_HASH = "x-registry-content-hash"
 
 NODES = "/api/v1/nodes"
 CHANGES = "/api/v1/changes"
+#: 200 once the registry's first load has committed, 503 before (open without a token).
+READY = "/ready"
 
 #: The registry's epochs are 1-32 of these; anything else in the header is not believed.
 _EPOCH = re.compile(r"[A-Za-z0-9_-]{1,32}")

@@ -91,7 +91,7 @@ class Registry:
         token = self.env.get("REGISTRY_API_TOKEN")
         return {"authorization": f"Bearer {token}"} if token else {}
 
-    def start(self) -> Registry:
+    def start(self, ready: bool = True) -> Registry:
         env = {
             key: value
             for key, value in os.environ.items()
@@ -115,7 +115,8 @@ class Registry:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self.wait_ready()
+        if ready:
+            self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -155,3 +155,31 @@ def _path(client: Client, cls: str) -> str | None:
         return str(client.node_for(cls)["module_path"])
     except ComponentNotFound:
         return None
+
+
+def test_a_registry_that_has_not_loaded_yet_is_not_taken_for_an_empty_one(
+    registry: Callable[..., Registry], make_client: Callable[..., Client]
+) -> None:
+    reg = registry()
+    client = make_client(reg.url, **FAST)
+    assert client.wait_synced(15)
+    known = {cls: client.node_for(cls) for cls in every_class(reg)}
+
+    # Restarted with a new database while its folder is not there (a volume not mounted
+    # yet): it serves an empty revision 0 and /ready answers 503 until the folder appears.
+    reg.kill()
+    for suffix in ("", "-wal", "-shm"):
+        reg.db_path.with_name(reg.db_path.name + suffix).unlink(missing_ok=True)
+    away = reg.folder.with_name("nodes-not-mounted-yet")
+    reg.folder.rename(away)
+    reg.start(ready=False)
+    wait_until(lambda: "is not ready: waiting for the assets folder" in str(client.status().last_error))
+    assert reg.get("/api/v1/nodes?status=all") == {"nodes": [], "total_nodes": 0}
+    assert {cls: client.node_for(cls) for cls in known} == known
+    assert client.status().stale
+
+    away.rename(reg.folder)
+    reg.wait_ready()
+    assert client.wait_synced(15)
+    assert {cls: client.node_for(cls) for cls in known} == {
+        cls: reg.get(f"/api/v1/components/{cls}/node") for cls in known}
