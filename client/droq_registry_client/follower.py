@@ -100,6 +100,10 @@ class Follower:
                     continue
                 self._succeeded(url, notes)
         finally:
+            # Closed: lookups still answer from the last state, which nothing confirms now.
+            if self.core.state is not None:
+                self.core.stale = True
+            self.core.set_flags(synced=False)
             if writer is not None:
                 writer.cancel()
                 # A write the cancel interrupted goes on in its thread; this one waits for it

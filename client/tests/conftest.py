@@ -225,9 +225,13 @@ class AsyncDriver:
         return lambda *args, **kwargs: self._run(method(*args, **kwargs))
 
     def close(self) -> None:
+        self._run(self.client.close())
+
+    def shutdown(self) -> None:
+        """Close the client and stop the loop (after the test)."""
         if self.loop.is_closed():
             return
-        self._run(self.client.close())
+        self.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()
@@ -269,7 +273,10 @@ def make_client(kind: str) -> Iterator[Callable[..., Client]]:
 
     yield make
     for client in reversed(made):
-        client.close()
+        if isinstance(client, AsyncDriver):
+            client.shutdown()
+        else:
+            client.close()
 
 
 class ProxyProcess:

@@ -188,3 +188,20 @@ def _node_or_none(client: Client, node_id: str) -> Any:
         return client.node(node_id)
     except NodeNotFound:
         return None
+
+
+def test_after_close_lookups_answer_from_the_last_state_marked_stale(
+    registry: Callable[..., Registry], make_client: Callable[..., Client]
+) -> None:
+    reg = registry()
+    client = make_client(reg.url, **FAST)
+    assert client.wait_synced(15)
+    before = client.node_for("Multiply")
+    client.close()
+    client.close()  # idempotent
+    assert client.node_for("Multiply") == before
+    status = client.status()
+    assert (status.stale, status.synced) == (True, False)
+    with pytest.raises(ComponentNotFound) as missing:
+        client.node_for("NoSuchComponent")
+    assert missing.value.stale is True
