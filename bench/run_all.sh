@@ -45,6 +45,9 @@ run read_1000x350 330 bench/read.py --duration 4 --warmup 1 --repeat 3 --nodes 1
 run startup 120 bench/startup.py --nodes 1000 --components 350 --restarts 3 --timeout 30
 run reconcile 300 bench/reconcile.py --files 10000 --changes 50 --visible-changes 200
 run burst 150 bench/burst.py --files 500 --duration 5
+# The executor client (client/): lookups from memory, change to answer, a 30 s outage and a
+# replica switch, memory on 1,000 x 350 (needs `.venv/bin/pip install -e client`).
+run client 480 bench/client.py
 
 "$PY" bench/summarize.py --command "bash bench/run_all.sh" "${names[@]}" >/dev/null \
     && echo && echo "written bench/results/summary.md"
