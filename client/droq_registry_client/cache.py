@@ -5,18 +5,25 @@ confirmed, its cursor, the node count), then one line per node (`etag`, `node`,
 `components`). It is written whole to a temporary file beside it, flushed to disk and
 renamed over the old one, so a reader sees the old file or the new one, never a mix. A file
 that does not read back exactly is ignored with a warning naming the file and the line;
-the client then starts without it.
+the client then starts without it. `Writer` is the follower's side: when to write, and
+what a failed write costs (a warning, nothing else).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .state import Entry, State, build, entry_from
+
+LOG = logging.getLogger("droq_registry_client")
 
 FORMAT = "droq-registry-client-cache"
 VERSION = 1
@@ -128,3 +135,60 @@ def _line(path: Path, lines: list[str], number: int) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise CacheError(f"{path} line {number + 1}: not a JSON object")
     return value
+
+
+class Writer:
+    """Writes the client's state to the cache file: at most once per `interval` seconds
+    after it changed, in a worker thread, and a last time on `flush()`.
+
+    A failed write (full disk, no permission) is logged once per distinct error and costs
+    nothing else: the previous file stays whole, lookups are not affected.
+    """
+
+    def __init__(
+        self, path: Path, interval: float, current: Callable[[], tuple[State | None, str | None, float | None]]
+    ) -> None:
+        self.path = path
+        self.interval = interval
+        self._current = current  # (state, url, confirmed_at) now
+        self._dirty = asyncio.Event()
+        # A write cancelled on close keeps running in its thread: the last one waits for it.
+        self._lock = threading.Lock()
+        self._saved: State | None = None  # the state the file holds
+        self._error: str | None = None
+
+    def changed(self) -> None:
+        self._dirty.set()
+
+    def holds(self, state: State) -> None:
+        """The file already holds `state` (it was just loaded from it)."""
+        self._saved = state
+
+    async def run(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await self.flush()
+            await asyncio.sleep(self.interval)
+
+    async def flush(self) -> None:
+        """Write the current state if the file does not hold it yet."""
+        self._dirty.clear()
+        try:
+            await asyncio.to_thread(self._write)
+        except OSError as exc:
+            message = f"cannot write the cache file {self.path}: {exc.strerror or exc}"
+            if message != self._error:
+                LOG.warning("%s; lookups are not affected", message)
+            self._error = message
+            return
+        if self._error is not None:
+            LOG.info("the cache file %s is written again", self.path)
+        self._error = None
+
+    def _write(self) -> None:
+        with self._lock:
+            state, url, confirmed_at = self._current()
+            if state is None or state is self._saved:
+                return
+            save(self.path, state, url, confirmed_at)
+            self._saved = state

@@ -25,10 +25,8 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -71,20 +69,17 @@ class Follower:
         self.relist_reason: str | None = None
         self.failures = 0  # consecutive
         self.next_resync = math.inf
-        self.dirty = asyncio.Event()  # the state changed since the cache file was written
-        self._cache_error: str | None = None
-        # A write cancelled on close keeps running in its thread: the final one waits for it.
-        self._save_lock = threading.Lock()
-        self._saved: State | None = None  # the state the cache file holds
+        path = self.options.cache_path
+        self.cache = None if path is None else cache.Writer(path, self.options.cache_interval, self._to_save)
 
     # --- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Follow until cancelled; the cache file (if any) is loaded first, flushed last."""
         writer: asyncio.Task[None] | None = None
-        if self.options.cache_path is not None:
-            await self._load_cache()
-            writer = asyncio.get_running_loop().create_task(self._cache_writer())
+        if self.cache is not None:
+            await self._load_cache(self.cache)
+            writer = asyncio.get_running_loop().create_task(self.cache.run())
         self._schedule_resync()
         try:
             while True:
@@ -104,11 +99,9 @@ class Follower:
             if self.core.state is not None:
                 self.core.stale = True
             self.core.set_flags(synced=False)
-            if writer is not None:
+            if writer is not None and self.cache is not None:
                 writer.cancel()
-                # A write the cancel interrupted goes on in its thread; this one waits for it
-                # (the lock), then writes the state if that write was not of the latest.
-                await self._save_cache()
+                await self.cache.flush()
 
     async def _step(self, url: str) -> list[Note]:
         state = self.core.state
@@ -320,8 +313,8 @@ class Follower:
     def _publish(self, new: State) -> None:
         old = self.core.state
         self.core.state = new
-        if old is None or new.nodes is not old.nodes or new.epoch != old.epoch:
-            self.dirty.set()
+        if self.cache is not None and (old is None or new.nodes is not old.nodes or new.epoch != old.epoch):
+            self.cache.changed()
 
     def _succeeded(self, url: str, notes: list[Note]) -> None:
         core = self.core
@@ -371,18 +364,17 @@ class Follower:
 
     # --- the cache file ----------------------------------------------------------------
 
-    async def _load_cache(self) -> None:
-        path = self.options.cache_path
-        assert path is not None
+    async def _load_cache(self, writer: cache.Writer) -> None:
         try:
-            cached = await asyncio.to_thread(cache.load, path)
+            cached = await asyncio.to_thread(cache.load, writer.path)
         except cache.CacheError as exc:
             LOG.warning("not using the cache file: %s", exc)
             return
         if cached is None:
             return
         core = self.core
-        core.state = self._saved = cached.state
+        core.state = cached.state
+        writer.holds(cached.state)
         core.url = cached.url
         core.confirmed_at = cached.confirmed_at
         core.stale = True
@@ -391,37 +383,9 @@ class Follower:
         age = "" if cached.confirmed_at is None else f", confirmed {time.time() - cached.confirmed_at:.0f} s ago"
         core.emit(
             "stale",
-            f"answering from the cache file {path} (revision {cached.state.revision}, "
+            f"answering from the cache file {writer.path} (revision {cached.state.revision}, "
             f"{len(cached.state.nodes)} nodes{age}) until a replica answers",
         )
 
-    def _save_locked(self, path: Path, url: str | None, confirmed_at: float | None) -> None:
-        with self._save_lock:
-            state = self.core.state
-            if state is None or state is self._saved:
-                return
-            cache.save(path, state, url, confirmed_at)
-            self._saved = state
-
-    async def _cache_writer(self) -> None:
-        while True:
-            await self.dirty.wait()
-            await self._save_cache()
-            await asyncio.sleep(self.options.cache_interval)
-
-    async def _save_cache(self) -> None:
-        path = self.options.cache_path
-        if path is None:
-            return
-        self.dirty.clear()
-        try:
-            await asyncio.to_thread(self._save_locked, path, self.core.url, self.core.confirmed_at)
-        except OSError as exc:
-            message = f"cannot write the cache file {path}: {exc.strerror or exc}"
-            if message != self._cache_error:  # once per distinct error, not on every change
-                LOG.warning("%s; lookups are not affected", message)
-            self._cache_error = message
-            return
-        if self._cache_error is not None:
-            LOG.info("the cache file %s is written again", path)
-        self._cache_error = None
+    def _to_save(self) -> tuple[State | None, str | None, float | None]:
+        return self.core.state, self.core.url, self.core.confirmed_at
