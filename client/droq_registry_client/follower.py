@@ -66,7 +66,6 @@ class Follower:
         self.current = 0  # the replica being used: an index into options.urls
         #: The replica whose feed the state's cursor is known to follow (None after a failure).
         self.session: str | None = None
-        self.relist_reason: str | None = None
         self.failures = 0  # consecutive
         self.next_resync = math.inf
         path = self.options.cache_path
@@ -107,8 +106,6 @@ class Follower:
         state = self.core.state
         if state is None:
             return await self._relist(url, "first listing")
-        if self.relist_reason is not None:
-            return await self._relist(url, self.relist_reason)
         if self.session != url and state.epoch is None:
             why = "the cached state" if self.core.from_cache else "a new connection"
             return await self._relist(
@@ -197,7 +194,6 @@ class Follower:
             differed = 0 if old is None else old.differences(new)
         self._publish(new)
         self.session = url
-        self.relist_reason = None
         self._schedule_resync()
         if old is None or (reason == RESYNC and not differed):
             LOG.debug("listed %s at revision %d: %d nodes (%s)", url, new.revision, len(new.nodes), reason)
@@ -271,6 +267,8 @@ class Follower:
             )
         status = response.status_code
         if status == 200:
+            if known is not None and known.etag is not None and response.headers.get("etag") == known.etag:
+                return node_id, known, position.revision  # the same content: keep the object (and its dict)
             return node_id, self._parse(wire.entry, response, node_id), position.revision
         if status == 304 and known is not None:
             return node_id, known, position.revision
