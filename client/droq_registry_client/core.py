@@ -52,8 +52,8 @@ class Core:
         state = self.state
         if state is None:
             raise RegistryUnavailable(self.last_error)
-        candidates = state.index.get(component_class)
-        if candidates is None:
+        candidates = state.candidates(component_class)
+        if not candidates:
             raise ComponentNotFound(component_class, state.revision, self.stale)
         best = candidates[0] if not self.down else self._healthy(component_class, candidates)
         components = best._data
@@ -64,8 +64,8 @@ class Core:
     def nodes_for(self, component_class: str) -> list[JSON]:
         """The `nodes` of `GET /api/v1/components/{class}/nodes`: every candidate, best first."""
         state = self._known()
-        candidates = state.index.get(component_class)
-        if candidates is None:
+        candidates = state.candidates(component_class)
+        if not candidates:
             raise ComponentNotFound(component_class, state.revision, self.stale)
         return [{"node": e.node, "module_path": e.components[component_class]} for e in candidates]
 

@@ -41,8 +41,6 @@ T = TypeVar("T")
 Offload = Callable[..., Awaitable[Any]]
 
 RESYNC = "periodic resync"
-#: States with more index entries than this are evolved through `offload`.
-BIG_STATE = 20_000
 
 Note = tuple[StateChangeKind, str]
 
@@ -141,10 +139,7 @@ class Follower:
             put, drop, exact = await self._fetch(url, changes.node_ids, state, position.epoch, changes.revision)
             content_hash = position.content_hash if exact else None
             if put or drop:
-                if len(state.index) > BIG_STATE:
-                    new = await self.offload(state.evolve, put, drop, position.epoch, changes.revision, content_hash)
-                else:
-                    new = state.evolve(put, drop, position.epoch, changes.revision, content_hash)
+                new = state.evolve(put, drop, position.epoch, changes.revision, content_hash)
             else:
                 new = state.at(position.epoch, changes.revision, content_hash)
             self._publish(new)

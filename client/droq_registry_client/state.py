@@ -80,9 +80,15 @@ class State:
     `content_hash` is the registry's `X-Registry-Content-Hash` for exactly this state, or
     None when the client cannot vouch that its nodes are exactly that revision's (then it
     never claims to match another replica's hash).
+
+    The index (class -> candidates) is a base shared by successive states plus `changed`,
+    the classes whose candidates changed since the base was made (`()`: none any more).
+    A change copies the node map and the small overlay, not a base of hundreds of
+    thousands of classes; once the overlay reaches an eighth of the base (`OVERLAY_SHARE`) it is merged
+    into a new base. Every state stays immutable.
     """
 
-    __slots__ = ("content_hash", "epoch", "index", "nodes", "revision")
+    __slots__ = ("changed", "content_hash", "epoch", "index", "nodes", "revision")
 
     def __init__(
         self,
@@ -91,16 +97,25 @@ class State:
         epoch: str | None,
         revision: int,
         content_hash: str | None,
+        changed: Mapping[str, tuple[Entry, ...]] | None = None,
     ) -> None:
         self.nodes = nodes
         self.index = index
+        self.changed: Mapping[str, tuple[Entry, ...]] = changed if changed is not None else {}
         self.epoch = epoch
         self.revision = revision
         self.content_hash = content_hash
 
+    def candidates(self, component_class: str) -> tuple[Entry, ...]:
+        """The active nodes that declare the class, best first; () if none."""
+        found = self.changed.get(component_class)
+        if found is None:
+            return self.index.get(component_class, ())
+        return found
+
     def at(self, epoch: str | None, revision: int, content_hash: str | None) -> State:
         """The same nodes, known as of another cursor."""
-        return State(self.nodes, self.index, epoch, revision, content_hash)
+        return State(self.nodes, self.index, epoch, revision, content_hash, self.changed)
 
     def evolve(
         self,
@@ -112,30 +127,40 @@ class State:
     ) -> State:
         """This state with the nodes in `put` replaced or added and those in `drop` removed.
 
-        Work is proportional to the changed nodes' classes (plus one copy of each dict)."""
+        Work is proportional to the changed nodes' classes (plus a copy of the node map)."""
         nodes = dict(self.nodes)
-        index = dict(self.index)
-        put = list(put)
-        for node_id in {*drop, *(entry.node_id for entry in put)}:
+        put = [entry for entry in put]
+        gone = {*drop, *(entry.node_id for entry in put)}
+        affected: set[str] = set()
+        for node_id in gone:
             old = nodes.pop(node_id, None)
-            if old is None or not old.active:
-                continue
-            for cls in old.classes:
-                rest = tuple(e for e in index.get(cls, ()) if e is not old)
-                if rest:
-                    index[cls] = rest
-                else:
-                    index.pop(cls, None)
+            if old is not None and old.active:
+                affected.update(old.classes)
+        adding: dict[str, list[Entry]] = {}
         for entry in put:
             nodes[entry.node_id] = entry
             if entry.active:
                 for cls in entry.classes:
-                    before = index.get(cls)
-                    if before is None:
-                        index[cls] = entry.alone
-                    else:
-                        index[cls] = tuple(sorted((*before, entry), key=_rank))
-        return State(nodes, index, epoch, revision, content_hash)
+                    adding.setdefault(cls, []).append(entry)
+        affected.update(adding)
+        changed = dict(self.changed)
+        for cls in affected:
+            rest = [e for e in self.candidates(cls) if e.node_id not in gone]
+            new = adding.get(cls, ())
+            if not rest and len(new) == 1:
+                changed[cls] = new[0].alone
+            else:
+                changed[cls] = tuple(sorted((*rest, *new), key=_rank))
+        index = self.index
+        if len(changed) * OVERLAY_SHARE > len(index) or len(index) < SMALL_INDEX:
+            merged = dict(index)
+            for cls, candidates in changed.items():
+                if candidates:
+                    merged[cls] = candidates
+                else:
+                    merged.pop(cls, None)
+            index, changed = merged, {}
+        return State(nodes, index, epoch, revision, content_hash, changed)
 
     def differences(self, other: State) -> int:
         """How many nodes differ between the two states (added, removed or changed)."""
@@ -145,6 +170,12 @@ class State:
             if theirs is not None and theirs is not entry and not entry.same_as(theirs):
                 count += 1
         return count
+
+
+#: Below this many classes the index is copied whole on every change (cheaper than an overlay).
+SMALL_INDEX = 20_000
+#: The overlay of changed classes is merged into a new base once it is 1/OVERLAY_SHARE of it.
+OVERLAY_SHARE = 8
 
 
 def _rank(entry: Entry) -> tuple[int, str]:

@@ -10,10 +10,13 @@ active nodes) and shared classes.
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from droq_registry_client import state as state_module
 from droq_registry_client.state import Entry, State, build, entry_from
 
 CLASSES = [f"C{i}" for i in range(6)]
@@ -40,9 +43,11 @@ steps = st.lists(st.tuples(ids, st.one_of(st.none(), ids.flatmap(nodes))), max_s
 
 def picture(state: State) -> dict[str, Any]:
     """Everything a lookup can see, as plain values."""
+    classes = {*state.index, *state.changed}
     return {
         "nodes": {n: (e.node, e.components_copy()) for n, e in state.nodes.items()},
-        "index": {cls: [e.node_id for e in cands] for cls, cands in state.index.items()},
+        "index": {cls: [e.node_id for e in state.candidates(cls)] for cls in sorted(classes)
+                  if state.candidates(cls)},
     }
 
 
@@ -57,9 +62,23 @@ def expected_index(state: State) -> dict[str, list[str]]:
     return out
 
 
-@settings(max_examples=300, deadline=None)
-@given(steps)
-def test_evolving_change_by_change_equals_building_from_scratch(changes: list[tuple[str, Entry | None]]) -> None:
+@pytest.mark.parametrize("overlay", ["merged at once", "kept", "merged when big"])
+@settings(max_examples=200, deadline=None)
+@given(changes=steps)
+def test_evolving_change_by_change_equals_building_from_scratch(
+    overlay: str, changes: list[tuple[str, Entry | None]]
+) -> None:
+    # The overlay of changed classes is only used on large indexes: make it apply here.
+    small, share = {"merged at once": (10**9, 8), "kept": (0, 0), "merged when big": (0, 1)}[overlay]
+    with patch.object(state_module, "SMALL_INDEX", small), patch.object(state_module, "OVERLAY_SHARE", share):
+        final = check_evolution(changes)
+    if overlay == "kept":
+        assert final.index == {}  # the base never changed: every answer came through the overlay
+    if overlay == "merged at once":
+        assert final.changed == {}
+
+
+def check_evolution(changes: list[tuple[str, Entry | None]]) -> State:
     state = build([], None, 0, None)
     current: dict[str, Entry] = {}
     for revision, (node_id, entry) in enumerate(changes, start=1):
@@ -73,6 +92,7 @@ def test_evolving_change_by_change_equals_building_from_scratch(changes: list[tu
         scratch = build(current.values(), None, revision, None)
         assert picture(state) == picture(scratch)
         assert picture(state)["index"] == expected_index(state)
+    return state
 
 
 def test_a_node_holds_one_string_per_class_name() -> None:
