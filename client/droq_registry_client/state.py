@@ -182,9 +182,6 @@ def _rank(entry: Entry) -> tuple[int, str]:
     return entry.rank
 
 
-EMPTY = State({}, {}, None, 0, None)
-
-
 def build(entries: Iterable[Entry], epoch: str | None, revision: int, content_hash: str | None) -> State:
     """A state from scratch (after a listing, or from the cache file)."""
     nodes = {entry.node_id: entry for entry in entries}
