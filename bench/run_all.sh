@@ -49,6 +49,9 @@ run burst 150 bench/burst.py --files 500 --duration 5
 run lost_events 300 bench/lost_events.py --files 20000 --repeat 3
 # Probes and lookups while 10 clients search a registry of 1,000 x 350 for 30 s.
 run search_load 300 bench/search_load.py --duration 30
+# The executor client (client/): lookups from memory, change to answer, a 30 s outage and a
+# replica switch, memory on 1,000 x 350 (needs `.venv/bin/pip install -e client`).
+run client 480 bench/client.py
 
 "$PY" bench/summarize.py --command "bash bench/run_all.sh" "${names[@]}" >/dev/null \
     && echo && echo "written bench/results/summary.md"
