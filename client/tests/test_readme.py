@@ -13,18 +13,21 @@ import pytest
 from conftest import HERE, Registry
 
 README = HERE.parent / "README.md"
+#: The project's README shows executors the same example.
+PROJECT_README = HERE.parent.parent / "README.md"
 
 
-def blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+def blocks(readme: Path = README) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", readme.read_text(), re.DOTALL)
 
 
+@pytest.mark.parametrize("readme", [README, PROJECT_README], ids=["client", "project"])
 def test_the_sync_example_routes_from_memory(
     registry: Callable[..., Registry], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], readme: Path,
 ) -> None:
     reg = registry()
-    (code,) = [b for b in blocks() if "RegistryClient(" in b and "Async" not in b]
+    (code,) = [b for b in blocks(readme) if "RegistryClient(" in b and "Async" not in b]
     code = code.replace('["http://registry-0:8002", "http://registry-1:8002"]', repr([reg.url]))
     monkeypatch.chdir(tmp_path)  # the example's relative cache_path lands here
     namespace: dict[str, Any] = {}
