@@ -3,7 +3,7 @@
     .venv/bin/python bench/parse.py [--nodes 200] [--components 350] [--rounds 5]
 
 Generates --nodes files shaped like the real ones (bench/gen_nodes.py, --components each)
-in a temporary folder and times `reconcile.read_source` on every one of them, --rounds
+in a temporary folder and times `folder.read_source` on every one of them, --rounds
 times; prints the best round's CPU time per file (process time, so that other programs on
 a shared machine cost it little). This is the part of a first load that grows with the
 size of the files; the nesting-depth check it includes walks every container once.
@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from droq_registry.folder import read_source
 from droq_registry.nodefile import Schema
-from droq_registry.reconcile import read_source
 from droq_registry.settings import Settings
 from gen_nodes import generate
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from droq_registry.folder import read_source
 from droq_registry.nodefile import Schema
-from droq_registry.reconcile import read_source
 from droq_registry.settings import Settings
 
 BIN = Path(sys.executable).parent

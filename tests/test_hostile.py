@@ -40,9 +40,10 @@ from starlette.testclient import TestClient
 from conftest import ROOT, free_port, make_settings, node_doc, open_client, wait_until, write_json
 from droq_registry import cli, nodefile
 from droq_registry.diff import conflict_message
+from droq_registry.folder import TransientError
 from droq_registry.model import CORE_FIELDS
 from droq_registry.nodefile import MAX_DEPTH, Schema
-from droq_registry.reconcile import Registry, TransientError
+from droq_registry.reconcile import Registry
 from droq_registry.store import Store
 
 Client = Callable[..., TestClient]

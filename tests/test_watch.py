@@ -28,9 +28,9 @@ from starlette.testclient import TestClient
 from conftest import ServerProcess, make_settings, node_doc, wait_until, write_json
 from droq_registry import watch
 from droq_registry.app import create_app
+from droq_registry.folder import resolve_components_path
 from droq_registry.nodefile import NodeFileError
 from droq_registry.overflow import LostEvents
-from droq_registry.reconcile import resolve_components_path
 
 DEADLINE = 10.0
 BURST_DEADLINE = 30.0

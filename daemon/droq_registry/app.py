@@ -24,7 +24,8 @@ from .hotpath import HotPath
 from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
 from .offload import Offload
-from .reconcile import Registry, Result
+from .model import Result
+from .reconcile import Registry
 from .settings import Settings
 from .store import check_path
 

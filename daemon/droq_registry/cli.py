@@ -10,10 +10,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .diff import Failed, Gone, Outcome, Parsed, conflict_message
+from .diff import conflict_message
+from .folder import TransientError, list_folder, raise_if_transient, read_source
 from .logs import PROG, configure_logging, startup_failure
+from .model import Failed, Gone, Outcome, Parsed
 from .nodefile import Schema, printable
-from .reconcile import TransientError, list_folder, raise_if_transient, read_source
 from .settings import Settings, SettingsError, log_format_from_env
 from .store import StoreError, check_path
 

@@ -11,46 +11,10 @@ The rules live here:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field, replace
-from typing import AbstractSet, Union
 
-from .model import ChangeKind, Source
-
-
-@dataclass(frozen=True, slots=True)
-class Parsed:
-    """The file was read and is a valid node."""
-
-    node_id: str
-    doc: bytes  # packed (nodefile.pack)
-    digest: str
-    content_hash: str
-    deps: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The file was read (or could not be) and is refused; `error` says why."""
-
-    error: str
-    content_hash: str | None = None
-    deps: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Gone:
-    """The file is no longer there."""
-
-
-Outcome = Union[Parsed, Failed, Gone]
-
-
-@dataclass(frozen=True, slots=True)
-class Served:
-    """What the store serves for one node id (by digest), and which file it came from."""
-
-    owner: str
-    digest: str
+from .model import ChangeKind, Gone, Outcome, Parsed, Served, Source
 
 
 @dataclass

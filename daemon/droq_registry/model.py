@@ -1,4 +1,10 @@
-"""Plain values that travel from a node file to an HTTP answer. Imports nothing from the package."""
+"""Plain values that travel from a node file to an HTTP answer. Imports nothing from the package.
+
+What a node file is (`Node`, `Component`), what the registry keeps of it (`Source`, `FileSig`),
+what reading it gave (`Parsed`, `Failed`, `Gone`), what is served for a node id (`Served`),
+the change log's records (`Change`), and what the reconciler reports (`Status`, `Result`).
+All frozen: a value handed from the writer to the event loop is never changed under it.
+"""
 
 from __future__ import annotations
 
@@ -99,3 +105,71 @@ class Change:
     node_id: str | None
     source: str | None
     at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """The file was read and is a valid node."""
+
+    node_id: str
+    doc: bytes  # packed (nodefile.pack)
+    digest: str
+    content_hash: str
+    deps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The file was read (or could not be) and is refused; `error` says why."""
+
+    error: str
+    content_hash: str | None = None
+    deps: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Gone:
+    """The file is no longer there."""
+
+
+Outcome = Parsed | Failed | Gone
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """What the store serves for one node id (by digest), and which file it came from."""
+
+    owner: str
+    digest: str
+
+
+@dataclass(frozen=True)
+class Status:
+    """What /health reports of the reconciler: an immutable value, replaced whole by
+    `Registry.note` (the reconcile thread, or the event loop between passes), so a reader
+    never sees half of one change."""
+
+    ready: bool = False
+    folder_present: bool | None = None
+    last_reconcile_at: str | None = None
+    last_duration_ms: float | None = None
+    #: Why the latest pass failed (None once one succeeds again).
+    last_error: str | None = None
+    reconciles: Mapping[str, int] = field(default_factory=lambda: {"changed": 0, "unchanged": 0, "failed": 0})
+    #: The database: waiting (another registry writes it), opening, ok or failing.
+    database: str = "opening"
+    database_error: str | None = None
+    #: Passes failed in a row, and when the first of them failed.
+    failed_passes: int = 0
+    failing_since: str | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    """What one pass did."""
+
+    revision: int
+    changed: bool
+    counts: dict[str, int]
+    duration_ms: float
+    read: int

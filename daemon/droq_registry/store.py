@@ -25,8 +25,7 @@ import orjson
 
 from . import dbfile
 from .dbfile import StorageFault, StoreError
-from .diff import Served
-from .model import Change, ChangeKind, Node, Source
+from .model import Change, ChangeKind, Node, Served, Source
 
 log = logging.getLogger("droq_registry.store")
 

@@ -25,7 +25,8 @@ from watchfiles import Change, awatch
 
 from .dbfile import WriterLock
 from .overflow import DRAIN_SECONDS, LostEvents, queue_limit
-from .reconcile import FolderMissing, Registry, Result, Stopped, utc_now
+from .model import Result
+from .reconcile import FolderMissing, Registry, Stopped, utc_now
 from .store import StorageFault, Store
 
 log = logging.getLogger("droq_registry.watch")
