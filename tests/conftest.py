@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import httpx
 import orjson
@@ -22,6 +22,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from droq_registry.app import create_app
+from droq_registry.model import Result
 from droq_registry.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,6 +91,14 @@ def make_settings(assets: Path, **overrides: Any) -> Settings:
         reload=False,
     )
     return base.with_(**overrides)
+
+
+def reconcile_now(client: TestClient, named: Iterable[str] | None = None) -> Result:
+    """One pass of the live app's reconciler, run by the test on the app's writer thread:
+    the only thread that may use its database connection."""
+    state = client.app.state  # type: ignore[attr-defined]
+    assert client.portal is not None, "the client's lifespan is running"
+    return client.portal.call(state.writer.thread.call, state.registry.reconcile, named)  # type: ignore[no-any-return]
 
 
 def open_client(settings: Settings) -> TestClient:

@@ -24,7 +24,15 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess, make_settings, node_doc, open_client, wait_until, write_json
+from conftest import (
+    ServerProcess,
+    make_settings,
+    node_doc,
+    open_client,
+    reconcile_now,
+    wait_until,
+    write_json,
+)
 from droq_registry.api import KEEPALIVE_SECONDS
 
 REVISION = "x-registry-revision"
@@ -956,7 +964,7 @@ def test_a_change_log_answer_comes_from_one_snapshot_even_while_the_log_is_trimm
     snapshots = [registry.snapshot]
     for i in range(6):  # one record per revision; the log keeps 1-2 of them and moves its floor
         write_json(assets / f"n{i}.json", node_doc(f"n{i}"))
-        registry.reconcile()
+        reconcile_now(client)
         snapshots.append(registry.snapshot)
     floors = [s.changes.floor for s in snapshots]
     assert floors == sorted(floors) and floors[-1] > floors[0]  # the trims really happened

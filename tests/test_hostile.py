@@ -25,7 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -37,13 +37,22 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from conftest import ROOT, free_port, make_settings, node_doc, open_client, wait_until, write_json
+from conftest import (
+    ROOT,
+    free_port,
+    make_settings,
+    node_doc,
+    open_client,
+    reconcile_now,
+    wait_until,
+    write_json,
+)
 from droq_registry import cli, nodefile
 from droq_registry.diff import conflict_message
 from droq_registry.folder import TransientError
-from droq_registry.model import CORE_FIELDS
+from droq_registry.model import CORE_FIELDS, Result
 from droq_registry.nodefile import MAX_DEPTH, Schema
-from droq_registry.reconcile import Registry
+from droq_registry.reconcile import Reconciler as Registry
 from droq_registry.store import Store
 
 Client = Callable[..., TestClient]
@@ -161,6 +170,17 @@ def descriptors_used_up() -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+class OnTheWriter:
+    """The live app's reconciler, each pass run on its writer thread: the only thread that
+    may use its database connection (a pass from the test's thread would be refused)."""
+
+    def __init__(self, client: TestClient) -> None:
+        self._client = client
+
+    def reconcile(self, named: Iterable[str] | None = None) -> Result:
+        return reconcile_now(self._client, named)
+
+
 def committed(registry: Registry) -> tuple[Any, ...]:
     """Everything a pass may change, in memory and in the database."""
     loaded = registry.store.load()
@@ -217,7 +237,7 @@ def test_a_batch_with_a_too_deep_edit_applies_every_good_file_in_it_and_keeps_th
     write_json(assets / "a.json", a)
     write_json(assets / "b.json", b)
     client = client_for(assets)
-    registry: Registry = client.app.state.registry  # type: ignore[attr-defined]
+    registry = OnTheWriter(client)
 
     (assets / "a.json").write_bytes(deep_bytes("a", MAX_DEPTH + 1))
     b2, c = node_doc("b", name="B, renamed"), node_doc("c")
@@ -627,7 +647,7 @@ def test_a_node_file_replaced_by_something_else_is_in_error_and_keeps_its_last_g
     path = write_json(assets / "a.json", a1)
     write_json(assets / "b.json", b)
     client = client_for(assets)
-    registry: Registry = client.app.state.registry  # type: ignore[attr-defined]
+    registry = OnTheWriter(client)
 
     replace_with(kind, path)
     assert registry.reconcile().revision == 2
@@ -688,7 +708,7 @@ def test_a_symlink_loop_fixed_elsewhere_is_seen_on_the_next_pass(assets: Path, c
     os.symlink("hop.lnk", assets / "a.json")
     os.symlink("a.json", assets / "hop.lnk")  # a.json -> hop.lnk -> a.json
     client = client_for(assets)
-    registry: Registry = client.app.state.registry  # type: ignore[attr-defined]
+    registry = OnTheWriter(client)
     assert rows(client)["a.json"]["error"] == "not a regular file (a symbolic link loop)"
 
     # a.json itself does not change: only the link it leads to
@@ -708,7 +728,7 @@ def test_a_dangling_symlink_is_a_removal_and_the_node_returns_with_its_target(
     os.symlink(a, assets / "a.json")
     write_json(assets / "b.json", node_doc("b"))
     client = client_for(assets)
-    registry: Registry = client.app.state.registry  # type: ignore[attr-defined]
+    registry = OnTheWriter(client)
     assert client.get("/api/v1/nodes/a").json() == detail(node_doc("a"))
 
     # the moment of a ConfigMap swap: the link is there, its target not (yet)

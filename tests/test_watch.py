@@ -25,7 +25,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess, make_settings, node_doc, wait_until, write_json
+from conftest import ServerProcess, make_settings, node_doc, reconcile_now, wait_until, write_json
 from droq_registry import watch
 from droq_registry.app import create_app
 from droq_registry.folder import resolve_components_path
@@ -1131,13 +1131,13 @@ def test_watched_folders_are_one_frozen_value_replaced_by_each_commit_that_moves
     assert before == frozenset()
 
     write_json(assets / "a.json", {"node_id": "a", "name": "A", "components_json_path": "../c/c.json"})
-    client.app.state.registry.reconcile()  # type: ignore[attr-defined]
+    reconcile_now(client)
     after = registry.watch_dirs
     assert (type(after), after) == (frozenset, frozenset({str(tmp_path / "assets" / "c")}))
     assert before == frozenset(), "the value the event loop held is never changed in place"
 
     write_json(assets / "b.json", node_doc("b"))  # a commit that moves no folder keeps the value
-    registry.reconcile()
+    reconcile_now(client)
     assert registry.watch_dirs is after
 
 
@@ -1153,7 +1153,7 @@ def test_the_status_health_reads_is_one_frozen_value_replaced_whole_by_each_pass
     seen = (before.ready, before.last_reconcile_at, dict(before.reconciles))
 
     write_json(assets / "b.json", node_doc("b"))
-    registry.reconcile()
+    reconcile_now(client)
     after = registry.status
     assert after is not before
     assert (after.ready, after.reconciles["changed"]) == (True, before.reconciles["changed"] + 1)

@@ -1,4 +1,5 @@
-"""create_app(settings): the Starlette app and the lifespan that owns the store and watcher."""
+"""create_app(settings): the Starlette app, and the lifespan that starts the writer thread,
+makes it take over the database, starts the watcher, and stops them in order."""
 
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from .metrics import Metrics, MetricsMiddleware
 from .nodefile import Schema
 from .offload import Offload
 from .model import Result
-from .reconcile import Registry
+from .reconcile import Reconciler
 from .settings import Settings
 from .store import check_path
+from .writer import Writer, WriterThread
 
 log = logging.getLogger("droq_registry")
 _clock = time.perf_counter
@@ -36,8 +38,9 @@ _clock = time.perf_counter
 UI_DIR = Path(__file__).resolve().parent / "ui"
 
 
-def create_app(settings: Settings) -> RegistryApp:
-    """The service. Nothing is opened until the lifespan starts."""
+def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: None) -> RegistryApp:
+    """The service. Nothing is opened until the lifespan starts. `after_commit` is the
+    process's policy after each commit, run on the writer thread (see server.py)."""
     schema = Schema.load(settings.schema_path)
     metrics = Metrics()
     hot = HotPath(metrics, settings.api_token)
@@ -50,7 +53,8 @@ def create_app(settings: Settings) -> RegistryApp:
         lock = dbfile.WriterLock(settings.db_path)
         # Until this service holds the database's writer lock, it serves nothing (revision
         # 0, not ready): the state is loaded only once it is the one writer.
-        registry = Registry(settings, None, schema)
+        registry = Reconciler(settings, None, schema)
+        thread = WriterThread()
         try:
             status = watch.WatchStatus(state="starting" if settings.reload else "off")
             feed = Feed(lambda: registry.revision)
@@ -62,19 +66,20 @@ def create_app(settings: Settings) -> RegistryApp:
             async def on_commit(result: Result) -> None:
                 feed.notify()
 
-            reconciler = watch.Reconciler(registry, on_commit, metrics.reconciled, metrics.storage_failed)
+            writer = Writer(registry, thread, on_commit, metrics.reconciled, metrics.storage_failed, after_commit)
+            app.state.writer = writer
 
             async def write_and_watch() -> None:
-                await reconciler.take_over(lock)
+                await writer.take_over(lock)
                 feed.notify()  # the loaded revision is news to anyone who asked meanwhile
                 log.info(
                     "serving revision %d from %s; loading %s (reload=%s)",
                     registry.revision, settings.db_path, settings.assets_dir, settings.reload,
                 )
-                tg.start_soon(reconciler.retry_failed)
+                tg.start_soon(writer.retry_failed)
                 if settings.reload:
                     await watch.run_watcher(
-                        reconciler,
+                        writer,
                         status,
                         settings.resync_seconds,
                         settings.watch_step_ms,
@@ -82,7 +87,7 @@ def create_app(settings: Settings) -> RegistryApp:
                         stopping,
                     )
                 else:
-                    await _load_only(reconciler, status)
+                    await _load_only(writer, status)
 
             stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -99,8 +104,10 @@ def create_app(settings: Settings) -> RegistryApp:
                     tg.cancel_scope.cancel()
             status.state = "stopped"
         finally:
-            if registry.store is not None:
-                registry.store.close()
+            with anyio.CancelScope(shield=True):
+                # On the writer thread, after any step still running there; then it ends.
+                await thread.call(registry.close)
+                await thread.stop()
             lock.release()  # after the close: the next writer finds the database complete
 
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
@@ -186,6 +193,6 @@ class UIFiles(StaticFiles):
         return response
 
 
-async def _load_only(reconciler: watch.Reconciler, status: watch.WatchStatus) -> None:
-    await watch.load_once(reconciler, status)
+async def _load_only(writer: Writer, status: watch.WatchStatus) -> None:
+    await watch.load_once(writer, status)
     status.state = "off"

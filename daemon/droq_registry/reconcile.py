@@ -1,14 +1,19 @@
-"""One pass from the folder to a committed revision: list, read, parse, diff, apply, publish.
+"""The reconcile state machine: one pass from the folder to a committed revision.
 
-`Registry` holds what the last commit left (sources, served nodes, the current snapshot)
-and `Registry.reconcile()` brings it up to date with the folder. It is blocking (file
-system and SQLite) and not re-entrant: the watcher runs it in a worker thread, one at a
-time. A failed commit leaves memory as it was, so the next pass tries again.
+`Reconciler` holds what the last commit left (sources, served nodes, which files claim
+which node id, what each file's stat was when it was read, the snapshot) and
+`Reconciler.reconcile()` brings it up to date with the folder: read what moved
+(`folder.py`), plan the change (`diff.plan`), write it in one transaction (`store.py`),
+then publish the next snapshot. It is blocking and not re-entrant: it runs only on the
+writer thread (`writer.py`), which also owns its database connection. A failed commit
+leaves memory as it was, so the next pass tries again.
+
+What the event loop reads of it is replaced whole, never changed in place: `snapshot`
+(with the change log and its floor), `watch_dirs` and `status`.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -34,20 +39,19 @@ def utc_now() -> str:
 
 
 
-class Registry:
-    """The registry's state between commits, and the reconcile that advances it."""
+class Reconciler:
+    """The registry's state between commits, and the reconcile pass that advances it."""
 
     def __init__(self, settings: Settings, store: Store | None, schema: Schema) -> None:
-        """Without a store the registry serves nothing (revision 0, not ready) until
-        `attach` gives it the database: a service waiting to become the writer."""
+        """Without a store it serves nothing (revision 0, not ready) until `attach` gives
+        it the database: a service waiting to become the writer."""
         self.settings = settings
         self.folder = settings.assets_dir
         self.schema = schema
         self.status = Status()
-        self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.store: Store | None = None
-        #: The database's writer lock, once this service holds it (see watch.Reconciler.take_over).
+        #: The database's writer lock, once this service holds it (see writer.Writer.take_over).
         self.writer_lock: WriterLock | None = None
         #: Why the database must be opened again and given the served state (None: it need not).
         self._rewrite: str | None = None
@@ -55,7 +59,7 @@ class Registry:
         self.served: dict[str, Served] = {}
         self.claims: dict[str, set[str]] = {}
         #: The folders of every components file some node file points to, for the watcher.
-        #: Published whole by the reconcile thread; the event loop only ever reads it.
+        #: Replaced whole by the writer thread; the event loop only ever reads it.
         self.watch_dirs: frozenset[str] = frozenset()
         self._seen: dict[str, Seen] = {}
         self._dep_seen: dict[str, Seen | None] = {}
@@ -103,21 +107,26 @@ class Registry:
         file or a components file, only those are looked at; otherwise (and with None) the
         whole folder is listed and every file whose stat moved is read.
         """
-        with self._lock:
-            started = time.perf_counter()
-            try:
-                self._check_database()
-                result = self._reconcile(None if named is None else set(named), started)
-            except (FolderMissing, Stopped):
-                raise  # reported once by _reconcile, or shutting down: not a failed pass
-            except Exception as exc:
-                self._failed(exc)
-                raise
-            self._succeeded()
-            return result
+        started = time.perf_counter()
+        try:
+            self._check_database()
+            result = self._reconcile(None if named is None else set(named), started)
+        except (FolderMissing, Stopped):
+            raise  # reported once by _reconcile, or shutting down: not a failed pass
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._succeeded()
+        return result
+
+    def close(self) -> None:
+        """Close the database (idempotent); on the thread that used it."""
+        if self.store is not None:
+            self.store.close()
 
     def note(self, **changes: Any) -> None:
-        """Publish a new status with `changes` (one assignment: readers see all or none)."""
+        """Publish a new status with `changes` (one assignment: readers see all or none).
+        Only the writer thread calls it, so no change is lost between read and replace."""
         self.status = replace(self.status, **changes)
 
     def _failed(self, exc: Exception) -> None:
@@ -276,12 +285,6 @@ class Registry:
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
                 self.snapshot.changes.extend(changes, floor),
             )
-            # What is served now lives until the next revision and is freed by reference
-            # counting (snapshots hold no cycles); keep the cyclic collector from walking
-            # it again and again, since its full passes hold the GIL and every request
-            # waits for them. Young garbage is collected first, so none is frozen.
-            gc.collect(1)
-            gc.freeze()
         self._seen.update(seen_now)
         self._dep_seen.update(dep_seen_now)
         for name in plan.sources_drop:

@@ -151,10 +151,17 @@ class Loaded:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    """Every connection is prepared here: autocommit mode, WAL, foreign keys on."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS)
+    """A prepared connection: autocommit mode, WAL, foreign keys on. It may be used only on
+    the thread that opened it (sqlite3's `check_same_thread`): the service's one connection
+    is the writer thread's (writer.py)."""
+    conn = _connection_to(path)
     prepare(conn)
     return conn
+
+
+def _connection_to(path: Path) -> sqlite3.Connection:
+    """Every connection is opened here, in autocommit mode (transactions are explicit)."""
+    return sqlite3.connect(path, isolation_level=None, timeout=BUSY_SECONDS)
 
 
 def prepare(conn: sqlite3.Connection) -> None:
@@ -164,8 +171,8 @@ def prepare(conn: sqlite3.Connection) -> None:
 
 
 class Store:
-    """The single writer. Callers serialise access (one reconcile at a time) and hold the
-    database's `dbfile.WriterLock`."""
+    """The database's one write connection. It is opened, used and closed on one thread
+    (the writer thread, writer.py), by the service that holds `dbfile.WriterLock`."""
 
     def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
         self.path = path
@@ -368,7 +375,7 @@ def _open(path: Path) -> sqlite3.Connection:
 def _connect_checked(path: Path, existed: bool) -> sqlite3.Connection:
     """A prepared connection to a usable registry database at `path` (created if new)."""
     try:
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS)
+        conn = _connection_to(path)
     except sqlite3.Error as exc:
         raise fault(path, exc, "cannot open the database") from exc
     try:
