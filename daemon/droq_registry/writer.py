@@ -80,9 +80,9 @@ class WriterThread:
         while (job := self._jobs.get()) is not None:
             job.run()
 
-    def owns_this_thread(self) -> bool:
-        """Whether the caller runs on the writer thread."""
-        return threading.current_thread() is self._thread
+    def is_alive(self) -> bool:
+        """Whether the thread still runs (until `stop`)."""
+        return self._thread.is_alive()
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` on the writer thread after the steps asked for before it; return
