@@ -39,8 +39,8 @@ def scan(snap: Snapshot, query: str) -> bytes:
         view = snap.nodes[node_id]
         source = snap.sources.get(view.source)
         infos = {}
-        if source is not None and source.doc is not None:
-            infos = {c.component_class: c.info for c in nodefile.unpack(source.doc).components if c.info}
+        if source is not None and source.packed is not None:
+            infos = {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
         for cls, path in view.paths.items():
             if cls in seen:
                 continue

@@ -77,7 +77,7 @@ def plan(
     # files would otherwise scan them all for each id (quadratic, about a minute).
     claimed: dict[str, set[str]] = {}
     for path, new in tentative.items():
-        if new is not None and new.node_id is not None and new.digest:
+        if new is not None and new.node_id is not None and new.fingerprint:
             claimed.setdefault(new.node_id, set()).add(path)
 
     final: dict[str, Source | None] = dict(tentative)
@@ -92,13 +92,13 @@ def plan(
                 node_records.append(("removed", node_id, before.owner))
             continue
         owner = min(claimants)
-        digest = candidate(owner).digest  # type: ignore[union-attr]
-        assert digest is not None
-        if before is None or before.digest != digest or before.owner != owner:
-            result.nodes_put[node_id] = Served(owner, digest)
+        fingerprint = candidate(owner).fingerprint  # type: ignore[union-attr]
+        assert fingerprint is not None
+        if before is None or before.fingerprint != fingerprint or before.owner != owner:
+            result.nodes_put[node_id] = Served(owner, fingerprint)
             if before is None:
                 node_records.append(("added", node_id, owner))
-            elif before.digest != digest:
+            elif before.fingerprint != fingerprint:
                 node_records.append(("updated", node_id, owner))
         for path in claimants:
             current = final[path] if path in final else sources[path]
@@ -118,7 +118,7 @@ def plan(
             continue
         if old is not None and new == replace(old, updated_at=new.updated_at):
             continue
-        if new.state == "ok" and (old is None or old.digest != new.digest or old.state != "ok"):
+        if new.state == "ok" and (old is None or old.fingerprint != new.fingerprint or old.state != "ok"):
             new = replace(new, applied_at=now)
         result.sources_put[path] = replace(new, updated_at=now)
         kind = _source_kind(old, new)
@@ -144,8 +144,8 @@ def _tentative(old: Source | None, path: str, outcome: Outcome, now: str) -> Sou
             path=path,
             state="ok",
             node_id=outcome.node_id,
-            doc=outcome.doc,
-            digest=outcome.digest,
+            packed=outcome.packed,
+            fingerprint=outcome.fingerprint,
             content_hash=outcome.content_hash,
             deps=outcome.deps,
             applied_at=applied_at,
@@ -155,8 +155,8 @@ def _tentative(old: Source | None, path: str, outcome: Outcome, now: str) -> Sou
         path=path,
         state="error",
         node_id=old.node_id if old else None,
-        doc=old.doc if old else None,
-        digest=old.digest if old else None,
+        packed=old.packed if old else None,
+        fingerprint=old.fingerprint if old else None,
         content_hash=outcome.content_hash,
         error=outcome.error,
         deps=outcome.deps or (old.deps if old else ()),

@@ -45,9 +45,9 @@ def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
     """Display names, descriptions and the like: only people ask, so they are not kept in
     the snapshot but read back from the node's last good document when asked."""
     source = snap.sources.get(view.source)
-    if source is None or source.doc is None:
+    if source is None or source.packed is None:
         return {}
-    return {c.component_class: c.info for c in nodefile.unpack(source.doc).components if c.info}
+    return {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
 
 
 async def search(request: Request) -> Response:

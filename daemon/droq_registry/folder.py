@@ -227,53 +227,53 @@ def read_source(
         return Gone(), {}
     except OSError as exc:
         return Failed(describe(exc)), {}
-    digest = hashlib.sha256(raw)
+    content = hashlib.sha256(raw)  # becomes the content hash
     if known is not None and known.content_hash is not None:
-        same, sigs = _same_content(digest.copy(), known)
+        same, sigs = _same_content(content.copy(), known)
         if same:
             return None, sigs
     try:
-        return _outcome(folder, name, raw, digest, schema)
+        return _outcome(folder, name, raw, content, schema)
     except TransientError:
         raise
     except Exception as exc:  # a bug, or a limit of a library: still only this file's error
         raise_if_transient(exc, path)
         log.debug("%s: unexpected error while parsing it", path, exc_info=True)
         why = nodefile.printable(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
-        return Failed(why, "sha256:" + digest.hexdigest()), {}
+        return Failed(why, "sha256:" + content.hexdigest()), {}
 
 
 def _outcome(
-    folder: Path, name: str, raw: bytes, digest: Any, schema: Schema
+    folder: Path, name: str, raw: bytes, content: Any, schema: Schema
 ) -> tuple[Outcome, dict[str, FileSig | None]]:
     try:
         document = nodefile.parse_document(raw, name, schema)
         ref = document.get("components_json_path")
         if ref is None:
             node = nodefile.build_node(document, document["components"])
-            return _parsed(node, name, "sha256:" + digest.hexdigest()), {}
+            return _parsed(node, name, "sha256:" + content.hexdigest()), {}
     except NodeFileError as exc:
-        return Failed(exc.message, "sha256:" + digest.hexdigest()), {}
+        return Failed(exc.message, "sha256:" + content.hexdigest()), {}
     try:
         target = resolve_components_path(folder, ref)
     except NodeFileError as exc:
-        digest.update(b"\0escapes")
-        return Failed(nodefile.printable(exc.message), "sha256:" + digest.hexdigest()), {}
+        content.update(b"\0escapes")
+        return Failed(nodefile.printable(exc.message), "sha256:" + content.hexdigest()), {}
     shown = nodefile.printable(ref)
     if not _is_text(target):  # the store keeps the path (an assets folder named in Latin-1?)
-        digest.update(b"\0unstorable")
+        content.update(b"\0unstorable")
         return Failed(f"components_json_path: {shown}: the path it resolves to is not valid UTF-8",
-                      "sha256:" + digest.hexdigest()), {}
+                      "sha256:" + content.hexdigest()), {}
     deps = (target,)
     sigs = {target: file_sig(target)}
     try:
         extra = read_file(target)
     except OSError as exc:
-        digest.update(b"\0missing")
+        content.update(b"\0missing")
         why = "no such file" if isinstance(exc, FileNotFoundError) else describe(exc)
-        return Failed(f"components_json_path: {shown}: {why}", "sha256:" + digest.hexdigest(), deps), sigs
-    digest.update(b"\0" + extra)
-    content_hash = "sha256:" + digest.hexdigest()
+        return Failed(f"components_json_path: {shown}: {why}", "sha256:" + content.hexdigest(), deps), sigs
+    content.update(b"\0" + extra)
+    content_hash = "sha256:" + content.hexdigest()
     try:
         components = nodefile.parse_components(extra, ref, schema)
     except NodeFileError as exc:
@@ -293,18 +293,18 @@ def _is_text(path: str) -> bool:
     return True
 
 
-def _same_content(digest: Any, known: Source) -> tuple[bool, dict[str, FileSig | None]]:
+def _same_content(content: Any, known: Source) -> tuple[bool, dict[str, FileSig | None]]:
     """Whether the file and the components file it pointed to still hash as `known`."""
     sigs: dict[str, FileSig | None] = {}
     for dep in known.deps:
         sigs[dep] = file_sig(dep)
         try:
-            digest.update(b"\0" + read_file(dep))
+            content.update(b"\0" + read_file(dep))
         except OSError:
-            digest.update(b"\0missing")
-    return "sha256:" + digest.hexdigest() == known.content_hash, sigs
+            content.update(b"\0missing")
+    return "sha256:" + content.hexdigest() == known.content_hash, sigs
 
 
 def _parsed(node: Node, path: str, content_hash: str, deps: tuple[str, ...] = ()) -> Parsed:
-    doc = nodefile.canonical(node, path)
-    return Parsed(node.node_id, nodefile.pack(doc), nodefile.digest(doc), content_hash, deps)
+    canonical = nodefile.canonical(node, path)
+    return Parsed(node.node_id, nodefile.pack(canonical), nodefile.fingerprint(canonical), content_hash, deps)

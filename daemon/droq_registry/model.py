@@ -79,21 +79,23 @@ class FileSig:
 class Source:
     """What the registry knows of one node file (a path relative to the assets folder).
 
-    `doc` is the file's last good node (None if it never parsed), as `nodefile.pack` keeps
-    it; it is the node served when this file owns `node_id`, also while the file is in
-    error. `digest` identifies that node: equal digests, equal nodes.
+    `packed` is the file's last good node (None if it never parsed): its canonical bytes
+    (`nodefile.encode`) as `nodefile.pack` compresses them; it is the node served when this
+    file owns `node_id`, also while the file is in error. `fingerprint` identifies that
+    node (equal fingerprints, equal nodes); `content_hash` is the hash of the file's bytes
+    (and its components file's), which says whether the file must be parsed again.
     """
 
     path: str
     state: SourceState
     node_id: str | None
-    doc: bytes | None
+    packed: bytes | None
     content_hash: str | None
     error: str | None = None
     deps: tuple[str, ...] = ()
     applied_at: str | None = None
     updated_at: str | None = None
-    digest: str | None = None
+    fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +114,8 @@ class Parsed:
     """The file was read and is a valid node."""
 
     node_id: str
-    doc: bytes  # packed (nodefile.pack)
-    digest: str
+    packed: bytes  # nodefile.pack of the canonical bytes
+    fingerprint: str  # nodefile.fingerprint: the node's identity
     content_hash: str
     deps: tuple[str, ...] = ()
 
@@ -137,10 +139,10 @@ Outcome = Parsed | Failed | Gone
 
 @dataclass(frozen=True, slots=True)
 class Served:
-    """What the store serves for one node id (by digest), and which file it came from."""
+    """What the store serves for one node id (by fingerprint), and which file it came from."""
 
     owner: str
-    digest: str
+    fingerprint: str
 
 
 @dataclass(frozen=True)

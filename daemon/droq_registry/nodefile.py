@@ -343,23 +343,24 @@ def canonical(node: Node, path: str) -> bytes:
         raise NodeFileError(path, None, f"cannot be stored: {exc}") from None
 
 
-def decode(doc: bytes) -> Node:
-    """The inverse of `encode` (for documents this module wrote; not validated again)."""
-    data = orjson.loads(doc)
+def decode(canonical: bytes) -> Node:
+    """The inverse of `encode` (for bytes this module wrote; not validated again)."""
+    data = orjson.loads(canonical)
     components = tuple(Component(c, p, i) for c, p, i in data.pop("components"))
     return Node(components=components, **data)
 
 
-def pack(doc: bytes) -> bytes:
+def pack(canonical: bytes) -> bytes:
     """How the registry keeps a canonical node between uses: compressed (JSON shrinks
     several times), so a thousand large last-good nodes cost megabytes, not hundreds."""
-    return zlib.compress(doc, 1)
+    return zlib.compress(canonical, 1)
 
 
 def unpack(packed: bytes) -> Node:
+    """The node that `pack` kept."""
     return decode(zlib.decompress(packed))
 
 
-def digest(doc: bytes) -> str:
-    """The identity of a canonical node: equal nodes, equal digests."""
-    return hashlib.blake2b(doc, digest_size=16).hexdigest()
+def fingerprint(canonical: bytes) -> str:
+    """The identity of a node, from its canonical bytes: equal nodes, equal fingerprints."""
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()

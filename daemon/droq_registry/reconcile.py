@@ -200,7 +200,7 @@ class Reconciler:
 
     def _write_again(self, store: Store) -> None:
         changes = self.changes
-        nodes = ((node_id, s.owner, nodefile.unpack(self._doc(s.owner))) for node_id, s in sorted(self.served.items()))
+        nodes = ((node_id, s.owner, nodefile.unpack(self._packed(s.owner))) for node_id, s in sorted(self.served.items()))
         store.rewrite(
             self.revision,
             changes.floor,
@@ -276,7 +276,7 @@ class Reconciler:
                     tx.put_source(source)
                 # One node at a time: decoded, written, turned into its answers, let go.
                 for node_id, served in sorted(plan.nodes_put.items()):
-                    node = nodefile.unpack(self._doc(served.owner, plan))
+                    node = nodefile.unpack(self._packed(served.owner, plan))
                     tx.put_node(node_id, served.owner, node, now)
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
@@ -309,14 +309,14 @@ class Reconciler:
                     log.warning("%s: %s", source.path, source.error)
         return Result(revision, bool(plan), counts, duration_ms, read)
 
-    def _doc(self, path: str, plan: diff.Plan | None = None) -> bytes:
+    def _packed(self, path: str, plan: diff.Plan | None = None) -> bytes:
         source = plan.sources_put.get(path) if plan is not None else None
         source = source or self.sources[path]
-        assert source.doc is not None
-        return source.doc
+        assert source.packed is not None
+        return source.packed
 
     def _view(self, path: str) -> NodeView:
-        return NodeView(path, nodefile.unpack(self._doc(path)))
+        return NodeView(path, nodefile.unpack(self._packed(path)))
 
     def _classify(self, named: set[str] | None) -> tuple[set[str], bool]:
         """Names to read regardless of stat, and whether they are all that needs a look.
@@ -383,7 +383,7 @@ class Reconciler:
             self.watch_dirs = _folders_of(self.sources)
 
     def _claim(self, source: Source) -> None:
-        if source.node_id is not None and source.digest is not None:
+        if source.node_id is not None and source.fingerprint is not None:
             self.claims.setdefault(source.node_id, set()).add(source.path)
 
     def _unclaim(self, source: Source) -> None:

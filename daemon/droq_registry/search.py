@@ -53,8 +53,8 @@ class NodeText:
 
     def __init__(self, view: NodeView, source: Source | None) -> None:
         infos: dict[str, Mapping[str, Any]] = {}
-        if source is not None and source.doc is not None:
-            infos = {c.component_class: c.info for c in nodefile.unpack(source.doc).components if c.info}
+        if source is not None and source.packed is not None:
+            infos = {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
         self.classes = tuple(view.paths)
         shown: list[tuple[str | None, str | None]] = []
         folded: list[tuple[str, str, str]] = []

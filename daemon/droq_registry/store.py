@@ -66,8 +66,8 @@ CREATE TABLE IF NOT EXISTS sources (
     path         TEXT PRIMARY KEY,
     state        TEXT NOT NULL CHECK (state IN ('ok', 'error', 'conflict')),
     node_id      TEXT,
-    doc          BLOB,  -- the last good node, compressed canonical JSON (nodefile.pack)
-    digest       TEXT,  -- its identity (nodefile.digest)
+    doc          BLOB,  -- Source.packed: the last good node, packed canonical JSON (nodefile.pack)
+    digest       TEXT,  -- Source.fingerprint: its identity (nodefile.fingerprint)
     content_hash TEXT,
     error        TEXT,
     deps_json    TEXT NOT NULL DEFAULT '[]',
@@ -253,13 +253,13 @@ class Store:
                     path=row[0],
                     state=row[1],
                     node_id=row[2],
-                    doc=row[3],
+                    packed=row[3],
                     content_hash=row[4],
                     error=row[5],
                     deps=tuple(orjson.loads(row[6])),
                     applied_at=row[7],
                     updated_at=row[8],
-                    digest=row[9],
+                    fingerprint=row[9],
                 )
                 for row in conn.execute(
                     "SELECT path, state, node_id, doc, content_hash, error, deps_json,"
@@ -269,9 +269,9 @@ class Store:
             served: dict[str, Served] = {}
             for node_id, source in conn.execute("SELECT node_id, source FROM nodes"):
                 owner = sources.get(source)
-                if owner is None or owner.digest is None or owner.node_id != node_id:
+                if owner is None or owner.fingerprint is None or owner.node_id != node_id:
                     raise StorageFault("damaged", f"{self.path}: node {node_id!r} has no source {source!r}")
-                served[node_id] = Served(source, owner.digest)
+                served[node_id] = Served(source, owner.fingerprint)
             changes = [
                 Change(*row)
                 for row in conn.execute(
@@ -493,13 +493,13 @@ def _put_source(conn: sqlite3.Connection, s: Source) -> None:
             s.path,
             s.state,
             s.node_id,
-            s.doc,
+            s.packed,
             s.content_hash,
             s.error,
             orjson.dumps(list(s.deps)).decode(),
             s.applied_at,
             s.updated_at,
-            s.digest,
+            s.fingerprint,
         ),
     )
 
