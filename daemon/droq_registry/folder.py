@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +24,11 @@ from .nodefile import NodeFileError, Schema
 # their alerts), though the reading now lives here.
 log = logging.getLogger("droq_registry.reconcile")
 
-#: A file modified this close to when it was read may change again with the same stat
-#: (file-system clocks tick coarsely), so a rescan reads it again (git's "racy clean").
-RACY_NS = 2_000_000_000
 
 
 def is_node_file(name: str) -> bool:
     """Node files: `*.json` directly in the folder, not hidden (`.swp`, Kubernetes' `..data`)."""
     return name.endswith(".json") and not name.startswith(".")
-
-
-@dataclass(frozen=True, slots=True)
-class Seen:
-    """A file's stat when it was last read, and when that was."""
-
-    sig: FileSig
-    read_ns: int
-
-    def still(self, sig: FileSig | None) -> bool:
-        # What an unresolved name leads to is not in its stat: look at it on every pass.
-        return sig == self.sig and sig.kind != "unresolved" and self.read_ns - sig.mtime_ns > RACY_NS
 
 
 #: errno values that say the process is short of something, not that a file is bad: out

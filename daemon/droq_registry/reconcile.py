@@ -25,9 +25,10 @@ from typing import Any
 
 from . import diff, nodefile
 from .dbfile import WriterLock
-from .folder import Seen, TransientError, file_sig, is_node_file, list_folder, read_source, storable
-from .model import Failed, FileSig, Gone, Outcome, Result, Served, Source, Status
+from .folder import TransientError, file_sig, list_folder, read_source
+from .model import Failed, Gone, Outcome, Result, Served, Source, Status
 from .nodefile import Schema
+from .scan import Seen, SeenFiles, classify
 from .settings import Settings
 from .snapshot import ChangeLog, NodeView, Snapshot
 from .store import StorageFault, Store, StoreError
@@ -61,8 +62,7 @@ class Reconciler:
         #: The folders of every components file some node file points to, for the watcher.
         #: Replaced whole by the writer thread; the event loop only ever reads it.
         self.watch_dirs: frozenset[str] = frozenset()
-        self._seen: dict[str, Seen] = {}
-        self._dep_seen: dict[str, Seen | None] = {}
+        self._seen = SeenFiles()
         self.snapshot = Snapshot.empty(ChangeLog.of((), 0, settings.changes_keep))
         if store is not None:
             self.attach(store)
@@ -212,7 +212,7 @@ class Reconciler:
 
     def _reconcile(self, named: set[str] | None, started: float) -> Result:
         folder = self.folder
-        forced, targeted = self._classify(named)
+        forced, targeted = classify(named, self.folder, self.sources)
         if targeted:
             listing = {name: file_sig(os.path.join(folder, name)) for name in forced}
         else:
@@ -238,7 +238,7 @@ class Reconciler:
                 if known is not None:
                     outcomes[name] = Gone()
                 continue
-            if name not in forced and known is not None and self._unchanged(name, sig, known):
+            if name not in forced and known is not None and self._seen.unchanged(name, sig, known):
                 continue
             if self._stopping.is_set():
                 raise Stopped("the service is stopping; nothing was written")
@@ -285,10 +285,7 @@ class Reconciler:
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
                 self.snapshot.changes.extend(changes, floor),
             )
-        self._seen.update(seen_now)
-        self._dep_seen.update(dep_seen_now)
-        for name in plan.sources_drop:
-            self._seen.pop(name, None)
+        self._seen.remember(seen_now, dep_seen_now, plan.sources_drop)
 
         duration_ms = (time.perf_counter() - started) * 1000
         result_kind = "changed" if plan else "unchanged"
@@ -317,51 +314,6 @@ class Reconciler:
 
     def _view(self, path: str) -> NodeView:
         return NodeView(path, nodefile.unpack(self._packed(path)))
-
-    def _classify(self, named: set[str] | None) -> tuple[set[str], bool]:
-        """Names to read regardless of stat, and whether they are all that needs a look.
-
-        A batch that names node files (or components files) is handled by reading just
-        those, also when it names temporary files beside them (editors, `sed -i` and rsync
-        write a temporary file and rename it over the node file, and the event names both).
-        Anything that may change node files without naming them (Kubernetes' `..data`
-        swap, a directory or a symbolic link, the folder itself) asks for a full scan.
-        """
-        if named is None:
-            return set(), False
-        folder = os.path.abspath(self.folder)
-        users: dict[str, list[str]] = {}
-        for source in self.sources.values():
-            for dep in source.deps:
-                users.setdefault(dep, []).append(source.path)
-        forced: set[str] = set()
-        targeted = True
-        for path in named:
-            path = os.path.abspath(path)
-            parent, name = os.path.split(path)
-            if path in users:
-                forced.update(users[path])
-            elif parent == folder:
-                if is_node_file(name) and storable(name):
-                    forced.add(name)
-                elif name.startswith("..") or os.path.isdir(path) or os.path.islink(path):
-                    targeted = False
-                # else: a temporary or unrelated file beside the node files: nothing to read
-            elif path == folder or path.startswith(folder + os.sep):
-                targeted = False  # inside a subfolder: node files may link into it
-        return forced, targeted and bool(forced)
-
-    def _unchanged(self, name: str, sig: FileSig, known: Source) -> bool:
-        seen = self._seen.get(name)
-        if seen is None or not seen.still(sig):
-            return False
-        for dep in known.deps:
-            if dep not in self._dep_seen:
-                return False
-            before, now_sig = self._dep_seen[dep], file_sig(dep)
-            if (before is None) != (now_sig is None) or (before is not None and not before.still(now_sig)):
-                return False
-        return True
 
     def _commit(self, plan: diff.Plan) -> None:
         deps_moved = False
