@@ -23,9 +23,9 @@ from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
 from .metrics import Metrics, MetricsMiddleware
+from .model import Result
 from .nodefile import Schema
 from .offload import Offload
-from .model import Result
 from .reconcile import Reconciler
 from .settings import Settings
 from .store import check_path
