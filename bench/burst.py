@@ -124,10 +124,10 @@ def profile_burst(
         f"a rewrite burst of {args.files} files under wrk load", raw_out, report, args.profile_dir
     )
     common.summarise_profile(
-        "the same burst, reconcile work only (stacks under Registry.reconcile)",
+        "the same burst, reconcile work only (stacks under Reconciler.reconcile)",
         raw_out,
         report,
-        within="Registry.reconcile",
+        within="Reconciler.reconcile",
     )
 
 

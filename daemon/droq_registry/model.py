@@ -148,8 +148,7 @@ class Served:
 @dataclass(frozen=True)
 class Status:
     """What /health reports of the reconciler: an immutable value, replaced whole by
-    `Registry.note` (the reconcile thread, or the event loop between passes), so a reader
-    never sees half of one change."""
+    `Reconciler.note` on the writer thread, so a reader never sees half of one change."""
 
     ready: bool = False
     folder_present: bool | None = None

@@ -145,7 +145,7 @@ class Settings:
         )
 
     def with_(self, **changes: object) -> Settings:
-        """A copy with some values replaced (tests and the CLI use it)."""
+        """A copy with some values replaced (the tests make their settings with it)."""
         return replace(self, **changes)  # type: ignore[arg-type]
 
 

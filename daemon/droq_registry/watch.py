@@ -89,8 +89,8 @@ async def _rescan_every(writer: Writer, seconds: float) -> None:
 async def _watch_loop(
     writer: Writer, status: WatchStatus, step_ms: int, debounce_ms: int, stopping: anyio.Event
 ) -> None:
-    registry = writer.reconciler
-    folder = os.path.abspath(registry.folder)
+    reconciler = writer.reconciler
+    folder = os.path.abspath(reconciler.folder)
     backoff = POLL_SECONDS
     undecodable_at = -POLL_SECONDS
     while not stopping.is_set():
@@ -102,7 +102,7 @@ async def _watch_loop(
                 await anyio.sleep(POLL_SECONDS)
             identity = _identity(folder)
             await writer.run()
-        elsewhere = _folders_elsewhere(registry, folder)
+        elsewhere = _folders_elsewhere(reconciler, folder)
         started = time.monotonic()
         try:
             await _watch(writer, status, folder, identity, elsewhere, step_ms, debounce_ms, stopping)
@@ -131,12 +131,12 @@ async def _watch_loop(
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
 
-def _folders_elsewhere(registry: Reconciler, folder: str) -> list[str]:
+def _folders_elsewhere(reconciler: Reconciler, folder: str) -> list[str]:
     """Folders of components files outside the assets folder (whose own watch covers the
     ones inside it) that are there now: each is watched on its own, not recursively."""
     inside = folder + os.sep
     return sorted(
-        d for d in registry.watch_dirs if d != folder and not d.startswith(inside) and os.path.isdir(d)
+        d for d in reconciler.watch_dirs if d != folder and not d.startswith(inside) and os.path.isdir(d)
     )
 
 
@@ -212,7 +212,7 @@ async def _follow(
     batches: anyio.abc.ObjectReceiveStream[Batch | Exception],
     lost: LostEvents,
 ) -> None:
-    registry = writer.reconciler
+    reconciler = writer.reconciler
     first = True
     # awatch sets up its watches on the first iteration; a failure there raises at once
     # and turns this into "polling", so the state is right within moments either way.
@@ -241,7 +241,7 @@ async def _follow(
             if any(os.path.abspath(path) == folder for _, path in changes) or _identity(folder) != identity:
                 log.warning("assets folder %s was removed or replaced; watching again", folder)
                 return
-            if _folders_elsewhere(registry, folder) != elsewhere:
+            if _folders_elsewhere(reconciler, folder) != elsewhere:
                 return
 
 
