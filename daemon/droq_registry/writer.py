@@ -216,6 +216,12 @@ class Writer:
 
     async def run(self, named: Iterable[str] | None = None) -> Result | None:
         """One reconcile; None when the folder is missing or the pass failed (logged)."""
+        if self.failing:
+            # What the failed pass would have written is still pending, and a pass over only
+            # the files an event names does not see it (a `touch` of an unchanged file
+            # succeeds with nothing to write, even on a full disk). Only a full pass that
+            # succeeds means nothing is pending.
+            named = None
         started = time.perf_counter()
         try:
             result = await self.thread.call(self._pass, named)
