@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 
-from .answers import snapshot_headers
+from . import answers
 
 REALM = "droq-registry"
 
@@ -45,7 +45,7 @@ class TokenAuth:
                 "type": "http.response.start",
                 "status": 401,
                 "headers": [
-                    *snapshot_headers(scope["app"].state.registry.snapshot),  # as every answer
+                    *answers.snapshot_headers(scope["app"].state.registry.snapshot),  # as every answer
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", challenge.encode()),
