@@ -13,7 +13,7 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 
 from conftest import ServerProcess
-from droq_registry.api import MAX_WAIT_SECONDS
+from droq_registry.changes import MAX_WAIT_SECONDS
 from droq_registry.routes import TABLE
 from droq_registry.search import MAX_QUERY, MAX_RESULTS
 from droq_registry.settings import default_schema_path

@@ -25,7 +25,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import ServerProcess, make_settings, node_doc, open_client, wait_until, write_json
-from droq_registry.api import KEEPALIVE_SECONDS
+from droq_registry.changes import KEEPALIVE_SECONDS
 
 REVISION = "x-registry-revision"
 #: The most a long-poll may answer after the change it waited for became visible.

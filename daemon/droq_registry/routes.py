@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import api, explore
+from . import api, changes, explore
 from .answers import Answer, Answers
 from .search import MAX_QUERY, MAX_RESULTS
 from .vocabulary import COMPONENT_CLASS, NODE_ID
@@ -101,8 +101,8 @@ CLASS_PARAM = Param("component_class", "path", COMPONENT_CLASS, "A component cla
 SINCE = Param("since", "query", {"type": "integer", "minimum": 0},
               "The revision the client has; records after it are returned (default 0).")
 STATUS = Param("status", "query", {"enum": list(api.LIST_FILTERS)}, "Which nodes to list (default: active).")
-WAIT = Param("wait", "query", {"type": "number", "minimum": 0, "maximum": api.MAX_WAIT_SECONDS},
-             f"Seconds to hold the request when nothing is newer than `since` (at most {api.MAX_WAIT_SECONDS:g}).")
+WAIT = Param("wait", "query", {"type": "number", "minimum": 0, "maximum": changes.MAX_WAIT_SECONDS},
+             f"Seconds to hold the request when nothing is newer than `since` (at most {changes.MAX_WAIT_SECONDS:g}).")
 QUERY = Param("q", "query", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY},
               "The text (any case).", "TextInput", required=True)
 LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string"})
@@ -139,12 +139,12 @@ TABLE: tuple[Entry, ...] = (
           Doc("Each with its candidates, best first.", "SharedClasses", etag=True)),
     Entry("/api/v1/sources", api.list_sources, "Every node file the registry knows, with its state",
           Doc("Files sorted by path.", "Sources", etag=True)),
-    Entry("/api/v1/changes", api.list_changes, "The change log after a revision (long-poll with wait)",
+    Entry("/api/v1/changes", changes.list_changes, "The change log after a revision (long-poll with wait)",
           Doc("Records after `since`, in order.", "Changes", etag=True),
           {400: _error("Bad since or wait."),
            410: Doc("Records after `since` are no longer kept: re-list.", "Expired")},
           (SINCE, WAIT)),
-    Entry("/api/v1/events", api.events, "Server-Sent Events of the change log",
+    Entry("/api/v1/events", changes.events, "Server-Sent Events of the change log",
           Doc("An endless stream: `event: change` records (id = revision), `event: relist` when Last-Event-ID "
               "is older than what is kept, and keep-alive comments.", {"type": "string"}, "text/event-stream"),
           {400: _error("Bad Last-Event-ID or since.")}, (SINCE, LAST_EVENT_ID), conditional=False),
