@@ -5,11 +5,18 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+import orjson
 import pytest
+from starlette.routing import Mount
+from starlette.testclient import TestClient
 
 from conftest import ServerProcess
+from droq_registry.changes import MAX_WAIT_SECONDS
+from droq_registry.routes import TABLE
+from droq_registry.search import MAX_QUERY, MAX_RESULTS
+from droq_registry.settings import default_schema_path
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
@@ -51,9 +58,59 @@ def test_live_server_matches_its_openapi_document(
     assert srv.proc.poll() is None, "the server died under the contract run"
 
 
-def test_document_is_openapi_3_1_and_names_every_route(real_assets: Path, client_for) -> None:
-    client = client_for(real_assets)
+def served_paths(app: Any) -> list[str]:
+    """The paths Starlette routes, as the document writes them (a mount ends with '/')."""
+    return [route.path + ("/" if isinstance(route, Mount) else "") for route in app.routes]
+
+
+@pytest.mark.parametrize("token", [None, "contract-token"])
+def test_document_is_openapi_3_1_and_names_every_route_and_only_routes(
+    real_assets: Path, client_for: Callable[..., TestClient], token: str | None
+) -> None:
+    client = client_for(real_assets, api_token=token)
     document = client.get("/openapi.json").json()
     assert document["openapi"] == "3.1.0"
-    routes = {route.path + ("/" if route.path == "/ui" else "") for route in client.app.routes}
-    assert routes <= set(document["paths"]), routes - set(document["paths"])
+    routes = served_paths(client.app)
+    assert len(routes) == len(set(routes))
+    # every route is documented, and every documented path is a route
+    assert set(routes) == set(document["paths"]), set(routes) ^ set(document["paths"])
+    assert list(document["paths"]) == [entry.template for entry in TABLE]
+    for template, item in document["paths"].items():
+        assert list(item) == ["get"], template
+        secured = "401" in item["get"]["responses"]
+        assert secured == (token is not None and template.startswith(("/api/", "/metrics"))), template
+
+
+def test_documented_limits_patterns_and_enums_are_the_enforced_ones(real_assets: Path, client_for) -> None:
+    client = client_for(real_assets)
+    document = client.get("/openapi.json").json()
+    paths = document["paths"]
+
+    def parameter(path: str, name: str) -> dict[str, Any]:
+        [found] = [p for p in paths[path]["get"]["parameters"] if p["name"] == name]
+        return found  # type: ignore[no-any-return]
+
+    schema = orjson.loads(default_schema_path().read_bytes())
+    node_id_pattern = schema["properties"]["node_id"]["pattern"]
+    class_names = schema["definitions"]["components"]["propertyNames"]
+    assert parameter("/api/v1/changes", "wait")["schema"]["maximum"] == MAX_WAIT_SECONDS
+    assert parameter("/api/v1/search", "q")["schema"]["maxLength"] == MAX_QUERY
+    assert f"At most {MAX_RESULTS} matches" in paths["/api/v1/search"]["get"]["responses"]["200"]["description"]
+    assert parameter("/api/v1/nodes/{node_id}", "node_id")["schema"]["pattern"] == node_id_pattern
+    assert document["components"]["schemas"]["Node"]["properties"]["node_id"]["pattern"] == node_id_pattern
+    for path in ("/api/v1/components/{component_class}/node", "/api/v1/components/{component_class}/nodes"):
+        assert parameter(path, "component_class")["schema"] == {
+            "type": "string", "pattern": class_names["pattern"], "maxLength": class_names["maxLength"]}
+    node = document["components"]["schemas"]["Node"]["properties"]
+    assert node["status"]["enum"] == schema["properties"]["status"]["enum"] == ["active", "inactive", "deploying"]
+    assert node["deployment_location"]["enum"] == schema["properties"]["deployment_location"]["enum"]
+    assert parameter("/api/v1/nodes", "status")["schema"]["enum"] == ["active", "inactive", "deploying", "all"]
+    # the enforced values answer, one past them is refused
+    assert client.get("/api/v1/changes?wait=0").status_code == 200
+    assert client.get(f"/api/v1/changes?wait={MAX_WAIT_SECONDS + 0.5:g}").status_code == 400
+    assert client.get("/api/v1/search", params={"q": "x" * MAX_QUERY}).status_code == 200
+    assert client.get("/api/v1/search", params={"q": "x" * (MAX_QUERY + 1)}).status_code == 400
+    for status in ["active", "inactive", "deploying", "all"]:
+        assert client.get("/api/v1/nodes", params={"status": status}).status_code == 200
+    assert client.get("/api/v1/nodes", params={"status": "draining"}).json() == {
+        "detail": "status must be one of active, inactive, deploying, all"}

@@ -33,7 +33,7 @@ from conftest import (
     wait_until,
     write_json,
 )
-from droq_registry.api import KEEPALIVE_SECONDS
+from droq_registry.changes import KEEPALIVE_SECONDS
 
 REVISION = "x-registry-revision"
 #: The most a long-poll may answer after the change it waited for became visible.

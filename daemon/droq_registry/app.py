@@ -1,5 +1,9 @@
 """create_app(settings): the Starlette app, and the lifespan that starts the writer thread,
-makes it take over the database, starts the watcher, and stops them in order."""
+makes it take over the database, starts the watcher, and stops them in order.
+
+The app serves the route table (`routes.py`); `RegistryApp` lets the fast path
+(`hotpath.py`) answer the hot routes first, with the answers Starlette's handlers send.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +11,15 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.responses import Response
-from starlette.routing import Mount
-from starlette.staticfiles import StaticFiles
 
-from . import api, dbfile, explore, watch
+from . import api, dbfile, openapi, routes, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
@@ -34,16 +35,12 @@ from .writer import Writer, WriterThread
 log = logging.getLogger("droq_registry")
 _clock = time.perf_counter
 
-#: The dashboard: plain HTML, CSS and JavaScript shipped in the package, no build step.
-UI_DIR = Path(__file__).resolve().parent / "ui"
-
-
 def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: None) -> RegistryApp:
     """The service. Nothing is opened until the lifespan starts. `after_commit` is the
     process's policy after each commit, run on the writer thread (see server.py)."""
     schema = Schema.load(settings.schema_path)
     metrics = Metrics()
-    hot = HotPath(metrics, settings.api_token)
+    hot = HotPath(routes.TABLE, settings.api_token)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -113,21 +110,18 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
     if settings.api_token is not None:
         middleware.append(Middleware(TokenAuth, token=settings.api_token))
-    routes = [
-        *api.routes(),
-        *explore.routes(),
-        Mount("/ui", UIFiles(directory=UI_DIR, html=True), name="ui"),
-    ]
     app = RegistryApp(
         hot,
-        routes=routes,
+        metrics,
+        routes=routes.starlette_routes(),
         lifespan=lifespan,
         middleware=middleware,
         exception_handlers={HTTPException: api.http_error},
     )
     app.state.metrics = metrics
     app.state.offload = Offload()
-    app.state.auth = settings.api_token is not None
+    auth = settings.api_token is not None
+    app.state.contract = lambda: orjson.dumps(openapi.build(routes.TABLE, auth=auth))
     metrics.watch_state(
         lambda: api.state_counts(app.state.registry, app.state.watch_status),
         lambda: app.state.watch_status.restarts,
@@ -143,11 +137,11 @@ class RegistryApp(Starlette):
     every other request goes through Starlette's middleware and routes as before.
     """
 
-    def __init__(self, hot: HotPath, **kwargs: Any) -> None:
+    def __init__(self, hot: HotPath, metrics: Metrics, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hot = hot
         self._answer: Callable[[dict[str, Any]], Any] = hot.answer
-        self._count = hot.metrics.request
+        self._count = metrics.request
 
     def stop_following(self) -> None:
         """The server is stopping (before it waits for open requests): pending long-polls
@@ -175,22 +169,6 @@ class RegistryApp(Starlette):
                     self._count(route, scope["method"], status, _clock() - started)
                 return
         await super().__call__(scope, receive, send)
-
-
-class UIFiles(StaticFiles):
-    """The dashboard's files, with a policy that lets the page load nothing from elsewhere."""
-
-    POLICY = (
-        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-    )
-
-    def file_response(self, *args: Any, **kwargs: Any) -> Response:
-        response = super().file_response(*args, **kwargs)
-        response.headers["content-security-policy"] = self.POLICY
-        response.headers["x-content-type-options"] = "nosniff"
-        response.headers["cache-control"] = "no-cache"
-        return response
 
 
 async def _load_only(writer: Writer, status: watch.WatchStatus) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from starlette.datastructures import Headers
 
+from . import answers
+
 REALM = "droq-registry"
 
 
@@ -43,7 +45,7 @@ class TokenAuth:
                 "type": "http.response.start",
                 "status": 401,
                 "headers": [
-                    (b"x-registry-revision", str(scope["app"].state.registry.revision).encode()),
+                    *answers.snapshot_headers(scope["app"].state.registry.snapshot),  # as every answer
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"www-authenticate", challenge.encode()),

@@ -1,19 +1,23 @@
-"""Read endpoints for people (the dashboard): components with their details, search, and
-classes that several nodes claim. Same rules as `api`: one snapshot per answer, ETags.
+"""What people read (the dashboard): its files, and the endpoints it asks: components with
+their details, search, and classes that several nodes claim.
+
+Same rules as `api`: one snapshot per answer, sent as `answers.py` prepares it (ETag, 304,
+the snapshot's headers); the bodies that only people ask for are built here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.staticfiles import StaticFiles
 
-from . import nodefile
-from .api import NODE_ID, error, node_missing_detail, offload_of, ok, snapshot_of
+from . import answers, nodefile
+from .api import answers_of, offload_of, respond
 from .search import MAX_QUERY
 from .search import search as search_body
 from .snapshot import NodeView, Snapshot, etag_of
@@ -21,11 +25,13 @@ from .snapshot import NodeView, Snapshot, etag_of
 
 async def node_components(request: Request) -> Response:
     """`GET /api/v1/nodes/{id}/components`: every component with display name and description."""
-    snap = snapshot_of(request)
+    prepared = answers_of(request)
+    snap = prepared.snap
+    assert snap is not None
     node_id = request.path_params["node_id"]
-    view = snap.nodes.get(node_id) if NODE_ID.fullmatch(node_id) else None
+    view = snap.nodes.get(node_id)
     if view is None:
-        return error(snap, 404, node_missing_detail(node_id))
+        return respond(request, prepared.error(404, answers.node_missing_detail(node_id)))
 
     def build() -> bytes:
         info = _info(snap, view)
@@ -38,7 +44,7 @@ async def node_components(request: Request) -> Response:
     # Not kept: people ask for one node at a time, and a cache keyed by the node asked
     # for would hold a body per node. Building it reads one node's document.
     body = await offload_of(request).run(build)
-    return ok(request, snap, body, etag_of(body))
+    return respond(request, prepared.ok(body, etag_of(body)))
 
 
 def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
@@ -53,19 +59,23 @@ def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
 async def search(request: Request) -> Response:
     """`GET /api/v1/search?q=text`: components whose class, display name or description
     contains the text (any case), each with the node a lookup would choose (`search.py`)."""
-    snap = snapshot_of(request)
+    prepared = answers_of(request)
+    snap = prepared.snap
+    assert snap is not None
     query = request.query_params.get("q", "").strip()
     if not query:
-        return error(snap, 400, "q must be a non-empty search text")
+        return respond(request, prepared.error(400, "q must be a non-empty search text"))
     if len(query) > MAX_QUERY:
-        return error(snap, 400, f"q must be at most {MAX_QUERY} characters")
+        return respond(request, prepared.error(400, f"q must be at most {MAX_QUERY} characters"))
     body = await offload_of(request).search(search_body, snap, query)
-    return ok(request, snap, body, etag_of(body))
+    return respond(request, prepared.ok(body, etag_of(body)))
 
 
 async def shared_classes(request: Request) -> Response:
     """`GET /api/v1/shared-classes`: classes declared by more than one active node."""
-    snap = snapshot_of(request)
+    prepared = answers_of(request)
+    snap = prepared.snap
+    assert snap is not None
 
     def build() -> tuple[bytes, str]:  # a walk of every class: off the event loop
         rows = [
@@ -76,12 +86,24 @@ async def shared_classes(request: Request) -> Response:
         body = orjson.dumps({"classes": rows, "total_classes": len(rows)})
         return body, etag_of(body)
 
-    return ok(request, snap, *await offload_of(request).once(snap, "shared", build))
+    return respond(request, prepared.ok(*await offload_of(request).once(snap, "shared", build)))
 
 
-def routes() -> list[Route]:
-    return [
-        Route("/api/v1/nodes/{node_id}/components", node_components, methods=["GET"]),
-        Route("/api/v1/search", search, methods=["GET"]),
-        Route("/api/v1/shared-classes", shared_classes, methods=["GET"]),
-    ]
+#: The dashboard: plain HTML, CSS and JavaScript shipped in the package, no build step.
+UI_DIR = Path(__file__).resolve().parent / "ui"
+
+
+class UIFiles(StaticFiles):
+    """The dashboard's files, with a policy that lets the page load nothing from elsewhere."""
+
+    POLICY = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+    def file_response(self, *args: Any, **kwargs: Any) -> Response:
+        response = super().file_response(*args, **kwargs)
+        response.headers["content-security-policy"] = self.POLICY
+        response.headers["x-content-type-options"] = "nosniff"
+        response.headers["cache-control"] = "no-cache"
+        return response

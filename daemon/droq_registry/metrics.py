@@ -111,7 +111,10 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts every HTTP request by its route template (never the raw path: ids are unbounded)."""
+    """Counts every HTTP request by its route template (never the raw path: ids are unbounded).
+
+    The template is the matched Starlette route's, which `routes.TABLE` declares; the fast
+    path counts its answers with the same table templates (`app.RegistryApp`)."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app

@@ -30,10 +30,11 @@ def etag_of(*parts: bytes) -> str:
 
 
 class NodeView:
-    """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}."""
+    """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}.
+
+    The answers made of these pieces are built in `answers.py`."""
 
     __slots__ = (
-        "_detail",
         "components_json",
         "digest",
         "node_id",
@@ -59,22 +60,6 @@ class NodeView:
         digest.update(b"\0")
         digest.update(self.components_json)
         self.digest = digest.digest()
-        self._detail: tuple[bytes, str] | None = None
-
-    def detail(self) -> tuple[bytes, str]:
-        """The body and ETag of `GET /api/v1/nodes/{id}`, built on first use."""
-        if self._detail is None:
-            body = b"".join((b'{"node":', self.node_json, b',"components":', self.components_json, b"}"))
-            self._detail = (body, etag_of(body))
-        return self._detail
-
-    def lookup(self, component_class: str) -> tuple[bytes, str]:
-        """The body and ETag of `GET /api/v1/components/{class}/node` answered by this node."""
-        module = orjson.dumps(self.paths[component_class])
-        body = b"".join(
-            (b'{"node":', self.node_json, b',"components":', self.components_json, b',"module_path":', module, b"}")
-        )
-        return body, etag_of(b"lookup", self.digest, module)
 
 
 def _exact(data: bytes) -> bytes:

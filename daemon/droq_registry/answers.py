@@ -1,0 +1,288 @@
+"""Every answer the service gives from a snapshot: status, encoded headers, body, ETag, 304.
+
+This module owns what a client receives. An `Answer` is prepared once, immutable, and
+sent as it is by both ways in: the Starlette endpoints (`api.py`, `explore.py`, through
+`api.Sent`) and the fast path (`hotpath.py`). Neither adds or reorders a header, so the
+two send the same bytes by construction.
+
+- `snapshot_headers(snap)` is the one place that says which headers tie an answer to the
+  state it was built from (today `X-Registry-Revision`). Every answer built here starts
+  with them: 200s, 304s, 404s and every error, and the 401 of `auth.py`. A header every
+  answer must carry is added there and nowhere else.
+- `Answers` are the answers of one snapshot. The hot ones (a lookup, a node's detail, a
+  node list once built) are kept within a byte budget (`CACHE_BYTES`); a 404 is never
+  kept, so what a client can make it hold is bounded by the registry's own classes and
+  nodes. `of(snap)` gives the snapshot's `Answers` (on the event loop only).
+- The body builders below (`node_list`, `candidates`, `sources`, `changes_body`) walk the
+  snapshot; the big ones run in a worker thread (`offload.py`), the caller decides.
+
+Header order is Starlette's: the answer's own headers (revision, cache-control, ETag),
+then content-length, then content-type; a 304 has no body, so neither of the last two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from .snapshot import NodeView, Snapshot, etag_of
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+#: Bytes of prepared answers kept per snapshot (bodies, plus `ENTRY_COST` each). A registry
+#: of 350,000 classes with 40 KB lookup bodies would otherwise hold 14 GB.
+CACHE_BYTES = 32 * 1024 * 1024
+#: What one kept answer costs besides its body (headers, the key, the object).
+ENTRY_COST = 512
+
+CACHE_CONTROL = (b"cache-control", b"no-cache")
+CONTENT_TYPE = (b"content-type", b"application/json")
+
+
+def snapshot_headers(snap: Snapshot | None) -> Headers:
+    """The headers that say which state an answer comes from; every answer carries them first."""
+    revision = 0 if snap is None else snap.revision
+    return ((b"x-registry-revision", str(revision).encode("latin-1")),)
+
+
+def etag_matches(header: bytes | str | None, etag: str) -> bool:
+    """Whether an If-None-Match value (the first such header) matches `etag`, with the
+    weak comparison RFC 9110 asks for: a list, `W/` prefixes, `*`."""
+    if not header:
+        return False
+    if isinstance(header, bytes):
+        header = header.decode("latin-1")
+    if header.strip() == "*":
+        return True
+    return any(candidate.strip().removeprefix("W/") == etag for candidate in header.split(","))
+
+
+def if_none_match(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
+    """The first If-None-Match header of an ASGI scope's headers (the one that counts)."""
+    for name, value in headers:
+        if name == b"if-none-match":
+            return value
+    return None
+
+
+class Answer:
+    """One prepared answer: status, headers and body, and for a 200 with an ETag the
+    headers of its 304. Immutable: senders make fresh ASGI messages from it each time."""
+
+    __slots__ = ("body", "etag", "etag_bytes", "headers", "not_modified", "status")
+
+    def __init__(self, leading: Headers, status: int, body: bytes, etag: str | None = None) -> None:
+        headers = list(leading)
+        self.status = status
+        self.body = body
+        self.etag = etag
+        self.etag_bytes = None if etag is None else etag.encode("latin-1")
+        self.not_modified: Headers = ()
+        if self.etag_bytes is not None:
+            headers.append((b"etag", self.etag_bytes))
+            self.not_modified = tuple(headers)
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+        headers.append(CONTENT_TYPE)
+        self.headers: Headers = tuple(headers)
+
+    def reply(self, inm: bytes | None) -> tuple[int, Headers, bytes]:
+        """Status, headers and body to send to a request whose If-None-Match is `inm`."""
+        if inm is not None and self.etag is not None and (inm == self.etag_bytes or etag_matches(inm, self.etag)):
+            return 304, self.not_modified, b""
+        return self.status, self.headers, self.body
+
+
+class Answers:
+    """The answers of one snapshot; the hot ones are kept within `CACHE_BYTES`."""
+
+    __slots__ = ("base", "details", "lists", "lookups", "snap", "used")
+
+    def __init__(self, snap: Snapshot | None) -> None:
+        self.snap = snap
+        self.base: Headers = (*snapshot_headers(snap), CACHE_CONTROL)
+        self.lookups: dict[str, Answer] = {}
+        self.details: dict[str, Answer] = {}
+        self.lists: dict[str, Answer] = {}
+        self.used = 0
+
+    def text_headers(self) -> dict[str, str]:
+        """The base headers as a Starlette response takes them (the event stream's)."""
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.base}
+
+    def ok(self, body: bytes, etag: str) -> Answer:
+        """200 with `body` (304 for a client that has `etag`)."""
+        return Answer(self.base, 200, body, etag)
+
+    def json(self, status: int, content: Any, leading: Mapping[str, str] | None = None) -> Answer:
+        """`content` as JSON, without an ETag; `leading`: headers that go first (405's Allow)."""
+        first: Headers = ()
+        if leading:
+            first = tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in leading.items())
+        return Answer((*first, *self.base), status, orjson.dumps(content))
+
+    def error(self, status: int, detail: str) -> Answer:
+        return self.json(status, {"detail": detail})
+
+    def gone(self, detail: str) -> Answer:
+        """410: what the client asked for is no longer kept; it re-lists from `revision`."""
+        assert self.snap is not None
+        return self.json(410, {"detail": detail, "revision": self.snap.revision})
+
+    def _keep(self, table: dict[str, Answer], key: str, answer: Answer) -> Answer:
+        if answer.status != 200:
+            return answer
+        cost = len(answer.body) + len(key.encode("utf-8", "surrogatepass")) + ENTRY_COST
+        if cost > CACHE_BYTES:
+            return answer
+        if self.used + cost > CACHE_BYTES:
+            self.lookups.clear()
+            self.details.clear()
+            self.used = 0
+        table[key] = answer
+        self.used += cost
+        return answer
+
+    def lookup(self, component_class: str) -> Answer:
+        """`GET /api/v1/components/{component_class}/node`: the best active node, or 404."""
+        answer = self.lookups.get(component_class)
+        if answer is not None:
+            return answer
+        snap = self.snap
+        assert snap is not None
+        candidates = snap.index.get(component_class)
+        if not candidates:
+            return self.error(404, component_missing_detail(component_class))
+        return self._keep(self.lookups, component_class, self.ok(*lookup(snap.nodes[candidates[0]], component_class)))
+
+    def detail(self, node_id: str) -> Answer:
+        """`GET /api/v1/nodes/{node_id}`: the node and its components, any status, or 404."""
+        answer = self.details.get(node_id)
+        if answer is not None:
+            return answer
+        snap = self.snap
+        assert snap is not None
+        view = snap.nodes.get(node_id)
+        if view is None:
+            return self.error(404, node_missing_detail(node_id))
+        return self._keep(self.details, node_id, self.ok(*detail(view)))
+
+    def built_list(self, status: str) -> Answer | None:
+        """`GET /api/v1/nodes?status=...` (a valid status), or None while the list is not
+        built for this snapshot: it is a walk of every node, built off the event loop."""
+        answer = self.lists.get(status)
+        if answer is not None:
+            return answer
+        assert self.snap is not None
+        built = self.snap.cache.get(node_list_key(status))
+        if built is None:
+            return None
+        answer = self.lists[status] = self.ok(*built)
+        return answer
+
+    def candidates(self, component_class: str) -> tuple[str, ...]:
+        """The active nodes that declare a class, best first."""
+        assert self.snap is not None
+        return self.snap.index.get(component_class, ())
+
+
+def of(snap: Snapshot) -> Answers:
+    """The answers of `snap`, made on first use (call it on the event loop only)."""
+    answers = snap.cache.get(Answers)
+    if answers is None:
+        answers = snap.cache[Answers] = Answers(snap)
+    return answers
+
+
+# --- messages ------------------------------------------------------------------------------
+
+
+def quote(value: str) -> str:
+    """A path parameter as it goes back into a message: shortened and quoted."""
+    return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
+
+
+def component_missing_detail(component_class: str) -> str:
+    return f"Component {quote(component_class)} not found in any executor node"
+
+
+def node_missing_detail(node_id: str) -> str:
+    return f"Node {quote(node_id)} not found in registry"
+
+
+# --- bodies --------------------------------------------------------------------------------
+
+
+def detail(view: NodeView) -> tuple[bytes, str]:
+    """Body and ETag of `GET /api/v1/nodes/{id}`."""
+    body = b"".join((b'{"node":', view.node_json, b',"components":', view.components_json, b"}"))
+    return body, etag_of(body)
+
+
+def lookup(view: NodeView, component_class: str) -> tuple[bytes, str]:
+    """Body and ETag of `GET /api/v1/components/{class}/node` answered by `view`."""
+    module = orjson.dumps(view.paths[component_class])
+    body = b"".join(
+        (b'{"node":', view.node_json, b',"components":', view.components_json, b',"module_path":', module, b"}")
+    )
+    return body, etag_of(b"lookup", view.digest, module)
+
+
+def node_list_key(status: str) -> tuple[str, str]:
+    """Where the snapshot keeps the body of `GET /api/v1/nodes?status=...` once built."""
+    return ("nodes", status)
+
+
+def node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
+    """Body and ETag of the node list: a walk of every node (run it off the event loop)."""
+    views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
+    parts = [
+        b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
+        for v in views
+    ]
+    body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
+    return body, etag_of(body)
+
+
+def candidates(snap: Snapshot, component_class: str, nodes: tuple[str, ...]) -> bytes:
+    """Body of `GET /api/v1/components/{class}/nodes`: every candidate's whole node."""
+    parts = [
+        b'{"node":' + snap.nodes[n].node_json + b',"module_path":' + orjson.dumps(snap.nodes[n].paths[component_class])
+        + b"}"
+        for n in nodes
+    ]
+    return (
+        b'{"component_class":' + orjson.dumps(component_class) + b',"nodes":['
+        + b",".join(parts) + b'],"total_nodes":' + str(len(nodes)).encode() + b"}"
+    )
+
+
+def sources(snap: Snapshot) -> tuple[bytes, str]:
+    """Body and ETag of `GET /api/v1/sources`: every file with its state (off the loop)."""
+    rows = [
+        {
+            "path": s.path,
+            "node_id": s.node_id,
+            "state": s.state,
+            "error": s.error,
+            "content_hash": s.content_hash,
+            "applied_at": s.applied_at,
+            "updated_at": s.updated_at,
+            # a refused file whose node is still served from its last good version
+            "serving_last_good": s.state != "ok" and s.node_id is not None
+            and s.node_id in snap.nodes and snap.nodes[s.node_id].source == s.path,
+        }
+        for _, s in sorted(snap.sources.items())
+    ]
+    body = orjson.dumps(
+        {"sources": rows, "total_sources": len(rows), "errors": sum(1 for r in rows if r["state"] != "ok")}
+    )
+    return body, etag_of(body)
+
+
+def changes_body(snap: Snapshot, since: int) -> bytes:
+    """Body of `GET /api/v1/changes?since=...` (a revision the log still keeps)."""
+    log = snap.changes
+    records = b",".join(log.encoded[log.span(since, snap.revision)])
+    return b'{"revision":%d,"changes":[%b]}' % (snap.revision, records)
