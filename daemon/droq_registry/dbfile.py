@@ -10,7 +10,9 @@ that says what is wrong; nothing is renamed or changed.
 `WriterLock` is an exclusive `flock` on a sidecar file (`registry.db.lock`). The service
 takes it before it opens the database, so a second service on the same file waits, not
 ready, until the first one exits (a rolling update on a shared volume), and only then
-loads the state from the database.
+loads the state from the database. A lock file already there must be one this registry
+wrote (empty, or its holder's note): `<db>.lock` may be another program's file, such as
+`poetry.lock` beside `REGISTRY_DB_PATH=poetry`, and taking the lock writes over it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -57,7 +60,16 @@ def check(db_path: Path, assets_dir: Path) -> None:
     check_file(db_path)
     lock = lock_path(db_path)
     if os.path.lexists(lock):
-        _probe_open(lock, "its lock file")
+        st = _stat(lock, "its lock file")
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageFault("not_a_database", f"{lock}: is not a regular file, so not this registry's lock "
+                               "file; point REGISTRY_DB_PATH elsewhere")
+        note = _probe_open(lock, "its lock file", _NOTE_BYTES)
+        if not is_lock_note(note):
+            # `<db>.lock` may be another program's file (`poetry.lock` beside REGISTRY_DB_PATH=poetry):
+            # taking the lock writes the holder's note over it.
+            raise StorageFault("not_a_database", f"{lock}: is not this registry's lock file (it starts with "
+                               f"{note[:16]!r}); refusing to touch it, point REGISTRY_DB_PATH elsewhere")
 
 
 def check_file(db_path: Path) -> None:
@@ -91,14 +103,21 @@ def check_file(db_path: Path) -> None:
         raise os_fault(exc, f"{folder}: cannot create files in the database's folder") from None
 
 
-def _probe_open(path: Path | str, what: str) -> bytes:
-    """Open `path` for reading and writing (changing nothing); return its first 16 bytes."""
+def _stat(path: Path | str, what: str) -> os.stat_result:
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return os.stat(path)
+    except OSError as exc:
+        raise os_fault(exc, f"{path}: cannot look at {what}") from None
+
+
+def _probe_open(path: Path | str, what: str, size: int = len(SQLITE_HEADER)) -> bytes:
+    """Open `path` for reading and writing (changing nothing); return its first `size` bytes."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise os_fault(exc, f"{path}: cannot open {what} for writing") from None
     try:
-        return os.pread(fd, len(SQLITE_HEADER), 0)
+        return os.pread(fd, size, 0)
     except OSError as exc:
         raise os_fault(exc, f"{path}: cannot read {what}") from None
     finally:
@@ -120,6 +139,16 @@ def os_fault(exc: OSError, doing: str) -> StorageFault:
 
 def lock_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".lock")
+
+
+#: What `WriterLock` writes into its lock file; a file holding anything else is not ours.
+_NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n)?")
+_NOTE_BYTES = 512
+
+
+def is_lock_note(data: bytes) -> bool:
+    """Whether `data` (the start of a lock file) is what this registry writes there, or nothing."""
+    return len(data) < _NOTE_BYTES and _NOTE.fullmatch(data) is not None
 
 
 def identity(path: Path) -> tuple[int, int] | None:
@@ -160,6 +189,8 @@ class WriterLock:
             raise os_fault(exc, f"{self.path}: cannot lock the database's lock file") from None
         self._fd = fd
         try:
+            if not is_lock_note(os.pread(fd, _NOTE_BYTES, 0)):
+                return True  # not ours (put there while running): lock it, write nothing into it
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except OSError:
