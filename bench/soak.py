@@ -3,12 +3,13 @@
     .venv/bin/python bench/soak.py [--commits 10000] [--pool 40] [--components 20]
 
 Starts the registry (a real `python -m droq_registry serve` on 127.0.0.1) on the real node
-files plus --pool synthetic ones (gen_nodes.py) in a temporary folder, then drives commits
-one at a time (soak_writer.py): each is a rewrite in place, an atomic rename over, a
-create, a remove, a rename, a broken edit, its fix, or a second file claiming a node id,
-and the next is only made once the previous is served, so each change is one revision;
-the writer checks each revision's change records against what it did. Meanwhile, each
-client a thread with its own connections (soak_load.py):
+files plus --pool synthetic ones (gen_nodes.py) in a temporary folder, then makes changes
+one at a time (soak_writer.py): a rewrite in place, an atomic rename over, a create, a
+remove, a rename, a broken save, its fix, a second file claiming a node id, its removal.
+The next change is only made once the previous one is served, so each is one revision
+(two when the service read a file written in place half done: the file in error, then
+its content), and the writer checks each revision's change records against what it did.
+Meanwhile, each client a thread with its own connections (soak_load.py):
 
   readers    lookups, node details, lists with and without If-None-Match, candidates,
              sources, health, ready, metrics, ... (the last reader opens a new connection
@@ -20,13 +21,14 @@ client a thread with its own connections (soak_load.py):
 Two phases with the same load (soak_phase.py): a warm-up of --warmup commits, by default
 enough to fill the change log to its bound (so what follows measures leaks, not the log
 reaching its size), then --commits commits. After each, every client hangs up and the
-server is left alone until its descriptor and thread counts hold still; then its RSS,
-open descriptors and threads are read from /proc (soak_proc.py).
+server is left alone until its descriptor and thread counts hold still (and are back to
+the previous sample's, if they come back within --grace seconds); then its RSS, open
+descriptors and threads are read from /proc (soak_proc.py).
 
 Targets: RSS growth over the measured commits < 5 MiB; no descriptor and no thread more
 at the end; no 5xx (as the clients saw it and as the server counted it); no transport
 error; no answer an endpoint may not give; every follower got every record of every
-revision, compared with the writer's; the revision advanced by exactly --commits; each
+revision, compared with the writer's; the revision advanced by at least --commits; each
 change committed exactly the records it should; the final sources and nodes are what the
 writer left on disk; no failed reconcile, no error in the server's log; exit code 0 on
 SIGTERM. Exits 1 when a target is missed. Writes bench/results/soak.md and soak.json.
@@ -124,7 +126,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--seed", type=int, default=1, help="seed of the writer's and the clients' choices (default 1)")
     add("--stall", type=float, default=30.0, help="seconds one change may take to be served (default 30)")
     add("--follow-timeout", type=float, default=60.0, help="seconds followers get to catch up (default 60)")
-    add("--settle", type=float, default=3.0, help="seconds of still fd/thread counts before a sample")
+    add(
+        "--grace",
+        type=float,
+        default=soak_proc.GRACE_S,
+        help=f"seconds idle counts may take to come back down before a sample (default {soak_proc.GRACE_S:g})",
+    )
     add("--env", action="append", default=[], metavar="KEY=VALUE", help="extra environment of the server")
     add("--keep-workdir", action="store_true", help="keep the temporary folder (node files, database, log)")
     args = parser.parse_args(argv)
@@ -157,34 +164,46 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"soak: {workdir}: {len(real)} real + {args.pool} synthetic node files", flush=True)
     writer_tally = Tally()
+    server.start()
     try:
-        with server:
-            server.wait_ready(120)
-            server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
-            counted = soak_proc.counters(server.port)  # the start-up's own /ready 503s stay out
-            writer = Writer(
-                folder, slots, Conn(server.port, writer_tally), random.Random(args.seed), args.stall
-            )
-            writer.revision = server.health()["revision"]
-            ready = soak_proc.sample(server.pid, writer.revision, workdir)
-            print(
-                f"soak: ready at revision {writer.revision}, RSS {ready.rss_kib / 1024:.1f} MiB", flush=True
-            )
+        server.wait_ready(120)
+        server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
+        counted = soak_proc.counters(server.port)  # the start-up's own /ready 503s stay out
+        writer = Writer(folder, slots, Conn(server.port, writer_tally), random.Random(args.seed), args.stall)
+        writer.revision = server.health()["revision"]
+        ready = soak_proc.sample(server.pid, writer.revision, workdir)
+        print(
+            f"soak: server {server.pid} ready at revision {writer.revision}, RSS {ready.rss_kib / 1024:.1f} MiB",
+            flush=True,
+        )
 
-            warm = run_phase("warm-up", server, writer, args.warmup, args, cat, workdir, args.seed * 1000)
-            start = soak_proc.settled(server.pid, writer.revision, workdir, args.settle, 60)
-            measured = run_phase(
-                "measured", server, writer, args.commits, args, cat, workdir, args.seed * 1000 + 500
-            )
-            end = soak_proc.settled(server.pid, writer.revision, workdir, args.settle, 60)
+        warm = run_phase("warm-up", server, writer, args.warmup, args, cat, workdir, args.seed * 1000)
+        start = soak_proc.settled(server.pid, writer.revision, workdir, ready, args.grace)
+        print(f"soak: start sample after {start.waited_s:.1f}s idle", flush=True)
+        measured = run_phase(
+            "measured", server, writer, args.commits, args, cat, workdir, args.seed * 1000 + 500
+        )
+        end = soak_proc.settled(server.pid, writer.revision, workdir, start, args.grace)
+        print(f"soak: end sample after {end.waited_s:.1f}s idle", flush=True)
 
-            health = server.health()
-            server_counted = soak_proc.grown(counted, soak_proc.counters(server.port))
-            state = final_state_problems(server.port, writer, real)
-            writer.conn.close()
-            exit_code = server.stop()
-            log_errors = soak_proc.log_problems(server.log_text())
+        health = server.health()
+        server_counted = soak_proc.grown(counted, soak_proc.counters(server.port))
+        state = final_state_problems(server.port, writer, real)
+        writer.conn.close()
+        exit_code = server.stop()
+        print(f"soak: server stopped with exit code {exit_code}", flush=True)
+        log_errors = soak_proc.log_problems(server.log_text())
+    except Exception:
+        # Whatever went wrong, the server's own account of it is in its log.
+        exited = server.proc is not None and server.proc.poll() is not None
+        how = f"exited with {server.proc.returncode}" if exited and server.proc else "running"
+        if exited and server.proc and server.proc.returncode == 0:
+            # The service exits 0 only on SIGTERM/SIGINT, and the soak sends none before the end.
+            how += ": another process sent it SIGTERM or SIGINT"
+        print(f"soak failed; the server ({how}) logged last:\n{server.log_tail(60)}", file=sys.stderr)
+        raise
     finally:
+        server.stop()
         if not args.keep_workdir:
             common.remove_tree(workdir)
 
@@ -194,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     failed = {k: v for k, v in server_counted.items() if 'result="failed"' in k}
     misses = [f"{p.name} {f['name']}: {m}" for p in phases for f in p.followers for m in f["misses"]]
     problems = [f"{p.name}: {x}" for p in phases for x in p.problems]
+    problems += [
+        f"the {what} sample was taken after {x.still_s:.1f}s of still counts, not {soak_proc.STILL_S:g}s"
+        for what, x in (("start", start), ("end", end))
+        if x.still_s < soak_proc.STILL_S
+    ]
     notes = [f"{p.name} {name}: {n}" for p in phases for name, t in p.tallies for n in t.notes]
     notes += [f"writer: {n}" for n in writer_tally.notes]
     growth = (end.rss_kib - start.rss_kib) / 1024
@@ -211,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             ],
             ["revisions", f"{warm.first} -> {measured.final} ({measured.final - warm.first:,})"],
             ["changes whose revision or records differed from what was done", str(writer.mismatch_count)],
+            [
+                "writes in place read half done (an error revision, then the whole file)",
+                str(writer.half_done),
+            ],
             [
                 "change to served (write -> the writer's long-poll answers), p50 / p99 / max ms",
                 f"{common.percentile(vis, 50):.1f} / {common.percentile(vis, 99):.1f} / {max(vis):.1f}",
@@ -279,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth_mib": growth,
         "responses": dict(totals),
         "ops": dict(writer.ops),
+        "half_done_writes": writer.half_done,
         "visible_ms": {"p50": common.percentile(vis, 50), "p99": common.percentile(vis, 99), "max": max(vis)},
         "measured_seconds": measured.seconds,
         "server_counted": server_counted,

@@ -79,6 +79,7 @@ class Conn:
         self.keep_alive = keep_alive
         self.conn: http.client.HTTPConnection | None = None
         self.last_revision = -1
+        self.hung_up = False  # set by `hang_up()`: what fails after that is not counted
 
     def get(
         self, label: str, path: str, headers: dict[str, str] | None = None
@@ -95,14 +96,14 @@ class Conn:
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 # A reused connection the server closed while it sat idle: open a new one.
-                if not fresh and attempt == 0:
+                if not fresh and attempt == 0 and not self.hung_up:
                     self.tally.reconnects += 1
                     continue
-                self.tally.errors[f"{label}: {type(exc).__name__}"] += 1
+                self._error(label, exc)
                 return None
             except (OSError, http.client.HTTPException) as exc:
                 self.close()
-                self.tally.errors[f"{label}: {type(exc).__name__}"] += 1
+                self._error(label, exc)
                 return None
             found = {k.lower(): v for k, v in resp.getheaders()}
             self.tally.answers[(label, resp.status)] += 1
@@ -113,6 +114,21 @@ class Conn:
                 self.close()
             return resp.status, found, body
         raise AssertionError("unreachable")
+
+    def _error(self, label: str, exc: Exception) -> None:
+        if not self.hung_up:
+            self.tally.errors[f"{label}: {type(exc).__name__}"] += 1
+
+    def hang_up(self) -> None:
+        """Shut the connection down from another thread (a request may be waiting on it)."""
+        self.hung_up = True
+        conn = self.conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _check_revision(self, label: str, path: str, headers: dict[str, str]) -> None:
         # Each request is sent after the previous one was answered, so its snapshot is at
@@ -273,8 +289,9 @@ class Follower(Client):
         self.missed: list[str] = []  # 410s, relists, gaps
         self.connections = 0
 
-    def wants_stop(self) -> bool:
-        return self.stop.is_set()
+    def hang_up(self) -> None:
+        """Close the connection from outside, also while a request is waiting on it."""
+        raise NotImplementedError
 
 
 class Poller(Follower):
@@ -315,6 +332,9 @@ class Poller(Follower):
             self.missed.append(f"since={since} answered revision {revision} with records of {revisions[:10]}")
         self.records += got_records
         self.seen = max(self.seen, revision)
+
+    def hang_up(self) -> None:
+        self.conn.hang_up()
 
     def teardown(self) -> None:
         self.conn.close()
@@ -403,7 +423,6 @@ class Stream(Follower):
                     return  # hang up after a complete revision; step() resumes from it
 
     def hang_up(self) -> None:
-        """Close the stream from outside (it may be blocked reading); the thread then ends."""
         with self._lock:
             if self.sock is not None:
                 try:

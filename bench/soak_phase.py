@@ -79,8 +79,8 @@ def stop_load(load: Load, final: int, timeout: float) -> list[str]:
         if f.seen < final:
             problems.append(f"{f.name} saw up to revision {f.seen}, not {final}, within {timeout:.0f}s")
     load.stop.set()
-    for stream in load.streams:
-        stream.hang_up()
+    for follower in load.followers:  # a long-poll or a stream may be waiting: do not wait for it
+        follower.hang_up()
     for client in load.clients:
         client.join(timeout)
         if client.is_alive():
@@ -151,8 +151,9 @@ def run_phase(
                 )
                 print(f"  {name}: {done}/{commits} commits, " + ", ".join(timeline[-1][2:]), flush=True)
     finally:
+        seconds = time.perf_counter() - started
         problems = stop_load(load, writer.revision, args.follow_timeout)
-    seconds = time.perf_counter() - started
+    print(f"  {name}: every client caught up and hung up in {time.perf_counter() - started - seconds:.1f}s")
     followers = []
     for f in load.followers:
         misses = follower_misses(f, writer.truth, writer.revision)

@@ -3,13 +3,15 @@
 `sample` reads /proc/PID: resident memory (VmRSS, VmHWM), open descriptors by kind
 (socket, pipe, inotify, each database file...) and threads by name, so a leak shows as
 what leaked. `settled` waits until the descriptor and thread counts stop moving (clients
-that just hung up are closed by the server within moments). `counters` reads the server's
+that just hung up are closed by the server within moments) and, within a grace period,
+until they are no higher than at the previous sample. `counters` reads the server's
 own request and reconcile counters from /metrics, to be compared before and after.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import re
 import time
@@ -17,6 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import common
+
+#: Seconds the server's counts must hold still before a sample.
+STILL_S = 3.0
+#: Seconds a sample may wait for counts above the previous sample's to come back down.
+#: A thread that served a burst outlives it: anyio keeps an idle worker thread until a
+#: later job finds it idle for 10 s (its WorkerThread.MAX_IDLE_TIME), and the watcher
+#: submits a job every second (watchfiles runs each 1 s wait in a worker). The periodic
+#: rescan, running beside the watcher's wait, needs a second worker, gone within 11 s.
+#: What is still there after this long is kept: that is a leak.
+GRACE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,10 @@ class ProcSample:
     hwm_kib: int
     fds: collections.Counter[str]
     threads: collections.Counter[str]
+    #: For a `settled` sample: how long the counts had held still when it was taken, and
+    #: how long it waited in all.
+    still_s: float = 0.0
+    waited_s: float = 0.0
 
     @property
     def fd_count(self) -> int:
@@ -47,11 +63,18 @@ class ProcSample:
         }
 
 
+class ProcessGone(RuntimeError):
+    """The server is no longer running (its /proc entry is gone or a zombie's)."""
+
+
 def _status_kib(pid: int, key: str) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        raise ProcessGone(f"process {pid} has exited") from None
     match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"no {key} in /proc/{pid}/status")
+    if match is None:  # a zombie has no memory lines
+        raise ProcessGone(f"process {pid} has exited (no {key} in /proc/{pid}/status)")
     return int(match.group(1))
 
 
@@ -83,19 +106,26 @@ def sample(pid: int, revision: int, workdir: Path) -> ProcSample:
     return ProcSample(revision, _status_kib(pid, "VmRSS"), _status_kib(pid, "VmHWM"), fds, threads)
 
 
-def settled(pid: int, revision: int, workdir: Path, stable_s: float, timeout: float) -> ProcSample:
-    """Sample once the descriptor and thread counts have not moved for `stable_s` seconds
-    (or after `timeout` seconds, whatever they are then)."""
-    deadline = time.monotonic() + timeout
+def settled(pid: int, revision: int, workdir: Path, floor: ProcSample, grace: float) -> ProcSample:
+    """Sample once the descriptor and thread counts have not moved for `STILL_S` seconds
+    and are no higher than `floor`'s, or once `grace` seconds have passed, whatever they
+    are then. `still_s` and `waited_s` of the result say how long each took."""
+    started = time.monotonic()
+    deadline = started + grace
     last = sample(pid, revision, workdir)
-    since = time.monotonic()
-    while time.monotonic() < deadline and time.monotonic() - since < stable_s:
+    since = started
+    while time.monotonic() < deadline:
+        now = time.monotonic()
+        above = last.fd_count > floor.fd_count or last.thread_count > floor.thread_count
+        if now - since >= STILL_S and not above:
+            break
         time.sleep(0.25)
-        now = sample(pid, revision, workdir)
-        if (now.fd_count, now.thread_count) != (last.fd_count, last.thread_count):
+        new = sample(pid, revision, workdir)
+        if (new.fd_count, new.thread_count) != (last.fd_count, last.thread_count):
             since = time.monotonic()
-        last = now
-    return last
+        last = new
+    now = time.monotonic()
+    return dataclasses.replace(last, still_s=now - since, waited_s=now - started)
 
 
 def counters(port: int) -> dict[str, float]:
