@@ -53,7 +53,7 @@ from soak_proc import ProcSample
 from soak_writer import Writer, build_folder, final_state_problems
 
 RSS_GROWTH_LIMIT_MIB = 5.0
-CLASSES = ("2xx", "3xx", "4xx", "5xx", "errors", "unexpected")
+CLASSES = ("2xx", "3xx", "4xx", "5xx", "errors", "unexpected", "abandoned")
 
 
 def git_head() -> str:
@@ -80,6 +80,9 @@ def responses(tallies: list[Tally]) -> tuple[list[list[str]], collections.Counte
             totals["errors"] += n
         totals["backwards"] += tally.backwards
         totals["reconnects"] += tally.reconnects
+        for label, n in tally.aborted.items():
+            by[label]["abandoned"] += n
+            totals["abandoned"] += n
     rows = [[label, *(f"{c[k]:,}" for k in CLASSES)] for label, c in sorted(by.items())]
     rows.append(["all", *(f"{sum(c[k] for c in by.values()):,}" for k in CLASSES)])
     return rows, totals
@@ -336,7 +339,9 @@ def write_tables(
     clients = (
         f"{args.readers} readers (the last without keep-alive), {args.searchers} searchers, "
         f"{args.pollers} long-pollers, {args.streams} event streams (one connected for the whole "
-        f"phase, the others reconnecting every {RESUME_EVERY}-{last_resume} events)"
+        f"phase, the others reconnecting every {RESUME_EVERY}-{last_resume} events, every other "
+        f"time with a reset); the reader without keep-alive and the pollers abandon "
+        f"{soak_load.ABANDON:.0%} of their requests with a reset"
     )
     setup: list[list[Any]] = [
         ["node files", f"{len(real)} real + {args.pool} synthetic ({args.components} components each)"],

@@ -19,6 +19,7 @@ import http.client
 import json
 import random
 import socket
+import struct
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ ALLOWED: dict[str, frozenset[int]] = {
 }
 
 
+#: The share of requests that the churning reader and the pollers send and then abandon.
+ABANDON = 0.05
+
+
 def record_of(change: dict[str, Any]) -> Record:
     return (int(change["revision"]), str(change["kind"]), change.get("node_id"), change.get("source"))
 
@@ -62,6 +67,8 @@ class Tally:
     reconnects: int = 0
     #: An answer whose X-Registry-Revision was lower than one this client had seen before.
     backwards: int = 0
+    #: Requests sent and then abandoned with a reset, by endpoint (clients that time out).
+    aborted: collections.Counter[str] = field(default_factory=collections.Counter)
     notes: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
@@ -146,6 +153,24 @@ class Conn:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def abort(port: int, tally: Tally, label: str, path: str) -> None:
+    """Send one request on a new connection and drop it with a reset (RST), unanswered:
+    what a client that gives up, or dies, does to the server."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            reset(sock)
+    except OSError as exc:
+        tally.errors[f"{label}: {type(exc).__name__} (abandoned request)"] += 1
+        return
+    tally.aborted[label] += 1
+
+
+def reset(sock: socket.socket) -> None:
+    """Make the next close of `sock` a reset (SO_LINGER 0), not an orderly FIN."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class Client(threading.Thread):
@@ -241,6 +266,9 @@ class Reader(Client):
     def step(self) -> None:
         label = self.rng.choices(self.labels, self.weights)[0]
         path = self.path_for(label)
+        if not self.conn.keep_alive and self.rng.random() < ABANDON:
+            abort(self.port, self.tally, label, path)
+            return
         headers = {}
         etag = self.etags.get(path)
         if etag is not None and self.rng.random() < 0.5:  # revalidate half the time
@@ -314,6 +342,8 @@ class Poller(Follower):
     def step(self) -> None:
         since = self.seen
         wait = self.rng.choice(self.waits)
+        if self.rng.random() < ABANDON:  # gives up on one long-poll, asks again at once
+            abort(self.port, self.tally, "changes", f"/api/v1/changes?since={since}&wait={wait:g}")
         got = self.conn.get("changes", f"/api/v1/changes?since={since}&wait={wait:g}")
         if got is None:
             return
@@ -380,7 +410,13 @@ class Stream(Follower):
                 self.tally.errors[f"events: {type(exc).__name__}"] += 1
         finally:
             with self._lock:
-                self.sock = self.conn = None
+                sock, self.sock, self.conn = self.sock, None, None
+            if sock is not None and self.connections % 2 == 0 and not self.stop.is_set():
+                try:  # every other reconnect, the stream is dropped as a dying client would
+                    reset(sock)
+                    self.tally.aborted["events"] += 1
+                except OSError:
+                    pass
             conn.close()
 
     def _read(self, resp: http.client.HTTPResponse) -> None:
