@@ -70,6 +70,8 @@ def _plain(s: Slot) -> bool:
 
 #: The changes, in the order they are made (over and over).
 CYCLE = ("update", "atomic", "update", "remove", "atomic", "create", "rename", "break", "fix", "claim")
+#: At most this many second files claiming a node id at once (so most nodes stay plain).
+MAX_CLAIMS = 3
 #: Which slots each change can be made to.
 FITS: dict[str, Callable[[Slot], bool]] = {
     "update": _present,
@@ -123,7 +125,8 @@ class Writer:
         the file it wrote in place (None if it renamed, removed or truncated)."""
         self.count += 1
         wanted = CYCLE[self.count % len(CYCLE)]
-        if wanted == "claim" and self.rng.random() < 0.5:
+        claims = sum(1 for s in self.slots if s.dup is not None)
+        if wanted == "claim" and (claims >= MAX_CLAIMS or (claims and self.rng.random() < 0.5)):
             wanted = "unclaim"
         # When nothing fits (no file broken, no claim to take back...), an update always does.
         for op in (wanted, "claim" if wanted == "unclaim" else wanted, "update"):
