@@ -26,9 +26,10 @@ STILL_S = 3.0
 #: A thread that served a burst outlives it: anyio keeps an idle worker thread until a
 #: later job finds it idle for 10 s (its WorkerThread.MAX_IDLE_TIME), and the watcher
 #: submits a job every second (watchfiles runs each 1 s wait in a worker). The periodic
-#: rescan, running beside the watcher's wait, needs a second worker, gone within 11 s.
-#: What is still there after this long is kept: that is a leak.
-GRACE_S = 30.0
+#: rescan, running beside the watcher's wait, needs a second worker, gone within 11 s;
+#: an idle kept-alive connection is closed after 5 s. What is still there after this long
+#: is counted: at the start it is part of the working set, at the end it has leaked.
+GRACE_S = 15.0
 
 
 @dataclass(frozen=True)
