@@ -481,8 +481,9 @@ class Check:
         if self.higher:
             short = (self.limit - self.value) / self.limit * 100 if self.limit else float("inf")
             return f"MISS ({short:.0f}% below the limit)"
-        over = self.value / self.limit if self.limit else float("inf")
-        return f"MISS ({over:.2f}x the limit)"
+        if not self.limit:  # "at most 0": a ratio to it says nothing
+            return "MISS"
+        return f"MISS ({self.value / self.limit:.2f}x the limit)"
 
     def target(self) -> str:
         return f"{'>=' if self.higher else '<='} {fmt(self.limit, 2)} {self.unit}".strip()
