@@ -4,13 +4,14 @@ operator's file than the database itself: real start-ups, real files."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import node_doc, write_json
+from conftest import ServerProcess, node_doc, write_json
 from test_store import serve_once
 
 
@@ -98,3 +99,61 @@ def test_a_lock_file_the_registry_left_behind_is_taken_again(note: bytes, tmp_pa
         assert lock_file.read_bytes() == f"pid {os.getpid()} on {os.uname().nodename}\n".encode()
     finally:
         lock.release()
+
+
+SIDE_FILES_NOT_SQLITES: dict[str, tuple[str, Callable[[Path], None], str]] = {
+    "an operator's notes-wal": (
+        "-wal",
+        lambda side: side.write_bytes(b"my write-ahead notes, not SQLite's\n"),
+        ("{side}: is not SQLite's wal file (it starts with b'my write-ahead n'); refusing to touch it,"
+         " point REGISTRY_DB_PATH elsewhere"),
+    ),
+    "an operator's notes-journal": (
+        "-journal",
+        lambda side: side.write_bytes(b"dear diary\n"),
+        ("{side}: is not SQLite's journal file (it starts with b'dear diary\\n'); refusing to touch it,"
+         " point REGISTRY_DB_PATH elsewhere"),
+    ),
+    "a folder named notes-shm": (
+        "-shm",
+        lambda side: side.mkdir(),
+        "{side}: is not a regular file, so not SQLite's; refusing to touch it, point REGISTRY_DB_PATH elsewhere",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SIDE_FILES_NOT_SQLITES))
+def test_a_file_beside_the_database_that_sqlite_would_take_for_its_own_stops_start_up(
+    case: str, tmp_path: Path
+) -> None:
+    """REGISTRY_DB_PATH=<folder>/notes, where notes-wal is the operator's: SQLite deletes or
+    truncates a `-wal`, `-shm` or `-journal` file beside a database it opens."""
+    assets = tmp_path / "assets" / "nodes"
+    assets.mkdir(parents=True)
+    write_json(assets / "a.json", node_doc("a"))
+    db = tmp_path / "notes"
+    suffix, make, message = SIDE_FILES_NOT_SQLITES[case]
+    side = tmp_path / ("notes" + suffix)
+    make(side)
+    before = tree(tmp_path)
+    done = serve_once({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db)})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines() == ["droq-registry: " + message.format(side=side)]
+    assert tree(tmp_path) == before
+
+
+def test_the_wal_sqlite_left_after_a_kill_is_taken_as_its_own(
+    tmp_path: Path, server: Callable[..., ServerProcess]
+) -> None:
+    """A registry killed with its WAL still there starts again on it, keeping what it committed."""
+    assets = tmp_path / "assets" / "nodes"
+    assets.mkdir(parents=True)
+    write_json(assets / "a.json", node_doc("a"))
+    env = {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / "registry.db")}
+    first = server(env, tmp_path / "first.log")
+    revision = first.get("/api/v1/nodes/a").headers["x-registry-revision"]
+    first.stop(signal.SIGKILL)
+    assert (tmp_path / "registry.db-wal").stat().st_size > 0, "the kill left SQLite's WAL behind"
+    again = server(env, tmp_path / "again.log")
+    answer = again.get("/api/v1/nodes/a")
+    assert (answer.status_code, answer.headers["x-registry-revision"]) == (200, revision)

@@ -58,6 +58,7 @@ def check(db_path: Path, assets_dir: Path) -> None:
             raise StoreError(f"REGISTRY_DB_PATH={str(db_path)!r} lies inside the assets folder {assets}; "
                              "point it at a file outside that folder")
     check_file(db_path)
+    check_side_files(db_path)
     lock = lock_path(db_path)
     if os.path.lexists(lock):
         st = _stat(lock, "its lock file")
@@ -70,6 +71,37 @@ def check(db_path: Path, assets_dir: Path) -> None:
             # taking the lock writes the holder's note over it.
             raise StorageFault("not_a_database", f"{lock}: is not this registry's lock file (it starts with "
                                f"{note[:16]!r}); refusing to touch it, point REGISTRY_DB_PATH elsewhere")
+
+
+#: The files SQLite keeps beside a database, and how each of its own begins: a WAL file with
+#: its magic number (either byte order), a rollback journal with its header. (The shared
+#: memory file has no fixed start; it is recreated from the WAL, so it needs only to be a
+#: regular file.) SQLite deletes or truncates a side file it takes for its own.
+_SIDE_FILES = {
+    "-wal": (bytes.fromhex("377f0682"), bytes.fromhex("377f0683")),
+    "-journal": (bytes.fromhex("d9d505f920a163d7"),),
+    "-shm": (),
+}
+
+
+def check_side_files(db_path: Path) -> None:
+    """Refuse a database path beside which a `-wal`, `-shm` or `-journal` file is not
+    SQLite's: opening the database would delete or overwrite it (`notes-wal` may be the
+    operator's, beside REGISTRY_DB_PATH=notes)."""
+    for suffix, magics in _SIDE_FILES.items():
+        side = db_path.with_name(db_path.name + suffix)
+        if not os.path.lexists(side):
+            continue
+        st = _stat(side, "a file SQLite keeps beside it")
+        if not stat.S_ISREG(st.st_mode):
+            raise StorageFault("not_a_database", f"{side}: is not a regular file, so not SQLite's; "
+                               "refusing to touch it, point REGISTRY_DB_PATH elsewhere")
+        if not magics or st.st_size == 0:
+            continue
+        start = _probe_open(side, "a file SQLite keeps beside it", 16)
+        if not any(start.startswith(m) for m in magics):
+            raise StorageFault("not_a_database", f"{side}: is not SQLite's {suffix[1:]} file (it starts with "
+                               f"{start[:16]!r}); refusing to touch it, point REGISTRY_DB_PATH elsewhere")
 
 
 def check_file(db_path: Path) -> None:
