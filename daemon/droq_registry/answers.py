@@ -187,11 +187,20 @@ class Answers:
         return self.snap.index.get(component_class, ())
 
 
+#: The answers of the snapshot asked for last. Kept here, not in the snapshot: an `Answers`
+#: holds its snapshot, and the snapshot is frozen for the cyclic garbage collector when it is
+#: committed (server.freeze_after_commit), so a reference back to it from its own cache would
+#: be a cycle never collected: one whole revision leaked per commit.
+_last: list[Answers] = []
+
+
 def of(snap: Snapshot) -> Answers:
     """The answers of `snap`, made on first use (call it on the event loop only)."""
-    answers = snap.cache.get(Answers)
-    if answers is None:
-        answers = snap.cache[Answers] = Answers(snap)
+    last = _last
+    if last and last[0].snap is snap:
+        return last[0]
+    answers = Answers(snap)
+    last[:] = [answers]
     return answers
 
 
