@@ -288,6 +288,12 @@ class GateCollector(Collector):
         yield GaugeMetricFamily(
             f"{PREFIX}_connections_limit", "Most client connections open at once.", value=gate.limit
         )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_connections_following",
+            "Open connections held by a follower (a long-poll or an event stream), which the service "
+            "releases, oldest first, to make room at the limit.",
+            value=len(gate.followers),
+        )
         closed = CounterMetricFamily(
             f"{PREFIX}_connections_closed", "Connections the service closed itself, by reason.", labels=["reason"]
         )
