@@ -260,3 +260,22 @@ def test_the_gate_releases_the_oldest_follower_one_at_a_time_and_closes_it_once_
         "open ['busy', 'second'], following ['second']",
         "closed 1 released, 1 idle",
     ]
+
+
+def test_the_gate_holds_a_new_connection_while_every_open_one_is_busy_and_none_follows() -> None:
+    async def scenario() -> list[str]:
+        log: list[str] = []
+        gate = Gate(2)
+        first, second = FakeConnection("first", log), FakeConnection("second", log)
+        for conn in (first, second):
+            gate.opened(conn)
+            gate.busy(conn)
+        room = asyncio.create_task(gate._room())
+        await asyncio.sleep(0)
+        log.append(f"waiting {not room.done()}, held {gate.held}")
+        gate.closed(second)  # its answer ended and the client closed
+        await asyncio.wait_for(room, DEADLINE)
+        log.append(f"open {[c.name for c in gate.open]}, released {gate.closed_by_us['follower_released']}")
+        return log
+
+    assert asyncio.run(scenario()) == ["waiting True, held 1", "open ['first'], released 0"]
