@@ -2,7 +2,8 @@
 
 Each answer is read from one snapshot, whose revision, change log and floor belong
 together, and sent as `answers.py` prepares it; a waiting request holds no thread and
-is woken by `feed.Feed` when a revision commits.
+is woken by `feed.Feed` when a revision commits, and answers early (as at shutdown)
+when the server releases it to make room for a new connection (`feed.Release`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from starlette.responses import Response
 
 from . import answers
 from .api import respond
+from .feed import release_of
 from .snapshot import Snapshot, etag_of
 
 #: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
@@ -48,7 +50,7 @@ def _expired(snap: Snapshot, since: int) -> str | None:
 
 async def list_changes(request: Request) -> Response:
     """The change log after `since`; with `wait`, held until a change commits (or the
-    service stops: then it answers at once with what there is)."""
+    service stops, or the server releases it: then it answers at once with what there is)."""
     registry = request.app.state.registry
     snap = registry.snapshot
     since = _since(request.query_params.get("since"), snap, "since")
@@ -65,7 +67,7 @@ async def list_changes(request: Request) -> Response:
             detail = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
             return respond(request, answers.of(snap).error(400, detail))
     if wait and snap.revision == since and snap.changes.kept(since):
-        await request.app.state.feed.wait_beyond(since, wait)
+        await request.app.state.feed.wait_beyond(since, wait, release_of(request.scope))
         snap = registry.snapshot
     # From here on only `snap` is read: its revision, log and floor belong together.
     prepared = answers.of(snap)
@@ -80,6 +82,7 @@ async def events(request: Request) -> Response:
     """Server-Sent Events: every change record, `id` = its revision; resumable."""
     registry = request.app.state.registry
     feed = request.app.state.feed
+    release = release_of(request.scope)
     snap = registry.snapshot
     raw = request.headers.get("last-event-id") or request.query_params.get("since")
     if raw is None:
@@ -91,7 +94,7 @@ async def events(request: Request) -> Response:
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
         last = int(start)
-        while not feed.closed.is_set():
+        while feed.following(release):
             current = registry.snapshot  # read once per round: revision, log and floor agree
             expired = _expired(current, last)
             if expired:
@@ -114,10 +117,11 @@ async def events(request: Request) -> Response:
                     id=str(revisions[i]) if complete else None,
                 )
             last = current.revision
-            await feed.wait_beyond(last, KEEPALIVE_SECONDS)
+            await feed.wait_beyond(last, KEEPALIVE_SECONDS, release)
 
     # A stream ends when the feed closes, which the server does first thing when it stops
-    # (RegistryApp.stop_following). sse-starlette also watches for the stop signal; its
+    # (RegistryApp.stop_following), or when the server releases it for room (the same
+    # end: every revision sent so far is whole, so the client resumes with Last-Event-ID). sse-starlette also watches for the stop signal; its
     # grace period lets the stream end on its own, as a complete response, instead of
     # being cut (which uvicorn logs as an error).
     return EventSourceResponse(

@@ -6,14 +6,18 @@ limit, a flood of clients would take them all, and the next node file read would
 with "Too many open files". So the `Gate` accepts connections one at a time, while fewer
 than its limit are open. At the limit it first closes the connection that has been idle
 longest (no request in progress: never sent one, still sending its head, or kept alive
-between requests; nginx reuses such connections the same way), and when every connection
-is busy with a request it stops accepting: new connections wait in the kernel's listen
-queue until one closes. Nobody is answered 503, and a probe gets in as soon as any
-connection is idle.
+between requests; nginx reuses such connections the same way). When none is idle, it
+releases the oldest follower (a long-poll or an event stream, which would otherwise hold
+its connection for a minute or for ever): the long-poll answers at once with what it
+has and the stream ends as a complete response, as at shutdown, and its connection,
+idle then, is closed for the new one. Only when every connection is busy with a request
+that is not a follower (or already released) does it stop accepting: new connections
+wait in the kernel's listen queue until one closes. Nobody is answered 503, and a probe
+gets in as soon as any connection is idle or following.
 
-The protocol of each connection tells the gate when it opens, starts a request, becomes
-idle and closes (`server.LimitedProtocol`). Only the event loop's thread touches the gate,
-except the metrics, which read a copy of its counts.
+The protocol of each connection tells the gate when it opens, starts a request (and
+whether it is a follower), becomes idle and closes (`server.LimitedProtocol`). Only the
+event loop's thread touches the gate, except the metrics, which read a copy of its counts.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Protocol
 log = logging.getLogger("droq_registry.connections")
 
 #: Why the service closed a connection itself (the keys of `Gate.closed_by_us`).
-REASONS = ("idle_evicted", "head_timeout", "head_too_large", "send_stalled")
+REASONS = ("idle_evicted", "follower_released", "head_timeout", "head_too_large", "send_stalled")
 #: accept() errors that mean "no descriptor or memory right now": wait and try again.
 _SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _RETRY_SECONDS = 0.1
@@ -37,6 +41,9 @@ _RETRY_SECONDS = 0.1
 class Connection(Protocol):
     def evict(self) -> None:
         """Close the connection now (it is idle)."""
+
+    def release(self) -> None:
+        """Have its follower request answer now (its connection is idle once it has)."""
 
 
 class Gate:
@@ -47,6 +54,8 @@ class Gate:
         self.open: dict[Connection, None] = {}
         #: Open connections with no request in progress, longest idle first.
         self.idle: dict[Connection, None] = {}
+        #: Open connections busy with a follower request not yet released, oldest first.
+        self.followers: dict[Connection, None] = {}
         self.closed_by_us = dict.fromkeys(REASONS, 0)
         #: Times a new connection had to wait because every open one was busy.
         self.held = 0
@@ -64,7 +73,13 @@ class Gate:
     def busy(self, conn: Connection) -> None:
         self.idle.pop(conn, None)
 
+    def following(self, conn: Connection) -> None:
+        """Its request in progress is a follower (it may be released for room)."""
+        if conn in self.open:
+            self.followers[conn] = None
+
     def idle_again(self, conn: Connection) -> None:
+        self.followers.pop(conn, None)
         if conn in self.open:
             self.idle.pop(conn, None)
             self.idle[conn] = None
@@ -73,6 +88,7 @@ class Gate:
     def closed(self, conn: Connection) -> None:
         self.open.pop(conn, None)
         self.idle.pop(conn, None)
+        self.followers.pop(conn, None)
         self._room_made.set()
 
     def counted(self, reason: str) -> None:
@@ -111,7 +127,8 @@ class Gate:
                 self._waiting.discard(sock)
 
     async def _room(self) -> None:
-        """Return once there is room for one more connection (closing an idle one if need be)."""
+        """Return once there is room for one more connection (closing an idle one, or
+        releasing a follower and then closing it, if need be)."""
         waited = False
         while len(self.open) >= self.limit:
             oldest = next(iter(self.idle), None)
@@ -121,7 +138,15 @@ class Gate:
                 self.counted("idle_evicted")
                 oldest.evict()
                 continue
-            if not waited:
+            follower = next(iter(self.followers), None)
+            if follower is not None:
+                # It answers soon, on the loop: then it is idle (or closed), and the wait
+                # below wakes to close it. One per round: the next follower is released
+                # only if room is still short when this round wakes.
+                self.followers.pop(follower)
+                self.counted("follower_released")
+                follower.release()
+            elif not waited:
                 waited = True
                 self.held += 1
             self._room_made.clear()

@@ -7,7 +7,9 @@ API document says of it (summary, parameters, answers). Everything else is deriv
 - the fast path's dispatch (`hotpath.HotPath` takes the entries with a `fast` answer, and
   calls the same `answers.Answers` method the handler calls);
 - the metrics' route labels (the template of the entry that answered);
-- the OpenAPI document (`openapi.build` walks the table).
+- the OpenAPI document (`openapi.build` walks the table);
+- which requests are followers, held open until something changes (`is_follower`): the
+  server releases the oldest of them when the connection cap is reached.
 
 Limits are imported from the code that enforces them, and patterns and enums come from
 the node schema (`vocabulary.py`), so the document cannot drift from the behaviour.
@@ -18,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.routing import BaseRoute, Mount, Route
 
@@ -73,7 +76,9 @@ class Fast:
 @dataclass(frozen=True)
 class Entry:
     """One route. `secured`: behind the bearer token when one is set; `conditional`: it
-    answers If-None-Match with a 304. `handler` is an endpoint, or an ASGI app to mount."""
+    answers If-None-Match with a 304. `handler` is an endpoint, or an ASGI app to mount.
+    `follows`: its requests are held open until something changes, always (""), or when
+    they carry this query parameter."""
 
     template: str
     handler: Callable[..., Any]
@@ -85,6 +90,7 @@ class Entry:
     conditional: bool = True
     fast: Fast | None = None
     mount: bool = False
+    follows: str | None = None
 
     def starlette(self) -> BaseRoute:
         if self.mount:
@@ -143,11 +149,11 @@ TABLE: tuple[Entry, ...] = (
           Doc("Records after `since`, in order.", "Changes", etag=True),
           {400: _error("Bad since or wait."),
            410: Doc("Records after `since` are no longer kept: re-list.", "Expired")},
-          (SINCE, WAIT)),
+          (SINCE, WAIT), follows="wait"),
     Entry("/api/v1/events", changes.events, "Server-Sent Events of the change log",
           Doc("An endless stream: `event: change` records (id = revision), `event: relist` when Last-Event-ID "
               "is older than what is kept, and keep-alive comments.", {"type": "string"}, "text/event-stream"),
-          {400: _error("Bad Last-Event-ID or since.")}, (SINCE, LAST_EVENT_ID), conditional=False),
+          {400: _error("Bad Last-Event-ID or since.")}, (SINCE, LAST_EVENT_ID), conditional=False, follows=""),
     Entry("/metrics", api.metrics, "Prometheus metrics",
           Doc("Prometheus text exposition format.", {"type": "string"}, "text/plain"), conditional=False),
     Entry("/ui/", explore.UIFiles(directory=explore.UI_DIR, html=True), "The dashboard (HTML)",
@@ -161,3 +167,16 @@ TABLE: tuple[Entry, ...] = (
 def starlette_routes(table: tuple[Entry, ...] = TABLE) -> list[BaseRoute]:
     """The table as Starlette's router serves it."""
     return [entry.starlette() for entry in table]
+
+
+_FOLLOWS = {entry.template: entry.follows for entry in TABLE if entry.follows is not None}
+
+
+def is_follower(path: str, query: bytes) -> bool:
+    """Whether a request for `path?query` is held open until something changes (a long-poll
+    or an event stream), as the table's `follows` says."""
+    needs = _FOLLOWS.get(path)
+    if needs is None:
+        return False
+    # as Starlette reads a query string (parse_qsl of its latin-1 text)
+    return not needs or any(name == needs for name, _ in parse_qsl(query.decode("latin-1"), keep_blank_values=True))

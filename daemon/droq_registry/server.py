@@ -14,7 +14,9 @@ and it accepts connections until the process runs out of file descriptors (its
   part waits (its socket buffers are full) is cut off, so it keeps neither the
   connection nor those bytes for ever.
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
-  closing the longest-idle one to make room, or holding new ones in the listen queue.
+  closing the longest-idle one to make room, or releasing the oldest follower (a
+  long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
+  protocol put in its request's scope, or holding new ones in the listen queue.
 - The file-descriptor limit is raised to its hard limit at start-up, and the connection
   cap leaves `RESERVED_FDS` of it for node files, the database, the watcher and probes.
 - On SIGTERM, the app is told first (`RegistryApp.stop_following`): long-polls answer at
@@ -43,8 +45,10 @@ from uvicorn.server import ServerState
 
 from .app import create_app
 from .connections import Gate, listen
+from .feed import Release
 from .logs import uvicorn_log_config
 from .metrics import PREFIX
+from .routes import is_follower
 from .settings import Settings
 
 log = logging.getLogger("droq_registry.server")
@@ -114,6 +118,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.head_timer: asyncio.TimerHandle | None = None
         self.send_timer: asyncio.TimerHandle | None = None
         self.unsent = 0
+        self.follower: Release | None = None  # the follower request in progress, if any
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -153,6 +158,12 @@ class LimitedProtocol(HttpToolsProtocol):
         self._disarm()
         self.gate.busy(self)
         super().on_headers_complete()
+        # The head is parsed into the scope now, and the request's task, made but not yet
+        # run, has not read it: a follower gets its release before its handler starts.
+        scope = self.scope
+        if "path" in scope and is_follower(scope["path"], scope["query_string"]):
+            self.follower = Release.attach(scope)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            self.gate.following(self)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -160,6 +171,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.head_bytes = 0
 
     def on_response_complete(self) -> None:
+        self.follower = None
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
@@ -193,6 +205,10 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport.abort()  # a slow reader: close() would keep its descriptor until it reads
         elif not self.transport.is_closing():
             self.transport.close()
+
+    def release(self) -> None:
+        if self.follower is not None:
+            self.follower.set()
 
     def _unsupported_upgrade_warning(self) -> None:
         # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
@@ -271,6 +287,12 @@ class GateCollector(Collector):
         yield GaugeMetricFamily(f"{PREFIX}_connections_open", "Open client connections.", value=len(gate.open))
         yield GaugeMetricFamily(
             f"{PREFIX}_connections_limit", "Most client connections open at once.", value=gate.limit
+        )
+        yield GaugeMetricFamily(
+            f"{PREFIX}_connections_following",
+            "Open connections held by a follower (a long-poll or an event stream), which the service "
+            "releases, oldest first, to make room at the limit.",
+            value=len(gate.followers),
         )
         closed = CounterMetricFamily(
             f"{PREFIX}_connections_closed", "Connections the service closed itself, by reason.", labels=["reason"]
