@@ -400,6 +400,24 @@ def test_podman_stop_exits_0_within_5_seconds_and_no_follower_gets_a_5xx(
     assert "Traceback" not in log and " ERROR " not in log, log
 
 
+def test_podman_stop_at_once_after_start_stops_it_cleanly(image: str, nodes: Path) -> None:
+    # PID 1 with no handler for SIGTERM has it dropped by the kernel: a stop sent before the
+    # server's handlers are in place was lost, and podman killed it after --time (exit 137).
+    # Many node files make start-up long, so the stop lands in it wherever the race goes.
+    for n in range(2000):
+        write_json(nodes / f"many-{n}.json", node_doc(f"many-{n}", {f"Many{n}": f"pkg.many{n}"}))
+    name = f"droq-test-{uuid.uuid4().hex[:12]}"
+    try:
+        podman("run", "--detach", "--name", name, mount(nodes), image)
+        stop = podman("stop", "--time", "5", name, timeout=30)
+        state = inspect("container", name)["State"]
+        assert (stop.returncode, state["Running"], state["ExitCode"]) == (0, False, 0)
+        log = podman("logs", name)
+        assert "Traceback" not in log.stdout + log.stderr, log.stdout + log.stderr
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False)
+
+
 def test_read_only_root_file_system_with_the_data_volume(
     run: Callable[..., Container], volume: Callable[[], str], nodes: Path
 ) -> None:
