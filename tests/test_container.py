@@ -339,6 +339,23 @@ def test_healthcheck_passes_while_the_service_answers_and_fails_while_it_does_no
     assert log == [(0, ""), (1, "droq-registry: http://127.0.0.1:8002/health: timed out"), (0, "")]
 
 
+def test_healthcheck_probes_where_the_service_listens_with_host_set_to_ipv6(image: str) -> None:
+    # HOST=:: (IPv6-only clusters) listens on IPv6 alone; the probe asked 127.0.0.1 and the
+    # healthy service was reported unhealthy (Connection refused).
+    if not Path("/proc/net/if_inet6").exists():
+        pytest.skip("this machine has no IPv6, so HOST=:: cannot listen")
+    name = f"droq-test-{uuid.uuid4().hex[:12]}"
+    try:
+        podman("run", "--detach", "--name", name, "--env=HOST=::", image)
+        container = Container(name, 0)
+        wait_until(lambda: "Uvicorn running on http://[::]:8002" in container.logs(), DEADLINE)
+        assert healthcheck(container) == (0, "")
+        assert container.exec("droq-registry", "probe", "/ready") == ""
+        container.http.close()
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False)
+
+
 @dataclass
 class Follower:
     """A long-poll or an event stream held open over its own connection."""
