@@ -339,6 +339,23 @@ def test_healthcheck_passes_while_the_service_answers_and_fails_while_it_does_no
     assert log == [(0, ""), (1, "droq-registry: http://127.0.0.1:8002/health: timed out"), (0, "")]
 
 
+def test_healthcheck_probes_where_the_service_listens_with_host_set_to_ipv6(image: str) -> None:
+    # HOST=:: (IPv6-only clusters) listens on IPv6 alone; the probe asked 127.0.0.1 and the
+    # healthy service was reported unhealthy (Connection refused).
+    if not Path("/proc/net/if_inet6").exists():
+        pytest.skip("this machine has no IPv6, so HOST=:: cannot listen")
+    name = f"droq-test-{uuid.uuid4().hex[:12]}"
+    try:
+        podman("run", "--detach", "--name", name, "--env=HOST=::", image)
+        container = Container(name, 0)
+        wait_until(lambda: "Uvicorn running on http://[::]:8002" in container.logs(), DEADLINE)
+        assert healthcheck(container) == (0, "")
+        assert container.exec("droq-registry", "probe", "/ready") == ""
+        container.http.close()
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False)
+
+
 @dataclass
 class Follower:
     """A long-poll or an event stream held open over its own connection."""
@@ -398,6 +415,24 @@ def test_podman_stop_exits_0_within_5_seconds_and_no_follower_gets_a_5xx(
     assert [(f.error, f.status) for f in streams] == [(None, 200)] * len(streams)
     log = container.logs()
     assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def test_podman_stop_at_once_after_start_stops_it_cleanly(image: str, nodes: Path) -> None:
+    # PID 1 with no handler for SIGTERM has it dropped by the kernel: a stop sent before the
+    # server's handlers are in place was lost, and podman killed it after --time (exit 137).
+    # Many node files make start-up long, so the stop lands in it wherever the race goes.
+    for n in range(2000):
+        write_json(nodes / f"many-{n}.json", node_doc(f"many-{n}", {f"Many{n}": f"pkg.many{n}"}))
+    name = f"droq-test-{uuid.uuid4().hex[:12]}"
+    try:
+        podman("run", "--detach", "--name", name, mount(nodes), image)
+        stop = podman("stop", "--time", "5", name, timeout=30)
+        state = inspect("container", name)["State"]
+        assert (stop.returncode, state["Running"], state["ExitCode"]) == (0, False, 0)
+        log = podman("logs", name)
+        assert "Traceback" not in log.stdout + log.stderr, log.stdout + log.stderr
+    finally:
+        podman("rm", "--force", "--volumes", name, check=False)
 
 
 def test_read_only_root_file_system_with_the_data_volume(

@@ -1,5 +1,5 @@
 """`python -m droq_registry` is the `droq-registry` command."""
 
-from .cli import main
+from .command import main
 
 raise SystemExit(main())

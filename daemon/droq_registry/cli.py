@@ -39,22 +39,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def probe(path: str) -> int:
-    """GET http://127.0.0.1:$PORT<path>; the slim image has no curl, and needs none."""
+    """GET <path> where the service listens ($HOST, $PORT; a wildcard HOST through the
+    loopback of its family); 0 if one of its addresses answers 200. The slim image has no
+    curl, and needs none."""
     import urllib.error
     import urllib.request
 
+    from .connections import local_urls
+
     try:
         settings = Settings.from_env()
+        urls = local_urls(settings.host, settings.port)
     except SettingsError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    url = f"http://127.0.0.1:{settings.port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"{PROG}: {url}: {exc}", file=sys.stderr)
+    except OSError as exc:  # HOST does not resolve
+        print(f"{PROG}: HOST={settings.host!r}: {exc}", file=sys.stderr)
         return 1
+    for url in (f"{base}{path}" for base in urls):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return 0
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"{PROG}: {url}: {exc}", file=sys.stderr)
+    return 1
 
 
 def serve() -> int:

@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger("droq_registry.connections")
 
@@ -165,12 +166,31 @@ class Gate:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+def listen_addresses(host: str, port: int) -> list[tuple[socket.AddressFamily, int, int, Any]]:
+    """(family, type, protocol, address) of each socket `listen` opens for `host` and `port`."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return [(family, kind, proto, address) for family, kind, proto, _, address in dict.fromkeys(infos)]
+
+
+def local_urls(host: str, port: int) -> list[str]:
+    """http://ADDRESS:PORT for each address the server listens on, as seen from this machine.
+
+    A wildcard address (0.0.0.0, ::) is reached through the loopback of its family; an IPv6
+    socket accepts IPv6 only (`listen`), so with HOST=:: the service is at [::1], not 127.0.0.1."""
+    urls: list[str] = []
+    for family, _, _, address in listen_addresses(host, port):
+        ip = address[0]
+        if ipaddress.ip_address(ip.split("%")[0]).is_unspecified:
+            ip = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        urls.append(f"http://[{ip}]:{port}" if family == socket.AF_INET6 else f"http://{ip}:{port}")
+    return list(dict.fromkeys(urls))
+
+
 def listen(host: str, port: int, backlog: int) -> list[socket.socket]:
     """Listening sockets on every address `host` resolves to (as asyncio's create_server)."""
     sockets: list[socket.socket] = []
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     try:
-        for family, kind, proto, _, address in dict.fromkeys(infos):
+        for family, kind, proto, address in listen_addresses(host, port):
             sock = socket.socket(family, kind, proto)
             sockets.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -29,10 +29,10 @@ import asyncio
 import gc
 import logging
 import resource
-import signal
 import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +50,7 @@ from .logs import uvicorn_log_config
 from .metrics import PREFIX
 from .routes import is_follower
 from .settings import Settings
+from .stopsignal import record_stop_signals, stop_requested
 
 log = logging.getLogger("droq_registry.server")
 
@@ -271,6 +272,15 @@ class RegistryServer(uvicorn.Server):
         self._log_started_message(listeners)
         self.started = True
 
+    @contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # A stop signal recorded before uvicorn's handlers were in place is handled as theirs.
+        with super().capture_signals():
+            signum = stop_requested()
+            if signum is not None:
+                self.handle_exit(signum, None)
+            yield
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         self._on_stop()
         await super().shutdown(sockets)
@@ -325,6 +335,10 @@ def run(settings: Settings) -> int:
     # Worker threads (searches, big lists, reconciles) hold the GIL in turns with the event
     # loop; a shorter switch interval (CPython's default is 5 ms) hands it back to the loop
     # sooner, so probes and lookups wait less behind them.
+    record_stop_signals()  # the commands did already (stopsignal says why); run() alone needs it too
+    if stop_requested() is not None:
+        log.info("stopped before serving: a stop signal came during start-up")
+        return 0
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     fd_limit = raise_fd_limit()
     limits = Limits(
@@ -353,9 +367,7 @@ def run(settings: Settings) -> int:
         limits.max_connections, fd_limit, limits.max_head_bytes, limits.head_timeout, limits.keepalive_timeout,
     )
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal to the
-    # handlers that were there before it. A clean stop is a success, so those are no-ops
-    # and the process exits 0 (containers and supervisors read anything else as a crash).
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
+    # handlers that were there before it: those installed above, which only record it, so
+    # the process exits 0 (containers and supervisors read anything else as a crash).
     server.run()
     return 0 if server.started else 1
