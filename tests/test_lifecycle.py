@@ -12,9 +12,10 @@ import shutil
 import signal
 import sqlite3
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import orjson
@@ -298,3 +299,34 @@ def test_stop_signal_answers_every_long_poll_200_and_ends_every_stream_cleanly(
     assert ends == [b""] * 200  # complete chunked bodies (no events happened), then closed
     log = srv.log()
     assert " ERROR " not in log and "Traceback" not in log, log
+
+
+def test_a_restarted_service_answers_with_its_committed_revision_from_the_first_request(
+    assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A follower that reconnects the moment the port opens must not see revision 0 (not
+    loaded yet) and be told its cursor is ahead of the registry: the service serves only
+    once it has loaded what it committed (2,000 nodes make the load take a while)."""
+    for i in range(2000):
+        write_json(assets / f"n{i:04d}.json", node_doc(f"n{i:04d}", {f"C{i}x{j}": "m.c" for j in range(20)}))
+    env = {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / "r.db")}
+    first = server(env, tmp_path / "first.log")
+    wait_until(lambda: first.get("/ready").status_code == 200, 60)
+    write_json(assets / "b.json", node_doc("b"))
+    wait_until(lambda: first.get("/api/v1/nodes/b").status_code == 200)
+    revision = int(first.get("/api/v1/nodes").headers["x-registry-revision"])
+    assert first.stop() == 0
+
+    again = server(env, tmp_path / "again.log", ready=False)
+    seen: list[tuple[int, str]] = []
+
+    def answered() -> bool:
+        try:
+            r = httpx.get(f"{again.url}/api/v1/changes", params={"since": revision}, timeout=2)
+        except httpx.TransportError:
+            return False  # not listening yet
+        seen.append((r.status_code, r.headers["x-registry-revision"]))
+        return True
+
+    wait_until(answered, 30, interval=0.001)
+    assert seen == [(200, str(revision))]

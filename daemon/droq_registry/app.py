@@ -35,6 +35,10 @@ from .writer import Writer, WriterThread
 log = logging.getLogger("droq_registry")
 _clock = time.perf_counter
 
+#: How long start-up waits for the database to be taken over before it serves anyway.
+TAKE_OVER_WAIT_SECONDS = 30.0
+
+
 def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: None) -> RegistryApp:
     """The service. Nothing is opened until the lifespan starts. `after_commit` is the
     process's policy after each commit, run on the writer thread (see server.py)."""
@@ -66,8 +70,11 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
             writer = Writer(registry, thread, on_commit, metrics.reconciled, metrics.storage_failed, after_commit)
             app.state.writer = writer
 
+            taken = anyio.Event()
+
             async def write_and_watch() -> None:
                 await writer.take_over(lock)
+                taken.set()
                 feed.notify()  # the loaded revision is news to anyone who asked meanwhile
                 log.info(
                     "serving revision %d from %s; loading %s (reload=%s)",
@@ -89,6 +96,14 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
             stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(write_and_watch)
+                # Serve once the committed state is loaded, so the first answer already carries
+                # the database's revision (a follower's cursor from before a restart is not
+                # "ahead" of a revision 0 that was only not loaded yet). Only a service that
+                # must wait (another registry holds the database, or it cannot be opened)
+                # starts serving before that: not ready, saying why.
+                with anyio.move_on_after(TAKE_OVER_WAIT_SECONDS):
+                    while not taken.is_set() and registry.status.database not in ("waiting", "failing"):
+                        await anyio.sleep(0.01)
                 try:
                     yield
                 finally:
