@@ -13,8 +13,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import httpx
 import orjson
@@ -40,6 +41,19 @@ LEGACY_NODE = next(
     )
     if path.is_file()
 )
+
+
+#: The NODE fields a node file may leave out, with the values the registry then serves.
+CORE_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "source_code_location": None,
+    "docker_image": None,
+    "deployment_location": "local",
+    "api_url": None,
+    "ip_address": None,
+    "status": "active",
+    "priority": 0,
+}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:

@@ -23,7 +23,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import REAL_NODES, make_settings, node_doc, wait_until, write_json
+from conftest import CORE_DEFAULTS, REAL_NODES, make_settings, node_doc, wait_until, write_json
 from droq_registry.app import create_app
 
 Client = Callable[..., TestClient]
@@ -40,16 +40,6 @@ CORE = [
     "status",
     "priority",
 ]
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "source_code_location": None,
-    "docker_image": None,
-    "deployment_location": "local",
-    "api_url": None,
-    "ip_address": None,
-    "status": "active",
-    "priority": 0,
-}
 ETAG = re.compile(r'"[0-9a-f]{32}"')
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -74,7 +64,7 @@ def expected_node(doc: dict[str, Any], components: dict[str, Any] | None = None)
     """NODE as the spec describes it for the file `doc`."""
     comps = doc["components"] if components is None else components
     node: dict[str, Any] = {"node_id": doc["node_id"], "name": doc["name"]}
-    node.update({key: doc.get(key, default) for key, default in DEFAULTS.items()})
+    node.update({key: doc.get(key, default) for key, default in CORE_DEFAULTS.items()})
     node["supported_components"] = sorted(comps)
     node.update(
         {k: v for k, v in doc.items() if k not in node and k not in ("components", "supported_components")}

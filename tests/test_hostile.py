@@ -38,6 +38,7 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from conftest import (
+    CORE_DEFAULTS,
     ROOT,
     free_port,
     make_settings,
@@ -58,16 +59,6 @@ from droq_registry.store import Store
 Client = Callable[..., TestClient]
 TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
 DEADLINE = 15.0
-DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "source_code_location": None,
-    "docker_image": None,
-    "deployment_location": "local",
-    "api_url": None,
-    "ip_address": None,
-    "status": "active",
-    "priority": 0,
-}
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -80,7 +71,7 @@ def sha256(data: bytes) -> str:
 def public(document: dict[str, Any]) -> dict[str, Any]:
     """NODE as the API should answer it for a valid node document (its own oracle)."""
     components = document.get("components", {})
-    out = {k: document.get(k, DEFAULTS.get(k)) for k in CORE_FIELDS}
+    out = {k: document.get(k, CORE_DEFAULTS.get(k)) for k in CORE_FIELDS}
     out["priority"] = int(out["priority"])
     out["supported_components"] = sorted(components)
     out.update(

@@ -26,6 +26,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import (
+    CORE_DEFAULTS,
     LEGACY_NODE,
     ROOT,
     ServerProcess,
@@ -37,17 +38,6 @@ from conftest import (
 )
 from droq_registry.app import create_app
 from droq_registry.store import SCHEMA_VERSION, StoreError, connect
-
-CORE_DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "source_code_location": None,
-    "docker_image": None,
-    "deployment_location": "local",
-    "api_url": None,
-    "ip_address": None,
-    "status": "active",
-    "priority": 0,
-}
 
 
 def db_of(assets: Path) -> Path:

@@ -17,15 +17,24 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess, make_settings, node_doc, reconcile_now, wait_until, write_json
+from conftest import (
+    CORE_DEFAULTS,
+    ServerProcess,
+    make_settings,
+    node_doc,
+    reconcile_now,
+    wait_until,
+    write_json,
+)
 from droq_registry import watch
 from droq_registry.app import create_app
 from droq_registry.folder import resolve_components_path
@@ -35,16 +44,6 @@ from droq_registry.overflow import LostEvents
 DEADLINE = 10.0
 BURST_DEADLINE = 30.0
 
-CORE_DEFAULTS: dict[str, Any] = {
-    "description": "",
-    "source_code_location": None,
-    "docker_image": None,
-    "deployment_location": "local",
-    "api_url": None,
-    "ip_address": None,
-    "status": "active",
-    "priority": 0,
-}
 
 
 TIMESTAMP_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")

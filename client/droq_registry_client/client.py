@@ -40,7 +40,39 @@ def _options(urls: str | Sequence[str], given: dict[str, Any]) -> Options:
     return Options.make(urls, **given)
 
 
-class RegistryClient:
+class _Configured:
+    """The options both clients take, declared once (see `RegistryClient` for each)."""
+
+    _core: Core
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        token: str | None = None,
+        poll_wait: float = 15.0,
+        timeout: float = 5.0,
+        resync_interval: float = 300.0,
+        backoff_initial: float = 0.25,
+        backoff_max: float = 15.0,
+        failure_ttl: float = 30.0,
+        startup_timeout: float = 10.0,
+        cache_path: str | PathLike[str] | None = None,
+        cache_interval: float = 1.0,
+        concurrency: int = 8,
+        on_state_change: Callable[[StateChange], None] | None = None,
+    ) -> None:
+        given = dict(locals())
+        del given["self"], given["urls"]
+        self._core = Core(_options(urls, given))
+        self._begin()
+
+    def _begin(self) -> None:
+        """What the client sets up once its options are read."""
+        raise NotImplementedError
+
+
+class RegistryClient(_Configured):
     """Answers "which node runs class X?" from memory, kept current in a background thread.
 
     `urls` is the registry's base URL or a list of replicas (tried in turn). Options:
@@ -67,26 +99,7 @@ class RegistryClient:
     modify them.
     """
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        *,
-        token: str | None = None,
-        poll_wait: float = 15.0,
-        timeout: float = 5.0,
-        resync_interval: float = 300.0,
-        backoff_initial: float = 0.25,
-        backoff_max: float = 15.0,
-        failure_ttl: float = 30.0,
-        startup_timeout: float = 10.0,
-        cache_path: str | PathLike[str] | None = None,
-        cache_interval: float = 1.0,
-        concurrency: int = 8,
-        on_state_change: Callable[[StateChange], None] | None = None,
-    ) -> None:
-        given = dict(locals())
-        del given["self"], given["urls"]
-        self._core = Core(_options(urls, given))
+    def _begin(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +194,7 @@ class RegistryClient:
         self.close()
 
 
-class AsyncRegistryClient:
+class AsyncRegistryClient(_Configured):
     """`RegistryClient`'s methods as coroutines; follows in a task of the running loop.
 
     The same options as `RegistryClient`. The task starts on `async with`, or on the first
@@ -189,26 +202,7 @@ class AsyncRegistryClient:
     a worker thread so the loop keeps running.
     """
 
-    def __init__(
-        self,
-        urls: str | Sequence[str],
-        *,
-        token: str | None = None,
-        poll_wait: float = 15.0,
-        timeout: float = 5.0,
-        resync_interval: float = 300.0,
-        backoff_initial: float = 0.25,
-        backoff_max: float = 15.0,
-        failure_ttl: float = 30.0,
-        startup_timeout: float = 10.0,
-        cache_path: str | PathLike[str] | None = None,
-        cache_interval: float = 1.0,
-        concurrency: int = 8,
-        on_state_change: Callable[[StateChange], None] | None = None,
-    ) -> None:
-        given = dict(locals())
-        del given["self"], given["urls"]
-        self._core = Core(_options(urls, given))
+    def _begin(self) -> None:
         self._task: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
         self._synced = asyncio.Event()
