@@ -19,91 +19,130 @@ from starlette.responses import Response
 from . import answers
 from .api import respond
 from .feed import release_of
+from .model import EPOCH_PATTERN
 from .snapshot import Snapshot, etag_of
 
 #: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
 MAX_WAIT_SECONDS = 60.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
+_EPOCH = re.compile(EPOCH_PATTERN)
 
 
-def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
-    """The revision a client has seen, or the reason it cannot be used."""
+def _revision(value: str | None, name: str) -> int | str:
+    """A revision number a client sent, or why it is malformed (an answer 400)."""
     if value is None or value == "":
         return 0
     if not _NUMBER.fullmatch(value):
         return f"{name} must be a revision number (a whole number, 0 or more), got {answers.quote(value)}"
-    since = int(value)
+    return int(value)
+
+
+def _epoch(value: str | None, name: str) -> str | None:
+    """Why an epoch a client sent is malformed (an answer 400), or None when it is fine."""
+    if value is None or _EPOCH.fullmatch(value):
+        return None
+    return f"{name} must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got {answers.quote(value)}"
+
+
+def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
+    """A Last-Event-ID: `<epoch>:<revision>`, or a bare revision (an older client's, taken
+    in the current epoch). The reason it is malformed otherwise."""
+    epoch, colon, number = value.rpartition(":")
+    if _NUMBER.fullmatch(number) and (not colon or _EPOCH.fullmatch(epoch)):
+        return int(number), epoch if colon else None
+    return f"{name} must be <epoch>:<revision> or a revision number, got {answers.quote(value)}"
+
+
+def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:
+    """Why `snap` cannot answer a cursor `since` of history `epoch` (an answer 410: the
+    client lists again, or takes the new cursor when it already has the content hash)."""
+    then = (
+        f"list the registry again, unless your state has content hash {snap.content_hash}, and follow "
+        f"changes from revision {snap.revision} of epoch {snap.epoch}"
+    )
+    if epoch is not None and epoch != snap.epoch:
+        return f"epoch {epoch} is another history than this registry's (epoch {snap.epoch}); {then}"
     if since > snap.revision:
-        return f"{name}={since} is ahead of the registry's revision {snap.revision}"
-    return since
-
-
-def _expired(snap: Snapshot, since: int) -> str | None:
+        return (
+            f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another"
+            f" history; {then}"
+        )
     if not snap.changes.kept(since):
         return (
             f"changes after revision {since} are no longer kept (the log starts after revision "
-            f"{snap.changes.floor}); re-list the registry and follow changes from the X-Registry-Revision "
-            "of that answer"
+            f"{snap.changes.floor}); {then}"
         )
     return None
 
 
 async def list_changes(request: Request) -> Response:
-    """The change log after `since`; with `wait`, held until a change commits (or the
-    service stops, or the server releases it: then it answers at once with what there is)."""
+    """The change log after `since` (of history `epoch`, when given); with `wait`, held
+    until a change commits (or the service stops, or the server releases it: then it
+    answers at once with what there is)."""
     registry = request.app.state.registry
     snap = registry.snapshot
-    since = _since(request.query_params.get("since"), snap, "since")
-    if isinstance(since, str):
-        return respond(request, answers.of(snap).error(400, since))
-    raw_wait = request.query_params.get("wait")
+    params = request.query_params
+    since = _revision(params.get("since"), "since")
+    epoch = params.get("epoch")
+    malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
+    raw_wait = params.get("wait")
     wait = 0.0
-    if raw_wait is not None:
+    if malformed is None and raw_wait is not None:
         try:
             wait = float(raw_wait)
         except ValueError:
             wait = -1.0
         if not 0 <= wait <= MAX_WAIT_SECONDS:
-            detail = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
-            return respond(request, answers.of(snap).error(400, detail))
-    if wait and snap.revision == since and snap.changes.kept(since):
+            malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+    if malformed is not None:
+        return respond(request, answers.of(snap).error(400, malformed))
+    assert isinstance(since, int)
+    if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
         await request.app.state.feed.wait_beyond(since, wait, release_of(request.scope))
         snap = registry.snapshot
-    # From here on only `snap` is read: its revision, log and floor belong together.
+    # From here on only `snap` is read: its revision, epoch, log and floor belong together.
     prepared = answers.of(snap)
-    expired = _expired(snap, since)
-    if expired:
-        return respond(request, prepared.gone(expired))
+    refused = _refused(snap, since, epoch, "since")
+    if refused:
+        return respond(request, prepared.gone(refused))
     body = answers.changes_body(snap, since)
     return respond(request, prepared.ok(body, etag_of(body)))
 
 
 async def events(request: Request) -> Response:
-    """Server-Sent Events: every change record, `id` = its revision; resumable."""
+    """Server-Sent Events: every change record, `id` = `<epoch>:<revision>`; resumable with
+    Last-Event-ID (or `since` and `epoch`). A cursor of another history, or one this log no
+    longer keeps, gets a `relist` event first, then the live events."""
     registry = request.app.state.registry
     feed = request.app.state.feed
     release = release_of(request.scope)
     snap = registry.snapshot
-    raw = request.headers.get("last-event-id") or request.query_params.get("since")
-    if raw is None:
-        start: int | str = snap.revision
+    header = request.headers.get("last-event-id")
+    cursor: tuple[int, str | None] | str
+    if header is not None:
+        cursor = _event_id(header.strip(), "Last-Event-ID")
+    elif "since" in request.query_params or "epoch" in request.query_params:
+        since, epoch = _revision(request.query_params.get("since"), "since"), request.query_params.get("epoch")
+        cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
     else:
-        start = _since(raw.strip(), snap, "Last-Event-ID" if request.headers.get("last-event-id") else "since")
-    if isinstance(start, str):
-        return respond(request, answers.of(snap).error(400, start))
+        cursor = (snap.revision, snap.epoch)
+    if isinstance(cursor, str):
+        return respond(request, answers.of(snap).error(400, cursor))
+    name = "Last-Event-ID" if header is not None else "since"
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        last = int(start)
+        last, epoch = cursor
         while feed.following(release):
-            current = registry.snapshot  # read once per round: revision, log and floor agree
-            expired = _expired(current, last)
-            if expired:
+            current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
+            refused = _refused(current, last, epoch, name)
+            if refused:
                 yield ServerSentEvent(
-                    orjson.dumps({"revision": current.revision, "detail": expired}).decode(),
+                    orjson.dumps({**answers.position(current), "detail": refused}).decode(),
                     event="relist",
-                    id=str(current.revision),
+                    id=f"{current.epoch}:{current.revision}",
                 )
                 last = current.revision
+            epoch = current.epoch
             log = current.changes
             span = log.span(last, current.revision)
             revisions, encoded = log.revisions[span], log.encoded[span]
@@ -114,7 +153,7 @@ async def events(request: Request) -> Response:
                 yield ServerSentEvent(
                     record.decode(),
                     event="change",
-                    id=str(revisions[i]) if complete else None,
+                    id=f"{epoch}:{revisions[i]}" if complete else None,
                 )
             last = current.revision
             await feed.wait_beyond(last, KEEPALIVE_SECONDS, release)

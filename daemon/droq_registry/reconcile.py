@@ -31,7 +31,7 @@ from .nodefile import Schema
 from .scan import Seen, SeenFiles, classify
 from .settings import Settings
 from .snapshot import ChangeLog, NodeView, Snapshot
-from .store import StorageFault, Store, StoreError
+from .store import StorageFault, Store, StoreError, provisional_epoch
 
 log = logging.getLogger("droq_registry.reconcile")
 
@@ -63,7 +63,7 @@ class Reconciler:
         #: Replaced whole by the writer thread; the event loop only ever reads it.
         self.watch_dirs: frozenset[str] = frozenset()
         self._seen = SeenFiles()
-        self.snapshot = Snapshot.empty(ChangeLog.of((), 0, settings.changes_keep))
+        self.snapshot = Snapshot.empty(provisional_epoch(), ChangeLog.of((), 0, settings.changes_keep))
         if store is not None:
             self.attach(store)
 
@@ -77,7 +77,7 @@ class Reconciler:
             self._claim(source)
         self.watch_dirs = _folders_of(self.sources)
         changes = ChangeLog.of(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
-        self.snapshot = Snapshot.empty(changes).evolve(
+        self.snapshot = Snapshot.empty(loaded.epoch, changes).evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
             (),
@@ -187,6 +187,10 @@ class Reconciler:
         try:
             store.reopen()
             self._write_again(store)
+            # The file is a new one, so its history is new (store.epoch_of): followers are
+            # told so, and take the new cursor without relisting (the content is the same).
+            snap = self.snapshot
+            self.snapshot = snap.evolve(snap.revision, {}, (), {}, (), epoch=store.epoch())
         except StorageFault as exc:
             what = {"deleted": "was deleted", "replaced": "was replaced"}.get(why, f"is {why}")
             raise StorageFault(
