@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
-from conftest import ROOT, ServerProcess, node_doc, wait_until, write_json
+from support.files import ROOT, node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
 
 
 def example_code() -> str:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     (code,) = [b for b in blocks if "def node_for" in b and "def follow" in b]
     return code
 
