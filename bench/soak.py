@@ -111,11 +111,7 @@ def proc_rows(start: ProcSample, end: ProcSample) -> list[list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = common.argument_parser(__doc__)
     add = parser.add_argument
     add("--commits", type=int, default=10_000, help="effective commits measured (default 10000)")
     add("--warmup", type=int, help="commits before the first sample (default 2 x --changes-keep + 50)")
@@ -173,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
         counted = soak_proc.counters(server.port)  # the start-up's own /ready 503s stay out
         writer = Writer(folder, slots, Conn(server.port, writer_tally), random.Random(args.seed), args.stall)
-        writer.revision = server.health()["revision"]
+        writer.revision = int(server.metrics()["droq_registry_revision"])
         ready = soak_proc.sample(server.pid, writer.revision, workdir)
         print(
             f"soak: server {server.pid} ready at revision {writer.revision}, RSS {ready.rss_kib / 1024:.1f} MiB",

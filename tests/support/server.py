@@ -55,6 +55,7 @@ class ServerProcess:
     `env` is laid over the caller's environment (or, with `clean`, over `outside_env()`).
     `argv` is the server command (default `python -m droq_registry serve`), run through
     `prefix` (a command that drops privileges, pins CPUs, ...); `popen` goes to Popen.
+    `port` is a free one unless given (a restart on the same address passes the old one).
     `started_at` is the `time.perf_counter()` just before the process was spawned.
     """
 
@@ -66,9 +67,10 @@ class ServerProcess:
         argv: Sequence[str] | None = None,
         prefix: Sequence[str] = (),
         clean: bool = False,
+        port: int | None = None,
         **popen: Any,
     ) -> None:
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         base = outside_env() if clean else dict(os.environ)
