@@ -19,8 +19,8 @@
 
 The big folder is filled after the server has started (--fill chunks, the default): the
 generated files are moved in --chunk at a time, each chunk waited for, then a full pass
-settles them. A first load of 10,000 files at once takes minutes with the current
-service (see startup.py); --fill start measures that way (give --ready-timeout enough).
+settles them, so what is measured is one change in a settled folder; --fill start puts
+them all in before the server starts instead (a first load: give --ready-timeout enough).
 
 The server runs as in production (RELOAD=true, the default watcher step and debounce,
 REGISTRY_RESYNC_SECONDS=--resync), LOG_LEVEL=warning. Every wait is bounded by --timeout

@@ -117,6 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--warmup", type=int, help="commits before the first sample (default 2 x --changes-keep + 50)")
     add("--changes-keep", type=int, help="the server's REGISTRY_CHANGES_KEEP (default --commits/10, 50-1000)")
     add("--pool", type=int, default=40, help="synthetic node files that are changed (default 40)")
+    add("--name", default="soak", help="results file name in bench/results/ (default soak)")
     add("--components", type=int, default=20, help="components per synthetic node (default 20)")
     add("--readers", type=int, default=4, help="reader threads (default 4)")
     add("--searchers", type=int, default=1, help="search threads (default 1)")
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = workdir / "nodes"
     folder.mkdir()
     slots, real, cat = build_folder(folder, args.pool, args.components)
-    report = common.Report("soak", f"Soak: {args.commits:,} effective commits under concurrent load")
+    report = common.Report(args.name, f"Soak: {args.commits:,} effective commits under concurrent load")
     server = common.Server(
         assets_dir=folder,
         db_path=workdir / "registry.db",
