@@ -63,7 +63,7 @@ def burst(
     visible: Callable[[], bool],
 ) -> dict[str, object]:
     """wrk for --duration s; --lead s in, `write()`; then wait until `visible()` and quiet."""
-    before = server.health()["revision"]
+    before = int(server.metrics()["droq_registry_revision"])
     thread, out = wrk_in_background(url, args, args.burst_duration)
     time.sleep(args.lead)
     t0 = time.perf_counter()
@@ -77,10 +77,10 @@ def burst(
             break
         time.sleep(0.01)
     # The revision is stable when two looks 300 ms apart agree.
-    revision = server.health()["revision"]
+    revision = int(server.metrics()["droq_registry_revision"])
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        now = server.health()["revision"]
+        now = int(server.metrics()["droq_registry_revision"])
         if now == revision:
             break
         revision = now
@@ -132,11 +132,7 @@ def profile_burst(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--files", type=int, default=500, help="node files in the burst (default 500)")
     parser.add_argument("--components", type=int, default=20, help="components per burst file (default 20)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
@@ -198,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 return lambda: [common.write_node_file(dst, raw) for dst, raw in items]
 
             def all_there() -> bool:
-                return server.health()["nodes"] >= expected_nodes
+                return server.metrics()["droq_registry_nodes"] >= expected_nodes
 
             def rewritten() -> bool:
                 status, _, body = common.get(server.port, f"/api/v1/nodes/{last_id}")

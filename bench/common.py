@@ -10,6 +10,7 @@ command line, date and machine, to bench/results/<name>.md (and the target check
 
 from __future__ import annotations
 
+import argparse
 import collections
 import http.client
 import json
@@ -20,7 +21,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +33,11 @@ from typing import Any, Self
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package: one server harness for both
+
+from support.polling import wait_until
+from support.server import ServerProcess, free_port
+
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
 
@@ -42,12 +47,7 @@ LOG_TAIL_LINES = 30
 
 # --------------------------------------------------------------------------- processes
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["free_port"]  # the scripts use the harness's as common.free_port
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -69,30 +69,17 @@ def _proc_status_mb(pid: int, key: str) -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
-def stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
-    """Stop one process we started: SIGTERM, wait up to `grace` s, then SIGKILL."""
-    if proc.poll() is not None:
-        return proc.returncode
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return proc.wait()
-    try:
-        return proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        return proc.wait(timeout=grace)
-
-
 class ServerError(RuntimeError):
     """The server exited or did not become ready in time; the message has its log tail."""
 
 
 @dataclass
 class Server:
-    """One server process on 127.0.0.1 (the registry, or any command given in `argv`).
+    """One server process on 127.0.0.1 (the registry, or any command given in `argv`),
+    started with the tests' harness (tests/support/server.py: `ServerProcess`).
 
-    Use as a context manager, or call `start()`/`stop()`. `started_at` is the
+    Use as a context manager, or call `start()`/`stop()`; `start()` after `stop()` starts it
+    again on the same port (its log file is then written anew). `started_at` is the
     `time.perf_counter()` just before the process was spawned.
     """
 
@@ -105,95 +92,82 @@ class Server:
     argv: Sequence[str] | None = None  # default: the registry service
     port: int = 0
     log_path: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    process: ServerProcess | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def started_at(self) -> float:
+        assert self.process is not None
+        return self.process.started_at
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
+        """The service's settings (laid over the caller's environment less its own)."""
         env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("REGISTRY_")
-            and k not in ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
+            "LOG_LEVEL": self.log_level,
+            "RELOAD": "true" if self.reload else "false",
+            "REGISTRY_RESYNC_SECONDS": str(self.resync_seconds),
         }
-        env.update(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            LOG_LEVEL=self.log_level,
-            RELOAD="true" if self.reload else "false",
-            REGISTRY_RESYNC_SECONDS=str(self.resync_seconds),
-        )
         if self.db_path is not None:
             env["REGISTRY_DB_PATH"] = str(self.db_path)
         if self.assets_dir is not None:
             env["REGISTRY_ASSETS_DIR"] = str(self.assets_dir)
-        env.update(self.extra_env)
-        return env
+        return {**env, **self.extra_env}
 
     def start(self) -> Self:
-        if not self.port:
-            self.port = free_port()
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        argv = list(self.argv) if self.argv is not None else [PYTHON, "-m", "droq_registry", "serve"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it; closed below
-        try:
-            self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen(
-                argv,
-                env=self.env(),
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal does not reach it directly
-            )
-        finally:
-            log.close()
+        self.process = ServerProcess(
+            self.env(), self.log_path, argv=self.argv, clean=True, port=self.port or None,
+            start_new_session=True,  # Ctrl-C in the terminal does not reach it directly
+        )
+        self.port = self.process.port
         return self
 
     def wait_ready(self, timeout: float = 60.0, path: str = "/ready", interval: float = 0.01) -> float:
         """Poll `path` until it answers 200; return seconds since the process was spawned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
-            try:
-                status, _, _ = get(self.port, path, timeout=2.0)
-                if status == 200:
-                    return time.perf_counter() - self.started_at
-            except OSError:
-                pass
-            time.sleep(interval)
-        raise ServerError(f"{self.base}{path} not 200 within {timeout:.0f}s\n{self.log_tail()}")
+        assert self.process is not None
+        try:
+            return self.process.wait_ready(timeout, interval, path)
+        except AssertionError as exc:
+            raise ServerError(f"{self.base}{path}: {str(exc).splitlines()[0]}\n{self.log_tail()}") from None
 
     def wait_until(self, condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-        """Poll `condition()` until truthy (returned) or raise ServerError after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Poll `condition()` until truthy (returned) or raise ServerError after `timeout` s
+        (at once if the process exits)."""
+
+        def alive_and(condition: Callable[[], Any]) -> Any:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
-            value = condition()
-            if value:
-                return value
-            time.sleep(interval)
-        raise ServerError(f"condition not met within {timeout:.0f}s\n{self.log_tail()}")
+            return condition()
+
+        try:
+            return wait_until(lambda: alive_and(condition), timeout, interval)
+        except AssertionError:
+            raise ServerError(f"condition not met within {timeout:.0f}s\n{self.log_tail()}") from None
 
     def health(self) -> dict[str, Any]:
         status, _, body = get(self.port, "/health")
         if status != 200:
             raise ServerError(f"/health answered {status}")
-        return json.loads(body)
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[str, float]:
+        """Every /metrics sample, by its name with labels as written."""
+        return metrics(self.port)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
@@ -201,10 +175,11 @@ class Server:
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def stop(self) -> int | None:
-        if self.proc is None:
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds; the exit code (None if never started)."""
+        if self.process is None:
             return None
-        return stop_pid(self.proc)
+        return self.process.stop(signal.SIGTERM, grace)
 
     def cleanup(self) -> None:
         if self.log_path is not None:
@@ -217,6 +192,39 @@ class Server:
         self.stop()
         if exc_type is not None:  # the error carries the log's tail; the file is not needed
             self.cleanup()
+
+
+def metrics(port: int) -> dict[str, float]:
+    """Every sample of the server's /metrics: {name with labels as written: value}."""
+    status, _, body = get(port, "/metrics")
+    if status != 200:
+        raise ServerError(f"/metrics answered {status}")
+    out: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+@dataclass(frozen=True)
+class Reconciles:
+    """The reconcile figures of /metrics at one moment: passes of any result, changed passes,
+    and the seconds all passes took (droq_registry_reconcile_duration_seconds)."""
+
+    passes: float
+    changed: float
+    seconds: float
+
+    @classmethod
+    def of(cls, port: int) -> Reconciles:
+        m = metrics(port)
+        return cls(m["droq_registry_reconcile_duration_seconds_count"],
+                   m['droq_registry_reconciles_total{result="changed"}'],
+                   m["droq_registry_reconcile_duration_seconds_sum"])
+
+    def since(self, before: Reconciles) -> Reconciles:
+        return Reconciles(self.passes - before.passes, self.changed - before.changed, self.seconds - before.seconds)
 
 
 def reference_server(body_file: Path) -> Server:
@@ -247,17 +255,28 @@ def fill_folder(server: Server, staging: Path, folder: Path, chunk: int, timeout
     """
     started = time.perf_counter()
     names = sorted(p.name for p in staging.glob("*.json"))
-    base = server.health()["nodes"]
+    base = server.metrics()["droq_registry_nodes"]
     for start in range(0, len(names), chunk):
         part = names[start : start + chunk]
         for name in part:
             os.rename(staging / name, folder / name)
         want = base + start + len(part)
-        server.wait_until(lambda want=want: server.health()["nodes"] >= want, timeout)
+        server.wait_until(lambda want=want: server.metrics()["droq_registry_nodes"] >= want, timeout)
     took = time.perf_counter() - started
     time.sleep(RACY_S)
     full_pass(server, folder, timeout)
     return took
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser, its --help made of its docstring: the first paragraph says what it
+    measures, the paragraphs after the usage lines say what the figures mean."""
+    assert doc is not None
+    return argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog=doc.split("\n\n", 2)[2],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def exit_on_sigterm() -> None:
@@ -702,7 +721,12 @@ def py_spy_wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stop_pid(proc)
+        proc.terminate()  # by its PID: ours
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass

@@ -111,16 +111,13 @@ def proc_rows(start: ProcSample, end: ProcSample) -> list[list[str]]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = common.argument_parser(__doc__)
     add = parser.add_argument
     add("--commits", type=int, default=10_000, help="effective commits measured (default 10000)")
     add("--warmup", type=int, help="commits before the first sample (default 2 x --changes-keep + 50)")
     add("--changes-keep", type=int, help="the server's REGISTRY_CHANGES_KEEP (default --commits/10, 50-1000)")
     add("--pool", type=int, default=40, help="synthetic node files that are changed (default 40)")
+    add("--name", default="soak", help="results file name in bench/results/ (default soak)")
     add("--components", type=int, default=20, help="components per synthetic node (default 20)")
     add("--readers", type=int, default=4, help="reader threads (default 4)")
     add("--searchers", type=int, default=1, help="search threads (default 1)")
@@ -155,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     folder = workdir / "nodes"
     folder.mkdir()
     slots, real, cat = build_folder(folder, args.pool, args.components)
-    report = common.Report("soak", f"Soak: {args.commits:,} effective commits under concurrent load")
+    report = common.Report(args.name, f"Soak: {args.commits:,} effective commits under concurrent load")
     server = common.Server(
         assets_dir=folder,
         db_path=workdir / "registry.db",
@@ -173,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
         counted = soak_proc.counters(server.port)  # the start-up's own /ready 503s stay out
         writer = Writer(folder, slots, Conn(server.port, writer_tally), random.Random(args.seed), args.stall)
-        writer.revision = server.health()["revision"]
+        writer.revision = int(server.metrics()["droq_registry_revision"])
         ready = soak_proc.sample(server.pid, writer.revision, workdir)
         print(
             f"soak: server {server.pid} ready at revision {writer.revision}, RSS {ready.rss_kib / 1024:.1f} MiB",

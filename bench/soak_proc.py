@@ -131,15 +131,8 @@ def settled(pid: int, revision: int, workdir: Path, floor: ProcSample, grace: fl
 
 def counters(port: int) -> dict[str, float]:
     """The server's `_http_requests_total` and `_reconciles_total` series: {line's labels: value}."""
-    status, _, body = common.get(port, "/metrics")
-    if status != 200:
-        raise RuntimeError(f"/metrics answered {status}")
-    out = {}
-    for line in body.decode().splitlines():
-        if line.startswith(("droq_registry_http_requests_total{", "droq_registry_reconciles_total{")):
-            series, _, value = line.rpartition(" ")
-            out[series] = float(value)
-    return out
+    wanted = ("droq_registry_http_requests_total{", "droq_registry_reconciles_total{")
+    return {series: value for series, value in common.metrics(port).items() if series.startswith(wanted)}
 
 
 def grown(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT
 from droq_registry.folder import read_source
 from droq_registry.nodefile import Schema
 from droq_registry.settings import Settings
+from support.files import ROOT
 
 BIN = Path(sys.executable).parent
 

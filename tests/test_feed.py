@@ -13,10 +13,11 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -24,16 +25,13 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import (
-    ServerProcess,
-    make_settings,
-    node_doc,
-    open_client,
-    reconcile_now,
-    wait_until,
-    write_json,
-)
 from droq_registry.changes import KEEPALIVE_SECONDS
+from support.events import AsyncEvents, Events
+from support.files import node_doc, write_json
+from support.http import make_settings, open_client, reconcile_now, sources
+from support.http import revision as current_revision
+from support.polling import wait_until
+from support.server import ServerProcess, server_env
 
 REVISION = "x-registry-revision"
 #: The most a long-poll may answer after the change it waited for became visible.
@@ -52,13 +50,9 @@ def revision_of(response: httpx.Response) -> int:
     return int(response.headers[REVISION])
 
 
-def current_revision(client: Client) -> int:
-    return revision_of(client.get("/api/v1/nodes?status=all"))
-
-
 def utc_now_ms() -> datetime:
     """Now, cut to the millisecond the service writes into "at"."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -97,21 +91,11 @@ def found(client: Client, node_id: str) -> bool:
     return client.get(f"/api/v1/nodes/{node_id}").status_code == 200
 
 
-def sources(client: Client) -> dict[str, dict[str, Any]]:
-    return {s["path"]: s for s in client.get("/api/v1/sources").json()["sources"]}
-
-
 def start_server(
     server: Callable[..., ServerProcess], assets: Path, tmp_path: Path, name: str = "server", **env: str
 ) -> ServerProcess:
     """A `droq-registry serve` process on `assets` with a database of its own."""
-    settings = {
-        "REGISTRY_ASSETS_DIR": str(assets),
-        "REGISTRY_DB_PATH": str(tmp_path / f"{name}.db"),
-        "REGISTRY_RESYNC_SECONDS": "0",
-        **env,
-    }
-    return server(settings, tmp_path / f"{name}.log")
+    return server(server_env(assets, tmp_path / f"{name}.db", **env), tmp_path / f"{name}.log")
 
 
 def declared_components(assets: Path) -> dict[str, list[str]]:
@@ -122,63 +106,6 @@ def declared_components(assets: Path) -> dict[str, list[str]]:
         for component_class in doc["components"]:
             declared.setdefault(component_class, []).append(doc["node_id"])
     return declared
-
-
-class Events:
-    """Server-Sent Events read from a streaming httpx response; comment lines kept apart."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines = response.iter_lines()
-        self.comments: list[str] = []
-        #: The id of the last event that had one: what a browser sends as Last-Event-ID.
-        self.last_id: str | None = None
-        #: The history the stream's ids count in (its X-Registry-Epoch).
-        self.epoch = response.headers["x-registry-epoch"]
-
-    def next(self) -> dict[str, str]:
-        event: dict[str, str] = {}
-        for line in self._lines:
-            if _take_line(line, event, self.comments):
-                if "id" in event:
-                    self.last_id = event["id"]
-                return event
-        raise AssertionError("the event stream ended")
-
-
-class AsyncEvents:
-    """`Events` for httpx.AsyncClient streams."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines: AsyncIterator[str] = response.aiter_lines()
-        self.comments: list[str] = []
-
-    async def next(self) -> dict[str, str]:
-        event: dict[str, str] = {}
-        async for line in self._lines:
-            if _take_line(line, event, self.comments):
-                return event
-        raise AssertionError("the event stream ended")
-
-    async def next_comment(self) -> str:
-        seen = len(self.comments)
-        async for line in self._lines:
-            _take_line(line, {}, self.comments)
-            if len(self.comments) > seen:
-                return self.comments[-1]
-        raise AssertionError("the event stream ended")
-
-
-def _take_line(line: str, event: dict[str, str], comments: list[str]) -> bool:
-    """Add one line to `event`; True when the line ends a non-empty event."""
-    if line == "":
-        return bool(event)
-    if line.startswith(":"):
-        comments.append(line)
-        return False
-    name, _, value = line.partition(":")
-    value = value[1:] if value.startswith(" ") else value
-    event[name] = event[name] + "\n" + value if name == "data" and name in event else value
-    return False
 
 
 def change_event(event: dict[str, str]) -> tuple[int, str, dict[str, Any]]:

@@ -22,8 +22,11 @@ import httpx
 import orjson
 import pytest
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
 from droq_registry.connections import Gate
+from support.files import node_doc, write_json
+from support.http import metric
+from support.polling import wait_until
+from support.server import ServerProcess
 from test_limits import (
     DEADLINE,
     closed_by_server,
@@ -55,13 +58,6 @@ def following(meter: socket.socket) -> float:
         if line.startswith("droq_registry_connections_following "):
             return float(line.split()[1])
     raise AssertionError("no droq_registry_connections_following")
-
-
-def metric_of(srv: ServerProcess, name: str) -> float:
-    for line in srv.get("/metrics").text.splitlines():
-        if line.startswith(f"droq_registry_{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"no droq_registry_{name}")
 
 
 def epoch_of(srv: ServerProcess) -> str:
@@ -209,7 +205,7 @@ def test_with_room_at_the_cap_no_follower_is_released(
         streams = [Stream(srv.port) for _ in range(5)]
         for stream in streams:
             sockets.enter_context(stream.sock)
-        wait_until(lambda: metric_of(srv, "connections_following") == 10, DEADLINE)
+        wait_until(lambda: metric(srv, "droq_registry_connections_following") == 10, DEADLINE)
         assert [probe(srv.port) for _ in range(30)] == [200] * 30  # eleven connections at most
         write_json(real_assets / "with-room.json", node_doc("with-room"))
         answers = [read_response(sock) for sock in polls]

@@ -24,11 +24,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REAL_NODES, ServerProcess, node_doc, wait_until, write_json
 from droq_registry.nodefile import build_node
 from droq_registry.snapshot import NodeView, Snapshot
 from droq_registry.store import epoch_of
-from test_feed import Events
+from support.events import Events
+from support.files import REAL_NODES, node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
 
 EPOCH = re.compile(r"[A-Za-z0-9_-]{16}")
 CONTENT_HASH = re.compile(r"[0-9a-f]{32}")

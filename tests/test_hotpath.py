@@ -24,8 +24,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from conftest import REAL_NODES, node_doc, wait_until, write_json
 from droq_registry import answers, api
+from support.files import REAL_NODES, node_doc, write_json
+from support.polling import wait_until
 
 Client = Callable[..., TestClient]
 TOKEN = "hot-path-test-token"

@@ -5,19 +5,21 @@ from __future__ import annotations
 import os
 import re
 import threading
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 
-from conftest import ROOT, ServerProcess, node_doc, wait_until, write_json
+from support.files import ROOT, node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
 
 
 def example_code() -> str:
     text = (ROOT / "README.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
     (code,) = [b for b in blocks if "def node_for" in b and "def follow" in b]
     return code
 

@@ -1,9 +1,9 @@
 """Prometheus metrics with the official client: state read at scrape time, events counted.
 
-State (revision, epoch and content hash, nodes, components, files in error, watcher
-restarts) is read from the
-current snapshot when Prometheus scrapes, as the client's custom collectors are meant to
-be used; events (reconciles, HTTP requests) are counted where they happen. Each app has
+State (revision, epoch and content hash, nodes, components, files, files in error, ready,
+watcher up and restarts) is read from the current snapshot when Prometheus scrapes, as the
+client's custom collectors are meant to be used; events (reconciles, HTTP requests) are
+counted where they happen. Each app has
 its own `CollectorRegistry`, so several apps in one process (tests) do not collide.
 """
 
