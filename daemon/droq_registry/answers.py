@@ -249,7 +249,7 @@ def lookup(view: NodeView, component_class: str) -> tuple[bytes, str]:
     body = b"".join(
         (b'{"node":', view.node_json, b',"components":', view.components_json, b',"module_path":', module, b"}")
     )
-    return body, etag_of(b"lookup", view.digest, module)
+    return body, etag_of(b"lookup", view.served_hash, module)
 
 
 def node_list_key(status: str) -> tuple[str, str]:

@@ -31,16 +31,18 @@ def etag_of(*parts: bytes) -> str:
 
 class NodeView:
     """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}.
+    `served_hash` is the hash of exactly those two: what is served of the node (its lookups'
+    ETags and its share of the registry's content hash come from it).
 
     The answers made of these pieces are built in `answers.py`."""
 
     __slots__ = (
         "components_json",
-        "digest",
         "node_id",
         "node_json",
         "paths",
         "priority",
+        "served_hash",
         "source",
         "status",
     )
@@ -56,10 +58,10 @@ class NodeView:
         public.update(node.extra)
         self.node_json = _exact(orjson.dumps(public))
         self.components_json = _exact(orjson.dumps(self.paths))
-        digest = hashlib.blake2b(self.node_json, digest_size=16)
-        digest.update(b"\0")
-        digest.update(self.components_json)
-        self.digest = digest.digest()
+        served = hashlib.blake2b(self.node_json, digest_size=16)
+        served.update(b"\0")
+        served.update(self.components_json)
+        self.served_hash = served.digest()
 
 
 #: Content terms are added modulo this (see `content_term`).
@@ -72,7 +74,7 @@ def content_term(view: NodeView) -> int:
     every module path). The content hash is the sum of the terms, so it is the same for the
     same served nodes whatever order or history produced them, and a commit updates it with
     work proportional to the nodes it changed."""
-    return int.from_bytes(hashlib.blake2b(view.digest, digest_size=32, person=b"droq-content").digest(), "little")
+    return int.from_bytes(hashlib.blake2b(view.served_hash, digest_size=32, person=b"droq-content").digest(), "little")
 
 
 def content_hash_of(total: int) -> str:
