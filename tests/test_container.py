@@ -9,6 +9,7 @@ is skipped with the reason; in CI (CI set) that is an error, so CI never passes 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -34,7 +35,9 @@ from support.server import free_port
 
 PODMAN = shutil.which("podman")
 BUILD_SCRIPT = ROOT / "deploy" / "build-image.sh"
-IMAGE = "localhost/droq-registry:latest"
+#: This checkout's own tag: two checkouts testing at once (a CI clone beside a developer's tree)
+#: never run each other's image.
+IMAGE = f"localhost/droq-registry:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 DEADLINE = 30.0
 
 if PODMAN is None:
