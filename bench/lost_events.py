@@ -40,8 +40,7 @@ def one_round(workdir: Path, files: int, timeout: float) -> tuple[float, float, 
     server = common.Server(assets_dir=folder, db_path=workdir / "registry.db", log_level="info",
                            resync_seconds=3600)
     with server:
-        server.wait_ready(60)
-        server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 30)
+        server.wait_watching(60)
         common.write_node_file(folder / "probe.json", node_file(99999))
         server.wait_until(lambda: server.metrics()["droq_registry_nodes"] == 1, 30)  # events apply
         os.kill(server.pid, signal.SIGSTOP)

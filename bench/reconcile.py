@@ -47,20 +47,17 @@ REAL_NODE = "lfx-runtime-executor-node"
 RACY_S = common.RACY_S
 
 
-def wait_for(condition: Callable[[], object], timeout: float, interval: float = 0.001) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
+def wait_for(condition: Callable[[], object], timeout: float) -> bool:
+    """Poll `condition` every millisecond for up to `timeout` s; whether it came true."""
+    try:
+        return bool(common.wait_until(condition, timeout, 0.001))
+    except AssertionError:
+        return False
 
 
 def settle(server: common.Server, timeout: float) -> None:
     """Wait for /ready, the watcher, and its first full pass to be over."""
-    server.wait_ready(timeout)
-    server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 60)
+    server.wait_watching(timeout)
     time.sleep(1.0)
 
 
@@ -121,10 +118,7 @@ def part_a(open_server: Opener, target: Path, mode: str, args: argparse.Namespac
         "timeouts": timeouts,
         "reconciles": len(durations),
         "extra": sum(max(0, round(r.passes) - 1) for r in per_change),
-        "p50": common.percentile(durations, 50),
-        "p90": common.percentile(durations, 90),
-        "p99": common.percentile(durations, 99),
-        "max": max(durations) if durations else float("nan"),
+        **common.spread(durations),
     }
 
 
@@ -170,10 +164,7 @@ def part_b(open_server: Opener, folder: Path, label: str, args: argparse.Namespa
         "folder": label,
         "changes": args.visible_changes,
         "timeouts": timeouts,
-        "p50": common.percentile(latencies, 50),
-        "p90": common.percentile(latencies, 90),
-        "p99": common.percentile(latencies, 99),
-        "max": max(latencies) if latencies else float("nan"),
+        **common.spread(latencies),
         "polls": statistics.median(polls) if polls else 0,
     }
 

@@ -52,7 +52,7 @@ run search_load 300 bench/search_load.py --duration 30
 # replica switch, memory on 1,000 x 350 (needs `.venv/bin/pip install -e client`).
 run client 480 bench/client.py
 # Soak, short: 1,000 effective commits under readers, a searcher, long-polls and streams
-# (the README's row is the full run: `bench/soak.py`, 10,000 commits, results in soak.md).
+# (the README's row is the full run: `bench/soak.py`, 10,000 commits, about an hour; soak.md).
 run soak_1000 600 bench/soak.py --commits 1000 --name soak_1000
 # The container image (needs podman, runc and mmdebstrap; skipped without podman).
 if command -v podman >/dev/null 2>&1; then
