@@ -1,0 +1,103 @@
+"""Attacks on issue 12 (cursors that know their history), from outside: real server
+processes, real files, real SQLite, raw sockets, real faults.
+
+Each test here broke something the issue promises before the commit that follows it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from support.files import node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
+
+
+def replica(server: Callable[..., ServerProcess], assets: Path, db: Path, **env: str) -> ServerProcess:
+    """A `droq-registry serve` process on `assets` with the database `db`."""
+    return server(
+        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
+        db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
+    )
+
+
+def position(response: httpx.Response) -> dict[str, Any]:
+    """Where an answer's headers say it stands."""
+    return {
+        "revision": int(response.headers["x-registry-revision"]),
+        "epoch": response.headers["x-registry-epoch"],
+        "content_hash": response.headers["x-registry-content-hash"],
+    }
+
+
+def where(srv: ServerProcess) -> dict[str, Any]:
+    return position(srv.get("/api/v1/nodes?status=all"))
+
+
+def then(pos: dict[str, Any]) -> str:
+    return (
+        f"list the registry again, unless your state has content hash {pos['content_hash']}, and follow "
+        f"changes from revision {pos['revision']} of epoch {pos['epoch']}"
+    )
+
+
+def other_epoch(asked: str, pos: dict[str, Any]) -> dict[str, Any]:
+    """The 410 body for a cursor of epoch `asked` on a registry at `pos`."""
+    return {"detail": f"epoch {asked} is another history than this registry's (epoch {pos['epoch']}); {then(pos)}",
+            **pos}
+
+
+def has_node(srv: ServerProcess, node_id: str) -> bool:
+    return srv.get(f"/api/v1/nodes/{node_id}").status_code == 200
+
+
+def add(srv: ServerProcess, assets: Path, name: str) -> dict[str, Any]:
+    """Write one node file and wait until `srv` serves it; where `srv` stands then."""
+    write_json(assets / f"{name}.json", node_doc(name))
+    wait_until(lambda: has_node(srv, name))
+    return where(srv)
+
+
+# --- a backup restored over the database -----------------------------------------------------
+
+
+def test_a_backup_restored_over_the_database_is_another_history_for_every_cursor_taken_after_it(
+    real_assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The operator restores last night's copy with `cp backup.db registry.db` while the
+    service is stopped: the same file (inode) and the same history token, an older revision.
+    A follower that saw revisions after the backup must not be answered from the history
+    that restarts from it: the restored database goes on differently (here one revision adds
+    both nodes the old history added one by one)."""
+    db, backup = tmp_path / "r.db", tmp_path / "backup.db"
+    first = replica(server, real_assets, db)
+    first.stop()
+    shutil.copyfile(db, backup)  # a cleanly stopped database: no WAL beside it
+    again = replica(server, real_assets, db)
+    saw_y = add(again, real_assets, "y")  # the follower's cursor: it has y
+    add(again, real_assets, "z")
+    again.stop()
+    inode = db.stat().st_ino
+    shutil.copyfile(backup, db)  # written into the existing file, as cp does
+    for suffix in ("-wal", "-shm"):
+        db.with_name(db.name + suffix).unlink(missing_ok=True)
+    assert db.stat().st_ino == inode
+    restored = replica(server, real_assets, db)
+    now = where(restored)
+    assert now["epoch"] != saw_y["epoch"] and now["revision"] <= saw_y["revision"]
+    answer = restored.get("/api/v1/changes", params={"since": saw_y["revision"], "epoch": saw_y["epoch"]})
+    # The follower never saw z: it is told to list again, not handed an empty log.
+    assert (answer.status_code, answer.json()) == (410, other_epoch(saw_y["epoch"], now))
+    assert (
+        f"database {db} holds revision {now['revision'] - 1} of epoch {saw_y['epoch']}, but revision"
+        f" {saw_y['revision'] + 1} of it was served: it is an older copy put back in its place; its state goes"
+        f" on as a new history (epoch {now['epoch']}), and followers list again"
+    ) in restored.log()
+    # The new history is the database's own from now on: a restart keeps it.
+    restored.stop()
+    assert where(replica(server, real_assets, db)) == now
