@@ -7,6 +7,7 @@ Each test here broke something the issue promises before the commit that follows
 from __future__ import annotations
 
 import shutil
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,3 +102,39 @@ def test_a_backup_restored_over_the_database_is_another_history_for_every_cursor
     # The new history is the database's own from now on: a restart keeps it.
     restored.stop()
     assert where(replica(server, real_assets, db)) == now
+
+
+# --- every answer under /api/v1/ names its state ------------------------------------------------
+
+
+def raw_get(srv: ServerProcess, target: str, *headers: str) -> tuple[str, dict[str, str]]:
+    """The status line and headers of one request sent as raw bytes (nothing normalised)."""
+    request = "\r\n".join([f"GET {target} HTTP/1.1", "Host: 127.0.0.1", *headers, "Connection: close", "", ""])
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        sock.sendall(request.encode("latin-1"))
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    status, *lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+    return status, {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def test_a_trailing_slash_under_api_v1_is_redirected_with_the_registrys_position(
+    real_assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """Starlette redirects `/api/v1/nodes/` to `/api/v1/nodes` itself, from its router,
+    past every answer `answers.py` builds: the 307 named no epoch and no content hash."""
+    srv = replica(server, real_assets, tmp_path / "r.db")
+    pos = where(srv)
+    for path in ("/api/v1/nodes/", "/api/v1/changes/", "/api/v1/sources/"):
+        status, headers = raw_get(srv, path + "?since=0")
+        assert (status, headers["location"]) == ("HTTP/1.1 307 Temporary Redirect",
+                                                 f"http://127.0.0.1{path.rstrip('/')}?since=0")
+        assert {
+            "revision": int(headers.get("x-registry-revision", "-1")),
+            "epoch": headers.get("x-registry-epoch"),
+            "content_hash": headers.get("x-registry-content-hash"),
+        } == pos, path
