@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from . import api, dbfile, openapi, routes, watch
+from . import answers, api, dbfile, openapi, routes, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
@@ -184,7 +184,24 @@ class RegistryApp(Starlette):
                 finally:
                     self._count(route, scope["method"], status, _clock() - started)
                 return
+            if scope["path"].startswith("/api/"):
+                send = self._naming_the_state(send)
         await super().__call__(scope, receive, send)
+
+    def _naming_the_state(self, send: Any) -> Any:
+        """`send`, giving the state's headers (`answers.snapshot_headers`) to an answer that
+        has none: the few Starlette makes itself, past `answers.py` (its router's redirect
+        of a trailing slash, its 500), so every answer under /api/ still says where it stands."""
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                registry = getattr(self.state, "registry", None)
+                if registry is not None and not any(name == b"x-registry-revision" for name, _ in headers):
+                    message = {**message, "headers": [*answers.snapshot_headers(registry.snapshot), *headers]}
+            await send(message)
+
+        return sending
 
 
 async def _load_only(writer: Writer, status: watch.WatchStatus) -> None:
