@@ -6,6 +6,7 @@ Each test here broke something the issue promises before the commit that follows
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
 from collections.abc import Callable
@@ -13,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from starlette.testclient import TestClient
 
+from droq_registry.nodefile import build_node
+from droq_registry.snapshot import NodeView, Snapshot
 from support.files import node_doc, write_json
 from support.polling import wait_until
 from support.server import ServerProcess
@@ -138,3 +142,58 @@ def test_a_trailing_slash_under_api_v1_is_redirected_with_the_registrys_position
             "epoch": headers.get("x-registry-epoch"),
             "content_hash": headers.get("x-registry-content-hash"),
         } == pos, path
+
+
+# --- /health and /metrics read one state ---------------------------------------------------------
+
+
+class Committing:
+    """The app's registry, whose writer thread commits between any two reads of its
+    snapshot (the one seam a scrape races with): each read gets the other snapshot."""
+
+    def __init__(self, registry: Any, other: Snapshot) -> None:
+        self._registry = registry
+        self._snapshots = [registry.snapshot, other]
+
+    @property
+    def snapshot(self) -> Snapshot:
+        self._snapshots.reverse()
+        return self._snapshots[0]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._registry, name)
+
+
+def gauge(text: str, name: str) -> int:
+    found = re.search(rf"^droq_registry_{name} (\S+)$", text, re.MULTILINE)
+    assert found is not None, text
+    return int(float(found[1]))
+
+
+def test_health_and_metrics_say_one_states_revision_epoch_content_hash_and_counts(
+    real_assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    """/metrics read the snapshot once for the gauges and twice more for the info metric's
+    epoch and content hash; /health once for its position and again for its counts. A
+    commit between two reads gave a revision, epoch and content hash that never were one state."""
+    client = client_for(real_assets)
+    registry = client.app.state.registry  # type: ignore[attr-defined]
+    now: Snapshot = registry.snapshot
+    view = NodeView("extra.json", build_node({"node_id": "extra", "name": "extra"}, {"Extra": "extra.run"}))
+    later = now.evolve(now.revision + 1, {"extra": view}, (), {}, (), epoch="another-history0")
+    states = {
+        (s.revision, s.epoch, s.content_hash, len(s.nodes)) for s in (now, later)
+    }
+    client.app.state.registry = Committing(registry, later)  # type: ignore[attr-defined]
+    try:
+        for _ in range(4):  # whichever snapshot each answer starts with
+            health = client.get("/health").json()
+            assert (health["revision"], health["epoch"], health["content_hash"], health["nodes"]) in states
+            text = client.get("/metrics").text
+            revision, nodes = gauge(text, "revision"), gauge(text, "nodes")
+            info = re.search(r'^droq_registry_state_info\{content_hash="(\w+)",epoch="([\w-]+)"\} 1\.0$',
+                             text, re.MULTILINE)
+            assert info is not None, text
+            assert (revision, info[2], info[1], nodes) in states
+    finally:
+        client.app.state.registry = registry  # type: ignore[attr-defined]
