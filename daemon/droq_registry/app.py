@@ -137,11 +137,14 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     app.state.offload = Offload()
     auth = settings.api_token is not None
     app.state.contract = lambda: orjson.dumps(openapi.build(routes.TABLE, auth=auth))
-    metrics.watch_state(
-        lambda: api.state_counts(app.state.registry, app.state.watch_status),
-        lambda: app.state.watch_status.restarts,
-        lambda: {"epoch": app.state.registry.snapshot.epoch, "content_hash": app.state.registry.snapshot.content_hash},
-    )
+
+    def state() -> tuple[dict[str, float], dict[str, str]]:
+        registry = app.state.registry
+        snap = registry.snapshot  # once: the writer thread may publish the next one meanwhile
+        counts = api.state_counts(snap, registry, app.state.watch_status)
+        return counts, {"epoch": snap.epoch, "content_hash": snap.content_hash}
+
+    metrics.watch_state(state, lambda: app.state.watch_status.restarts)
     return app
 
 
