@@ -122,7 +122,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
                 await thread.stop()
             lock.release()  # after the close: the next writer finds the database complete
 
-    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics), Middleware(NamingTheState)]
     if settings.api_token is not None:
         middleware.append(Middleware(TokenAuth, token=settings.api_token))
     app = RegistryApp(
@@ -187,24 +187,32 @@ class RegistryApp(Starlette):
                 finally:
                     self._count(route, scope["method"], status, _clock() - started)
                 return
-            if scope["path"].startswith("/api/"):
-                send = self._naming_the_state(send)
         await super().__call__(scope, receive, send)
 
-    def _naming_the_state(self, send: Any) -> Any:
-        """`send`, giving the state's headers (`answers.snapshot_headers`) to an answer that
-        has none: the few Starlette makes itself, past `answers.py` (its router's redirect
-        of a trailing slash, its 500), so every answer under /api/ still says where it stands."""
+
+class NamingTheState:
+    """Middleware: an answer under /api/ that has no state headers gets them
+    (`answers.snapshot_headers`): the few Starlette's router makes itself, past `answers.py`
+    (its redirect of a trailing slash), so every answer under /api/ says where it stands."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
 
         async def sending(message: Any) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
-                registry = getattr(self.state, "registry", None)
+                registry = getattr(state, "registry", None)
                 if registry is not None and not any(name == b"x-registry-revision" for name, _ in headers):
                     message = {**message, "headers": [*answers.snapshot_headers(registry.snapshot), *headers]}
             await send(message)
 
-        return sending
+        await self.app(scope, receive, sending)
 
 
 async def _load_only(writer: Writer, status: watch.WatchStatus) -> None:
