@@ -197,3 +197,24 @@ def test_health_and_metrics_say_one_states_revision_epoch_content_hash_and_count
             assert (revision, info[2], info[1], nodes) in states
     finally:
         client.app.state.registry = registry  # type: ignore[attr-defined]
+
+
+# --- a rollback finds a lock file it takes --------------------------------------------------------
+
+#: What the release before the served mark took as its lock file's note (dbfile._NOTE then):
+#: any other content and it refuses to start ("is not this registry's lock file").
+PREVIOUS_RELEASES_NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n)?")
+
+
+def test_the_lock_file_left_behind_is_one_the_previous_release_takes_again(
+    real_assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """A rollback to the previous release starts on the same volume: the served mark must
+    not make it refuse the lock file (a second line did)."""
+    db = tmp_path / "r.db"
+    srv = replica(server, real_assets, db)
+    pos = add(srv, real_assets, "x")
+    srv.stop()
+    note = db.with_name(db.name + ".lock").read_bytes()
+    assert note == f"pid {srv.pid} on {socket.gethostname()} served {pos['epoch']}:{pos['revision']}\n".encode()
+    assert PREVIOUS_RELEASES_NOTE.fullmatch(note)
