@@ -180,9 +180,11 @@ def lock_path(db_path: Path) -> Path:
 
 
 #: What `WriterLock` writes into its lock file; a file holding anything else is not ours:
-#: who holds it, and how far its holder served the database's history.
-_NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n(served [A-Za-z0-9_-]{1,32}:[0-9]{1,20}\n)?)?")
-_SERVED = re.compile(rb"^served ([A-Za-z0-9_-]{1,32}):([0-9]{1,20})$", re.MULTILINE)
+#: one line, who holds it and how far its holder served the database's history
+#: ("pid 123 on host served <epoch>:<revision>"; a host name has no spaces). One line, so
+#: earlier releases, which take exactly this pattern, take it again after a rollback.
+_NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n)?")
+_SERVED = re.compile(rb" served ([A-Za-z0-9_-]{1,32}):([0-9]{1,20})\n\Z")
 _NOTE_BYTES = 512
 
 
@@ -210,7 +212,7 @@ class WriterLock:
     def __init__(self, db_path: Path) -> None:
         self.path = lock_path(db_path)
         self._fd: int | None = None
-        #: The note's first line, once this service wrote it (a lock file of ours).
+        #: Who holds it, as the note says, once this service wrote it (a lock file of ours).
         self._holder = b""
         #: How far the database's history was served, as the lock file said when this
         #: service took it (and as `served` has said since): (epoch, revision), or None.
@@ -240,7 +242,7 @@ class WriterLock:
             served = _SERVED.search(note)
             if served is not None:
                 self.served_to = (served[1].decode("ascii"), int(served[2]))
-            self._holder = f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+            self._holder = f"pid {os.getpid()} on {socket.gethostname()}".encode()
             self._write_note()
         except OSError:
             pass  # the note is for people; the lock itself is held
@@ -262,7 +264,8 @@ class WriterLock:
         assert self._fd is not None
         note = self._holder
         if self.served_to is not None:
-            note += f"served {self.served_to[0]}:{self.served_to[1]}\n".encode()
+            note += f" served {self.served_to[0]}:{self.served_to[1]}".encode()
+        note += b"\n"
         # Written over the old note, then cut to length: never an empty or torn lock file.
         os.pwrite(self._fd, note, 0)
         os.ftruncate(self._fd, len(note))
@@ -270,7 +273,7 @@ class WriterLock:
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it ("pid 123 on host"), or "unknown"."""
         try:
-            note = self.path.read_bytes()[:200].decode("utf-8", "replace").partition("\n")[0].strip()
+            note = self.path.read_bytes()[:200].decode("utf-8", "replace").partition(" served ")[0].strip()
         except OSError:
             note = ""
         return note if note.isprintable() and note else "unknown"
