@@ -126,6 +126,11 @@ def check_file(db_path: Path) -> None:
         if not stat.S_ISREG(st.st_mode):
             raise StorageFault("not_a_database", f"{db_path}: is not a regular file; "
                                "point REGISTRY_DB_PATH at a file")
+        if st.st_nlink > 1:
+            # Another name for the same file would take a lock of its own (`<name>.lock`) and
+            # a WAL of its own: two writers, one damaged file, one epoch for two histories.
+            raise StorageFault("not_a_database", f"{db_path}: has {st.st_nlink} hard links; two names for one "
+                               "database file would let two services write it. Give each service its own file")
         head = _probe_open(db_path, "the database")
         if st.st_size > 0 and head != SQLITE_HEADER:
             raise StorageFault("not_a_database", f"{db_path}: is not a SQLite database "
