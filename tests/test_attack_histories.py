@@ -20,14 +20,18 @@ from droq_registry.nodefile import build_node
 from droq_registry.snapshot import NodeView, Snapshot
 from support.files import node_doc, write_json
 from support.polling import wait_until
-from support.server import ServerProcess
+from support.server import ServerProcess, health_or_none
 
 
-def replica(server: Callable[..., ServerProcess], assets: Path, db: Path, **env: str) -> ServerProcess:
-    """A `droq-registry serve` process on `assets` with the database `db`."""
+def replica(
+    server: Callable[..., ServerProcess], assets: Path, db: Path, ready: bool = True, **env: str
+) -> ServerProcess:
+    """A `droq-registry serve` process on `assets` with the database `db` (waited for
+    until it is ready, unless `ready` is False)."""
     return server(
         {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
         db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
+        ready,
     )
 
 
@@ -218,3 +222,39 @@ def test_the_lock_file_left_behind_is_one_the_previous_release_takes_again(
     note = db.with_name(db.name + ".lock").read_bytes()
     assert note == f"pid {srv.pid} on {socket.gethostname()} served {pos['epoch']}:{pos['revision']}\n".encode()
     assert PREVIOUS_RELEASES_NOTE.fullmatch(note)
+
+
+# --- a writer that takes its lock back after another one wrote ------------------------------------
+
+
+def test_a_writer_that_takes_its_lock_back_after_another_wrote_goes_on_in_a_new_history(
+    real_assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The lock file is deleted under a running writer (someone cleans the volume): the
+    replica waiting for it takes a new one and writes two revisions, y then z, and exits.
+    The first writer takes its lock back and writes its own, older state into the database
+    again, then adds y and z in one revision. Those revision numbers counted other states
+    in the other writer's history: under the same epoch a follower that saw the other's
+    y-only revision would be answered "nothing changed" and never see z."""
+    db = tmp_path / "r.db"
+    first = replica(server, real_assets, db)
+    second = replica(server, real_assets, db, ready=False)
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+    # The first one's start-up rescan is done: it has no pass to make until a file changes,
+    # so the waiting one is the first to find the lock file gone.
+    wait_until(lambda: 'droq_registry_reconciles_total{result="unchanged"} 1.0' in first.get("/metrics").text)
+    before = where(first)
+    db.with_name(db.name + ".lock").unlink()
+    second.wait_ready()  # it made a new lock file and took it
+    assert where(second) == before  # the same database, the same history so far
+    saw_y = add(second, real_assets, "y")
+    add(second, real_assets, "z")
+    assert saw_y["epoch"] == before["epoch"]
+    second.stop()
+
+    first.wait_ready()  # its lock back, and its state written into the database again
+    wait_until(lambda: has_node(first, "z"))
+    now = where(first)
+    answer = first.get("/api/v1/changes", params={"since": saw_y["revision"], "epoch": saw_y["epoch"]})
+    assert (answer.status_code, answer.json()) == (410, other_epoch(saw_y["epoch"], now))
+    assert now["epoch"] != before["epoch"]
