@@ -16,9 +16,11 @@ from typing import Any
 import httpx
 from starlette.testclient import TestClient
 
+from droq_registry.app import create_app
 from droq_registry.nodefile import build_node
 from droq_registry.snapshot import NodeView, Snapshot
 from support.files import node_doc, write_json
+from support.http import make_settings
 from support.polling import wait_until
 from support.server import ServerProcess, health_or_none
 
@@ -258,3 +260,33 @@ def test_a_writer_that_takes_its_lock_back_after_another_wrote_goes_on_in_a_new_
     answer = first.get("/api/v1/changes", params={"since": saw_y["revision"], "epoch": saw_y["epoch"]})
     assert (answer.status_code, answer.json()) == (410, other_epoch(saw_y["epoch"], now))
     assert now["epoch"] != before["epoch"]
+
+
+# --- an answer that fails inside the app -------------------------------------------------------
+
+
+class FailingOffload:
+    """The app's worker threads, failing every build (the one seam an answer that is too big
+    for the event loop is built at): the handler raises, and Starlette answers 500."""
+
+    async def once(self, *args: Any) -> Any:
+        raise RuntimeError("injected: the worker threads are gone")
+
+    async def run(self, *args: Any) -> Any:
+        raise RuntimeError("injected: the worker threads are gone")
+
+
+def test_an_answer_that_fails_inside_the_app_says_where_the_registry_stands_and_why(
+    real_assets: Path, tmp_path: Path
+) -> None:
+    """Starlette's ServerErrorMiddleware answers an exception from a handler outside every
+    user middleware, so the 500 had neither the state's headers nor a JSON body."""
+    with TestClient(create_app(make_settings(real_assets)), raise_server_exceptions=False) as client:
+        wait_until(lambda: client.get("/ready").status_code == 200)
+        pos = position(client.get("/api/v1/nodes?status=all"))
+        client.app.state.offload = FailingOffload()  # type: ignore[attr-defined]
+        answer = client.get("/api/v1/sources")
+        assert (answer.status_code, answer.headers["content-type"], answer.json()) == (
+            500, "application/json", {"detail": "internal error (RuntimeError); the service logged it, and keeps serving"}
+        )
+        assert position(answer) == pos
