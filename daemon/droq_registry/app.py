@@ -131,7 +131,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
         routes=routes.starlette_routes(),
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={HTTPException: api.http_error},
+        exception_handlers={HTTPException: api.http_error, Exception: api.server_error},
     )
     app.state.metrics = metrics
     app.state.offload = Offload()
