@@ -13,58 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
 from droq_registry.app import create_app
 from droq_registry.nodefile import build_node
 from droq_registry.snapshot import NodeView, Snapshot
 from support.files import node_doc, write_json
+from support.histories import has_node, other_epoch, position, replica, where
 from support.http import make_settings
 from support.polling import wait_until
 from support.server import ServerProcess, health_or_none
-
-
-def replica(
-    server: Callable[..., ServerProcess], assets: Path, db: Path, ready: bool = True, **env: str
-) -> ServerProcess:
-    """A `droq-registry serve` process on `assets` with the database `db` (waited for
-    until it is ready, unless `ready` is False)."""
-    return server(
-        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
-        db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
-        ready,
-    )
-
-
-def position(response: httpx.Response) -> dict[str, Any]:
-    """Where an answer's headers say it stands."""
-    return {
-        "revision": int(response.headers["x-registry-revision"]),
-        "epoch": response.headers["x-registry-epoch"],
-        "content_hash": response.headers["x-registry-content-hash"],
-    }
-
-
-def where(srv: ServerProcess) -> dict[str, Any]:
-    return position(srv.get("/api/v1/nodes?status=all"))
-
-
-def then(pos: dict[str, Any]) -> str:
-    return (
-        f"list the registry again, unless your state has content hash {pos['content_hash']}, and follow "
-        f"changes from revision {pos['revision']} of epoch {pos['epoch']}"
-    )
-
-
-def other_epoch(asked: str, pos: dict[str, Any]) -> dict[str, Any]:
-    """The 410 body for a cursor of epoch `asked` on a registry at `pos`."""
-    return {"detail": f"epoch {asked} is another history than this registry's (epoch {pos['epoch']}); {then(pos)}",
-            **pos}
-
-
-def has_node(srv: ServerProcess, node_id: str) -> bool:
-    return srv.get(f"/api/v1/nodes/{node_id}").status_code == 200
 
 
 def add(srv: ServerProcess, assets: Path, name: str) -> dict[str, Any]:
