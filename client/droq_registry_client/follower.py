@@ -12,9 +12,11 @@ as a task in the caller's loop: one implementation of the protocol for both.
   the registry sends `X-Registry-Epoch`); each answer names the nodes to fetch again.
 - A cursor is trusted only where it is known to mean the same history: on the process that
   gave it (no failure since), or on any replica when the answers carry the same epoch.
-  Otherwise the follower relists. A 410 whose content hash equals the state's own takes the
-  new cursor without relisting; any other 410, a `400` for a cursor ahead of the registry's
-  revision, a lower revision or another epoch means another history: relist.
+  Otherwise the follower relists. The registry answers a cursor of another history (another
+  epoch, or a revision ahead of its own) with `410 {detail, revision, epoch, content_hash}`:
+  when that content hash equals the state's own the follower takes the new cursor without
+  relisting, else it relists. A registry without epochs (older than issue 12) is listed
+  again after every reconnect or replica switch.
 - A failure never changes the state: lookups keep answering from it, marked stale. The
   follower rotates to the next replica at once, and once every replica has failed, waits
   with exponential backoff and jitter before the next round.
@@ -146,8 +148,9 @@ class Follower:
             self.session = url
             return []
         if status == 410:
-            gone = wire.gone(response, position)
-            if gone.content_hash is not None and gone.content_hash == state.content_hash and gone.revision is not None:
+            gone = wire.gone(response)
+            same = gone.content_hash is not None and gone.content_hash == state.content_hash
+            if same and gone.epoch is not None and gone.revision is not None:
                 # The same content in another history (another replica, a rebuilt database):
                 # take its cursor, nothing to fetch.
                 self._publish(state.at(gone.epoch, gone.revision, gone.content_hash))
@@ -160,12 +163,6 @@ class Follower:
                 )
                 return []
             return await self._relist(url, f"{url} answered 410: {gone.detail}")
-        if status == 400 and position.revision < state.revision:
-            return await self._relist(
-                url,
-                f"the cursor (revision {state.revision}) is ahead of {url}'s revision {position.revision}: "
-                "another history",
-            )
         raise Failure(f"GET {url}{wire.CHANGES} answered {status}: {wire.detail_of(response)}")
 
     # --- listing -----------------------------------------------------------------------
