@@ -32,7 +32,9 @@ def _http(options: Options) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         headers=headers,
         timeout=options.timeout,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        # Idle connections are closed before the registry would close them (its keep-alive
+        # is 5 s by default), so a request rarely meets a connection closing under it.
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0),
     )
 
 

@@ -122,12 +122,8 @@ class Follower:
         # cursor is confirmed, or refused, at once rather than at the end of a long-poll.
         resuming = self.session != url
         wait = 0.0 if resuming else max(0.0, min(self.options.poll_wait, self.next_resync - time.monotonic()))
-        response = await self._get(
-            url,
-            wire.CHANGES,
-            params=wire.changes_params(state.revision, state.epoch, wait),
-            timeout=httpx.Timeout(self.options.timeout, read=wait + self.options.timeout),
-        )
+        response = await self._get(url, wire.CHANGES, params=wire.changes_params(state.revision, state.epoch, wait),
+                                   wait=wait)
         position = self._meta(response)
         status = response.status_code
         if status == 200:
@@ -163,7 +159,7 @@ class Follower:
                 )
                 return []
             return await self._relist(url, f"{url} answered 410: {gone.detail}")
-        raise Failure(f"GET {url}{wire.CHANGES} answered {status}: {wire.detail_of(response)}")
+        raise Failure(wire.refusal(response))
 
     # --- listing -----------------------------------------------------------------------
 
@@ -172,7 +168,7 @@ class Follower:
         await self._ready(url)
         response = await self._get(url, wire.NODES, params={"status": "all"})
         if response.status_code != 200:
-            raise Failure(f"GET {url}{wire.NODES} answered {response.status_code}: {wire.detail_of(response)}")
+            raise Failure(wire.refusal(response))
         position = self._meta(response)
         ids = self._parse(wire.node_ids, response)
         if position.revision == 0 and not ids:
@@ -266,22 +262,42 @@ class Follower:
             return node_id, known, position.revision
         if status == 404:
             return node_id, None, position.revision
-        raise Failure(
-            f"GET {url}{wire.detail_path(node_id)} answered {status}: {wire.detail_of(response)}"
-        )
+        raise Failure(wire.refusal(response))
 
     # --- HTTP ----------------------------------------------------------------------------
 
-    async def _get(self, url: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _get(
+        self,
+        url: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        wait: float = 0.0,
+    ) -> httpx.Response:
+        """One request. `timeout` bounds the connect and every read (after the `wait` of a
+        long-poll); the whole answer must also arrive within `wait + 2 x timeout`, so a
+        replica that trickles its answer a byte at a time is given up like a frozen one."""
+        timeout = self.options.timeout
+        whole = wait + 2 * timeout
+        limits = httpx.Timeout(timeout, read=wait + timeout)
         try:
-            response = await self.http.get(url + path, **kwargs)
+            async with asyncio.timeout(whole):
+                try:
+                    response = await self.http.get(url + path, params=params, headers=headers, timeout=limits)
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    # A kept-alive connection the server closed just as it was reused: the
+                    # request never arrived. A GET is safe to send again, once, on a new one.
+                    LOG.debug("GET %s%s again after %s: %s", url, path, type(exc).__name__, _why(exc))
+                    response = await self.http.get(url + path, params=params, headers=headers, timeout=limits)
         except httpx.HTTPError as exc:
-            raise Failure(f"GET {url}{path}: {type(exc).__name__}: {exc or 'no detail'}") from None
+            raise Failure(f"GET {_url_of(exc, url + path)}: {type(exc).__name__}: {_why(exc)}") from None
+        except TimeoutError:
+            bound = f"wait {wait:g} s + 2 x timeout" if wait else "2 x timeout"
+            where = httpx.URL(url + path, params=params)
+            raise Failure(f"GET {where}: the whole answer took longer than {whole:g} s ({bound})") from None
         if response.status_code in (401, 403):
-            raise Failure(
-                f"GET {response.request.url} answered {response.status_code}: {wire.detail_of(response)}; "
-                "check the token"
-            )
+            raise Failure(f"{wire.refusal(response)}; check the token")
         return response
 
     @staticmethod
@@ -379,3 +395,20 @@ class Follower:
 
     def _to_save(self) -> tuple[State | None, str | None, float | None]:
         return self.core.state, self.core.url, self.core.confirmed_at
+
+
+def _url_of(exc: httpx.HTTPError, fallback: str) -> str:
+    try:
+        return str(exc.request.url)
+    except RuntimeError:  # an error raised before the request was made
+        return fallback
+
+
+def _why(exc: BaseException) -> str:
+    """The first message along the exception's causes (httpx's own are often empty)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return str(seen) if seen is exc else f"{type(seen).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return "no detail"

@@ -52,6 +52,9 @@ class Meta:
 def meta(response: httpx.Response) -> Meta:
     """The revision (required), epoch and content hash of an answer."""
     raw = response.headers.get(REVISION)
+    if (raw is None or not raw.isdigit()) and response.status_code >= 400:
+        # Not the registry's answer: a proxy's (502 while the registry is down) or a gateway's.
+        raise ProtocolError(refusal(response))
     if raw is None or not raw.isdigit():
         raise ProtocolError(
             f"{_where(response)} answered {response.status_code} without a valid {REVISION} header "
@@ -158,15 +161,20 @@ def gone(response: httpx.Response) -> Gone:
     )
 
 
+def refusal(response: httpx.Response) -> str:
+    """What an answer other than the one asked for says: `GET <url> answered <status>: <detail>`."""
+    return f"{_where(response)} answered {response.status_code}: {detail_of(response)}"
+
+
 def detail_of(response: httpx.Response) -> str:
     """An error answer's `detail`, for messages (never raises)."""
     try:
         data = json.loads(response.content)
     except ValueError:
-        return response.text[:200]
+        return response.text.strip()[:200]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):
         return str(data["detail"])[:500]
-    return response.text[:200]
+    return response.text.strip()[:200]
 
 
 def _where(response: httpx.Response) -> str:
