@@ -144,6 +144,9 @@ class Follower:
             self.session = url
             return []
         if status == 410:
+            # A registry still loading answers for an empty state (revision 0): its hash
+            # would differ from any real state's and cost a needless relist.
+            await self._ready(url)
             gone = wire.gone(response)
             same = gone.content_hash is not None and gone.content_hash == state.content_hash
             if same and gone.epoch is not None and gone.revision is not None:
