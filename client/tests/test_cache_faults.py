@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, Registry, node_doc, wait_until, write_node
+from conftest import Client, Registry, node_doc, unavailable, wait_until, write_node
 from droq_registry_client import RegistryUnavailable
 from droq_registry_client.cache import load
 from test_lookups import FAST, every_class
@@ -28,7 +28,7 @@ def tmpfs(tmp_path: Path) -> Iterator[Path]:
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
