@@ -442,7 +442,7 @@ def test_two_servers_on_the_same_folder_give_identical_etags(
 def test_every_api_answer_carries_the_revision(real_assets: Path, client_for: Callable[..., TestClient]) -> None:
     client = client_for(real_assets)
     revision = current_revision(client)
-    node_id = sorted(orjson.loads(p.read_bytes())["node_id"] for p in real_assets.glob("*.json"))[0]
+    node_id = min(orjson.loads(p.read_bytes())["node_id"] for p in real_assets.glob("*.json"))
     answers = {
         ("GET", "/"): client.get("/"),
         ("GET", "/health"): client.get("/health"),
@@ -734,7 +734,7 @@ def test_event_stream_sends_relist_when_last_event_id_is_no_longer_kept(
         start = current_revision(http)
         for name in ("a", "b", "c"):
             write_json(assets / f"{name}.json", node_doc(name))
-            wait_until(lambda: http.get(f"/api/v1/nodes/{name}").status_code == 200)
+            wait_until(lambda node_id=name: http.get(f"/api/v1/nodes/{node_id}").status_code == 200)
         assert current_revision(http) == start + 3
         gone = http.get(f"/api/v1/changes?since={start}")
         assert gone.status_code == 410
