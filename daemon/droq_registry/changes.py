@@ -1,29 +1,42 @@
 """Following the change log: `GET /api/v1/changes` (with long-poll) and the event stream.
 
+Both are plain ASGI apps, so a follower held open costs its connection, one coroutine and
+one future in the feed (`feed.Feed`), and nothing of Starlette: `app.RegistryApp` calls
+them first, as it calls the fast path, and Starlette's router reaches the same apps (a
+route whose endpoint is not a function is mounted as it is) when a request goes that way.
+
 Each answer is read from one snapshot, whose revision, change log and floor belong
-together, and sent as `answers.py` prepares it; a waiting request holds no thread and
-is woken by `feed.Feed` when a revision commits, and answers early (as at shutdown)
-when the server releases it to make room for a new connection (`feed.Release`).
+together, and sent as `answers.py` prepares it, once per snapshot for every follower
+that had the same revision (`Answers.changes`, `Answers.frames`). A waiting request holds
+no thread and is woken by the feed when a revision commits, and answers early (as at
+shutdown) when the server releases it: to make room for a new connection, or because its
+client has gone (`feed.Release`). An event stream that falls further behind than its
+connection may buffer is cut by the server (`Release.room`); its client resumes with
+Last-Event-ID and loses nothing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
 
-import orjson
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.requests import Request
-from starlette.responses import Response
+import anyio
+from starlette.datastructures import QueryParams
 
 from . import answers
-from .api import respond
-from .feed import release_of
-from .snapshot import Snapshot, etag_of
+from .answers import Answer
+from .feed import Feed, Release, release_of
+from .snapshot import Snapshot
 
 #: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
 MAX_WAIT_SECONDS = 60.0
+#: A comment line this often keeps idle streams open through proxies (one shared timer).
+KEEPALIVE_SECONDS = 15.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
+
+Scope = MutableMapping[str, Any]
 
 
 def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
@@ -48,91 +61,141 @@ def _expired(snap: Snapshot, since: int) -> str | None:
     return None
 
 
-async def list_changes(request: Request) -> Response:
-    """The change log after `since`; with `wait`, held until a change commits (or the
-    service stops, or the server releases it: then it answers at once with what there is)."""
-    registry = request.app.state.registry
-    snap = registry.snapshot
-    since = _since(request.query_params.get("since"), snap, "since")
-    if isinstance(since, str):
-        return respond(request, answers.of(snap).error(400, since))
-    raw_wait = request.query_params.get("wait")
-    wait = 0.0
-    if raw_wait is not None:
-        try:
-            wait = float(raw_wait)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            detail = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
-            return respond(request, answers.of(snap).error(400, detail))
-    if wait and snap.revision == since and snap.changes.kept(since):
-        await request.app.state.feed.wait_beyond(since, wait, release_of(request.scope))
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
+    status, headers, body = answer.reply(answers.if_none_match(scope["headers"]))
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+class Follow:
+    """An ASGI app of the change log. `serve` returns the status it answered, for the
+    metrics of the caller that counts it (`app.RegistryApp`)."""
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+        raise NotImplementedError
+
+
+class Changes(Follow):
+    """`GET /api/v1/changes?since=N[&wait=S]`: the change log after `since`; with `wait`,
+    held until a change commits (or the service stops, or the server releases it: then it
+    answers at once with what there is)."""
+
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+        state = scope["app"].state
+        registry, feed = state.registry, state.feed
         snap = registry.snapshot
-    # From here on only `snap` is read: its revision, log and floor belong together.
-    prepared = answers.of(snap)
-    expired = _expired(snap, since)
-    if expired:
-        return respond(request, prepared.gone(expired))
-    body = answers.changes_body(snap, since)
-    return respond(request, prepared.ok(body, etag_of(body)))
+        query = QueryParams(scope["query_string"])
+        since = _since(query.get("since"), snap, "since")
+        if isinstance(since, str):
+            return await _send_answer(scope, send, answers.of(snap).error(400, since))
+        raw_wait = query.get("wait")
+        wait = 0.0
+        if raw_wait is not None:
+            try:
+                wait = float(raw_wait)
+            except ValueError:
+                wait = -1.0
+            if not 0 <= wait <= MAX_WAIT_SECONDS:
+                detail = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+                return await _send_answer(scope, send, answers.of(snap).error(400, detail))
+        if wait and snap.revision == since and snap.changes.kept(since):
+            release = release_of(scope)
+            if release is not None:
+                await feed.wait_beyond(since, wait, release)
+            else:
+                async with _released(receive) as release:
+                    await feed.wait_beyond(since, wait, release)
+            snap = registry.snapshot
+        # From here on only `snap` is read: its revision, log and floor belong together.
+        prepared = answers.of(snap)
+        expired = _expired(snap, since)
+        if expired:
+            return await _send_answer(scope, send, prepared.gone(expired))
+        return await _send_answer(scope, send, prepared.changes(since))
 
 
-async def events(request: Request) -> Response:
-    """Server-Sent Events: every change record, `id` = its revision; resumable."""
-    registry = request.app.state.registry
-    feed = request.app.state.feed
-    release = release_of(request.scope)
-    snap = registry.snapshot
-    raw = request.headers.get("last-event-id") or request.query_params.get("since")
-    if raw is None:
-        start: int | str = snap.revision
-    else:
-        start = _since(raw.strip(), snap, "Last-Event-ID" if request.headers.get("last-event-id") else "since")
-    if isinstance(start, str):
-        return respond(request, answers.of(snap).error(400, start))
+class Events(Follow):
+    """Server-Sent Events: every change record, `id` = its revision; resumable with
+    Last-Event-ID (or `?since=`)."""
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        last = int(start)
-        while feed.following(release):
-            current = registry.snapshot  # read once per round: revision, log and floor agree
-            expired = _expired(current, last)
-            if expired:
-                yield ServerSentEvent(
-                    orjson.dumps({"revision": current.revision, "detail": expired}).decode(),
-                    event="relist",
-                    id=str(current.revision),
-                )
-                last = current.revision
-            log = current.changes
-            span = log.span(last, current.revision)
-            revisions, encoded = log.revisions[span], log.encoded[span]
-            for i, record in enumerate(encoded):
-                # Only a revision's last record carries the id: a client cut off in the middle
-                # of a revision resumes from the one before and gets all of it again.
-                complete = i + 1 == len(revisions) or revisions[i + 1] != revisions[i]
-                yield ServerSentEvent(
-                    record.decode(),
-                    event="change",
-                    id=str(revisions[i]) if complete else None,
-                )
-            last = current.revision
-            await feed.wait_beyond(last, KEEPALIVE_SECONDS, release)
-
-    # A stream ends when the feed closes, which the server does first thing when it stops
-    # (RegistryApp.stop_following), or when the server releases it for room (the same
-    # end: every revision sent so far is whole, so the client resumes with Last-Event-ID). sse-starlette also watches for the stop signal; its
-    # grace period lets the stream end on its own, as a complete response, instead of
-    # being cut (which uvicorn logs as an error).
-    return EventSourceResponse(
-        stream(),
-        headers=answers.of(snap).text_headers(),
-        ping=KEEPALIVE_SECONDS,
-        shutdown_grace_period=STREAM_GRACE_SECONDS,
-    )
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+        state = scope["app"].state
+        registry, feed = state.registry, state.feed
+        snap = registry.snapshot
+        header = _header(scope, b"last-event-id")
+        raw = header.decode("latin-1") if header else QueryParams(scope["query_string"]).get("since")
+        if raw is None:
+            start: int | str = snap.revision
+        else:
+            start = _since(raw.strip(), snap, "Last-Event-ID" if header else "since")
+        if isinstance(start, str):
+            return await _send_answer(scope, send, answers.of(snap).error(400, start))
+        await send({"type": "http.response.start", "status": 200, "headers": list(answers.of(snap).stream_headers())})
+        if scope["method"] != "HEAD":
+            release = release_of(scope)
+            if release is not None:
+                await _stream(registry, feed, release, send, start)
+            else:
+                async with _released(receive) as release:
+                    await _stream(registry, feed, release, send, start)
+        # Every revision sent so far is whole, so the client resumes with Last-Event-ID.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
 
 
-#: A comment line this often keeps idle streams open through proxies.
-KEEPALIVE_SECONDS = 15.0
-#: How long a stream may take to end on its own at shutdown before it is cut.
-STREAM_GRACE_SECONDS = 1.0
+async def _stream(registry: Any, feed: Feed, release: Release, send: Any, last: int) -> None:
+    """Send what commits after `last` until the feed closes or the release is set."""
+    while feed.following(release):
+        current = registry.snapshot  # read once per round: revision, log and floor agree
+        expired = _expired(current, last)
+        frames = answers.relist_frame(current, expired) if expired else answers.of(current).frames(last)
+        last = current.revision
+        if frames and not await _send_frames(release, send, frames):
+            return
+        news = await feed.wait_beyond(last, None, release)
+        if not news and feed.following(release) and not await _send_frames(release, send, answers.KEEPALIVE_FRAME):
+            return  # the keep-alive tick, and no room even for its comment
+
+
+async def _send_frames(release: Release, send: Any, frames: bytes) -> bool:
+    """Send `frames` unless the connection has no room for them (then the server has cut it)."""
+    if not release.room(len(frames)):
+        return False
+    await send({"type": "http.response.body", "body": frames, "more_body": True})
+    return True
+
+
+@asynccontextmanager
+async def _released(receive: Any) -> AsyncIterator[Release]:
+    """A release for a follower the server gave none (another server than ours, such as
+    the tests' client): set by a task that watches for the client's disconnect. Ours
+    sets the release it attached itself when the client goes, and needs no such task."""
+    own = Release()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        own.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield own
+        finally:
+            group.cancel_scope.cancel()
+
+
+#: The route table's handlers (`routes.TABLE`).
+list_changes = Changes()
+events = Events()

@@ -12,7 +12,9 @@ and it accepts connections until the process runs out of file descriptors (its
   `max_head_bytes` (it counts the bytes as they arrive, so a head is never buffered whole).
   A client that takes nothing of an answer for `send_timeout` seconds while the unsent
   part waits (its socket buffers are full) is cut off, so it keeps neither the
-  connection nor those bytes for ever.
+  connection nor those bytes for ever. An event stream whose unsent bytes would grow past
+  `follower_buffer` is cut at once (`LimitedProtocol.room`): its client resumes with
+  Last-Event-ID, and it cost nobody else anything.
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or releasing the oldest follower (a
   long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
@@ -58,8 +60,10 @@ log = logging.getLogger("droq_registry.server")
 RESERVED_FDS = 64
 #: How long a thread may hold the GIL while another waits for it.
 SWITCH_INTERVAL_SECONDS = 0.001
-#: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides).
-DEFAULT_MAX_CONNECTIONS = 4096
+#: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides):
+#: room for ten thousand followers and their probes; an idle follower costs a few KiB, so
+#: the cap's worth of them stays within about 100 MiB.
+DEFAULT_MAX_CONNECTIONS = 16384
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Limits:
     send_timeout: float
     max_head_bytes: int
     max_connections: int
+    follower_buffer: int = 256 * 1024
 
 
 def raise_fd_limit() -> int:
@@ -132,6 +137,8 @@ class LimitedProtocol(HttpToolsProtocol):
             self.send_timer.cancel()
         self.gate.closed(self)
         super().connection_lost(exc)
+        if self.follower is not None:
+            self.follower.set()  # its client has gone: the follower stops waiting now
 
     def data_received(self, data: bytes) -> None:
         if not self.in_head:
@@ -163,8 +170,11 @@ class LimitedProtocol(HttpToolsProtocol):
         # run, has not read it: a follower gets its release before its handler starts.
         scope = self.scope
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
-            self.follower = Release.attach(scope)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            self.follower = Release.attach(scope, self)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
+            # uvicorn waits for the client to drain above the high-water mark; a follower's
+            # bound is checked before each send instead (`room`), so it never waits there.
+            self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -172,7 +182,9 @@ class LimitedProtocol(HttpToolsProtocol):
         self.head_bytes = 0
 
     def on_response_complete(self) -> None:
-        self.follower = None
+        if self.follower is not None:
+            self.follower = None
+            self.transport.set_write_buffer_limits()
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
@@ -210,6 +222,18 @@ class LimitedProtocol(HttpToolsProtocol):
     def release(self) -> None:
         if self.follower is not None:
             self.follower.set()
+
+    def room(self, size: int) -> bool:
+        """Whether a follower may queue `size` more bytes (feed.Outlet). A stream whose
+        unsent bytes would pass `follower_buffer` lags too far behind: it is cut now, so
+        what it has not read never grows beyond that bound, and it costs nobody else a
+        wait. A connection with nothing unsent always takes the next send whole."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0 or unsent + size <= self.limits.follower_buffer:
+            return not self.transport.is_closing()
+        self.gate.counted("follower_lagging")
+        self.transport.abort()
+        return False
 
     def _unsupported_upgrade_warning(self) -> None:
         # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
@@ -347,6 +371,7 @@ def run(settings: Settings) -> int:
         send_timeout=settings.send_timeout_seconds,
         max_head_bytes=settings.max_head_bytes,
         max_connections=connection_limit(settings.max_connections, fd_limit),
+        follower_buffer=settings.follower_buffer_bytes,
     )
     app = create_app(settings, after_commit=freeze_after_commit)
     config = uvicorn.Config(
