@@ -63,7 +63,7 @@ def burst(
     visible: Callable[[], bool],
 ) -> dict[str, object]:
     """wrk for --duration s; --lead s in, `write()`; then wait until `visible()` and quiet."""
-    before = server.health()["revision"]
+    before = int(server.metrics()["droq_registry_revision"])
     thread, out = wrk_in_background(url, args, args.burst_duration)
     time.sleep(args.lead)
     t0 = time.perf_counter()
@@ -77,10 +77,10 @@ def burst(
             break
         time.sleep(0.01)
     # The revision is stable when two looks 300 ms apart agree.
-    revision = server.health()["revision"]
+    revision = int(server.metrics()["droq_registry_revision"])
     while time.monotonic() < deadline:
         time.sleep(0.3)
-        now = server.health()["revision"]
+        now = int(server.metrics()["droq_registry_revision"])
         if now == revision:
             break
         revision = now
@@ -97,46 +97,8 @@ def burst(
     }
 
 
-def profile_burst(
-    server: common.Server,
-    url: str,
-    args: argparse.Namespace,
-    payloads: list[tuple[Path, bytes]],
-    last_id: str,
-    workdir: Path,
-    report: common.Report,
-) -> None:
-    """One more rewrite burst (not measured) with py-spy recording the server throughout."""
-    again = [(dst, gen_nodes.with_version(raw, "3.0.0-profile")) for dst, raw in payloads]
-    raw_out = workdir / "profile-burst.txt"
-    spy = common.py_spy_record(server.pid, args.burst_duration, raw_out)
-    if spy is None:
-        report.note("py-spy not found (`.venv/bin/pip install py-spy`); no profile taken.")
-        return
-
-    def shown() -> bool:
-        status, _, body = common.get(server.port, f"/api/v1/nodes/{last_id}")
-        return status == 200 and b'"version":"3.0.0-profile"' in body
-
-    burst(server, url, args, lambda: [common.write_node_file(d, r) for d, r in again], shown)
-    common.py_spy_wait(spy, args.burst_duration + 30)
-    common.summarise_profile(
-        f"a rewrite burst of {args.files} files under wrk load", raw_out, report, args.profile_dir
-    )
-    common.summarise_profile(
-        "the same burst, reconcile work only (stacks under Reconciler.reconcile)",
-        raw_out,
-        report,
-        within="Reconciler.reconcile",
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--files", type=int, default=500, help="node files in the burst (default 500)")
     parser.add_argument("--components", type=int, default=20, help="components per burst file (default 20)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
@@ -158,12 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for a burst to become visible (default 120)",
     )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument(
-        "--profile",
-        action="store_true",
-        help="also profile the server with py-spy during one extra rewrite burst",
-    )
-    parser.add_argument("--profile-dir", type=Path, help="keep py-spy's raw stacks in this folder")
     parser.add_argument("--name", default="burst", help="result file name (default burst)")
     args = parser.parse_args(argv)
     common.exit_on_sigterm()
@@ -186,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
 
         server = common.Server(assets_dir=folder, db_path=workdir / "registry.db")
         with server:
-            server.wait_ready(60)
-            server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 30)
+            server.wait_watching(60)
             time.sleep(1.0)
             url = server.base + path
             common.run_wrk(url, 1, args.threads, args.connections)  # warm-up, not counted
@@ -198,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 return lambda: [common.write_node_file(dst, raw) for dst, raw in items]
 
             def all_there() -> bool:
-                return server.health()["nodes"] >= expected_nodes
+                return server.metrics()["droq_registry_nodes"] >= expected_nodes
 
             def rewritten() -> bool:
                 status, _, body = common.get(server.port, f"/api/v1/nodes/{last_id}")
@@ -208,8 +163,6 @@ def main(argv: list[str] | None = None) -> int:
                 "create": burst(server, url, args, write_all(payloads), all_there),
                 "rewrite": burst(server, url, args, write_all(rewrites), rewritten),
             }
-            if args.profile:
-                profile_burst(server, url, args, payloads, last_id, workdir, report)
             health = server.health()
             rss = common.peak_rss_mb(server.pid)
         server.cleanup()

@@ -1,15 +1,17 @@
-"""Shared helpers for the benchmark scripts in bench/.
+"""What the benchmarks in bench/ share: one implementation of each step.
 
-Everything here talks to real processes: `Server` starts `python -m droq_registry serve`
-(or the reference app) on 127.0.0.1 with a free port and a temporary database, waits for
-it with a deadline, and stops it by its PID (SIGTERM, then SIGKILL). `run_wrk` drives the
-`wrk` load generator and parses its output. `Report` prints a table and writes it, with the
-command line, date and machine, to bench/results/<name>.md (and the target checks to a
-.json beside it, which bench/summarize.py gathers into summary.md).
+`Server` is a real `python -m droq_registry serve` (or any command) on 127.0.0.1, started
+with the tests' harness (tests/support/server.py). `metrics` reads its figures from
+/metrics. `run_wrk` drives the `wrk` load generator. `percentile` is the one percentile.
+`Report` prints tables and writes them, with the command, machine and commit, to
+bench/results/<name>.md, and its target checks to <name>.json (bench/summarize.py gathers
+those into summary.md). `fill_folder` moves generated node files (bench/gen_nodes.py)
+into a served folder. The py-spy helpers at the end serve `bench/read.py --profile`.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import http.client
 import json
@@ -20,7 +22,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,26 +29,36 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Self
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' support package: one server harness for both
+
+from support.files import save_bytes as write_node_file_atomic
+from support.polling import wait_until
+from support.server import ServerProcess, free_port
+
+__all__ = ["free_port", "write_node_file_atomic"]  # the scripts use them as common.X
+
 RESULTS = BENCH / "results"
 PYTHON = sys.executable
-
-#: Where the server's own logs are kept while it runs (one file per start).
-LOG_TAIL_LINES = 30
+#: The service re-reads a file whose mtime was within 2 s of when it read it ("racy clean");
+#: waiting this long before a full pass settles freshly written files.
+RACY_S = 2.5
 
 
 # --------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _proc_status_mb(pid: int, key: str) -> float | None:
+    try:
+        match = re.search(rf"^{key}:\s+(\d+)\s+kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) / 1024 if match else None
 
 
 def peak_rss_mb(pid: int) -> float | None:
@@ -60,41 +71,15 @@ def rss_mb(pid: int) -> float | None:
     return _proc_status_mb(pid, "VmRSS")
 
 
-def _proc_status_mb(pid: int, key: str) -> float | None:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{key}:\s+(\d+)\s+kB", text, re.MULTILINE)
-    return int(match.group(1)) / 1024 if match else None
-
-
-def stop_pid(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
-    """Stop one process we started: SIGTERM, wait up to `grace` s, then SIGKILL."""
-    if proc.poll() is not None:
-        return proc.returncode
-    try:
-        os.kill(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return proc.wait()
-    try:
-        return proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        return proc.wait(timeout=grace)
-
-
 class ServerError(RuntimeError):
     """The server exited or did not become ready in time; the message has its log tail."""
 
 
 @dataclass
 class Server:
-    """One server process on 127.0.0.1 (the registry, or any command given in `argv`).
-
-    Use as a context manager, or call `start()`/`stop()`. `started_at` is the
-    `time.perf_counter()` just before the process was spawned.
-    """
+    """One server process on 127.0.0.1 (the registry, or the command `argv`), started with
+    the tests' `ServerProcess`. A context manager; `start()` after `stop()` starts it again
+    on the same port. `started_at` is the `time.perf_counter()` just before the spawn."""
 
     assets_dir: Path | None = None
     db_path: Path | None = None
@@ -105,106 +90,93 @@ class Server:
     argv: Sequence[str] | None = None  # default: the registry service
     port: int = 0
     log_path: Path | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    started_at: float = 0.0
+    process: ServerProcess | None = None
+
+    @property
+    def proc(self) -> subprocess.Popen[bytes] | None:
+        return self.process.proc if self.process is not None else None
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        assert self.process is not None
+        return self.process.pid
+
+    @property
+    def started_at(self) -> float:
+        assert self.process is not None
+        return self.process.started_at
 
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("REGISTRY_")
-            and k not in ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
-        }
-        env.update(
-            HOST="127.0.0.1",
-            PORT=str(self.port),
-            LOG_LEVEL=self.log_level,
-            RELOAD="true" if self.reload else "false",
-            REGISTRY_RESYNC_SECONDS=str(self.resync_seconds),
-        )
+        """The service's settings (laid over the caller's environment less its own)."""
+        env = {"LOG_LEVEL": self.log_level, "RELOAD": str(self.reload).lower(),
+               "REGISTRY_RESYNC_SECONDS": str(self.resync_seconds)}
         if self.db_path is not None:
             env["REGISTRY_DB_PATH"] = str(self.db_path)
         if self.assets_dir is not None:
             env["REGISTRY_ASSETS_DIR"] = str(self.assets_dir)
-        env.update(self.extra_env)
-        return env
+        return {**env, **self.extra_env}
 
     def start(self) -> Self:
-        if not self.port:
-            self.port = free_port()
         if self.log_path is None:
             fd, name = tempfile.mkstemp(prefix="bench-server-", suffix=".log")
             os.close(fd)
             self.log_path = Path(name)
-        argv = list(self.argv) if self.argv is not None else [PYTHON, "-m", "droq_registry", "serve"]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it; closed below
-        try:
-            self.started_at = time.perf_counter()
-            self.proc = subprocess.Popen(
-                argv,
-                env=self.env(),
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the terminal does not reach it directly
-            )
-        finally:
-            log.close()
+        self.process = ServerProcess(self.env(), self.log_path, argv=self.argv, clean=True,
+                                     port=self.port or None,
+                                     start_new_session=True)  # Ctrl-C in the terminal does not reach it
+        self.port = self.process.port
         return self
 
     def wait_ready(self, timeout: float = 60.0, path: str = "/ready", interval: float = 0.01) -> float:
         """Poll `path` until it answers 200; return seconds since the process was spawned."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
-            try:
-                status, _, _ = get(self.port, path, timeout=2.0)
-                if status == 200:
-                    return time.perf_counter() - self.started_at
-            except OSError:
-                pass
-            time.sleep(interval)
-        raise ServerError(f"{self.base}{path} not 200 within {timeout:.0f}s\n{self.log_tail()}")
+        assert self.process is not None
+        try:
+            return self.process.wait_ready(timeout, interval, path)
+        except AssertionError as exc:
+            raise ServerError(f"{self.base}{path}: {str(exc).splitlines()[0]}\n{self.log_tail()}") from None
 
     def wait_until(self, condition: Callable[[], Any], timeout: float, interval: float = 0.02) -> Any:
-        """Poll `condition()` until truthy (returned) or raise ServerError after `timeout` s."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """Poll `condition()` until truthy (returned); ServerError after `timeout` s, or at
+        once if the process exits."""
+
+        def alive_and() -> Any:
             if self.proc is not None and self.proc.poll() is not None:
                 raise ServerError(f"server exited with {self.proc.returncode}\n{self.log_tail()}")
-            value = condition()
-            if value:
-                return value
-            time.sleep(interval)
-        raise ServerError(f"condition not met within {timeout:.0f}s\n{self.log_tail()}")
+            return condition()
+
+        try:
+            return wait_until(alive_and, timeout, interval)
+        except AssertionError:
+            raise ServerError(f"condition not met within {timeout:.0f}s\n{self.log_tail()}") from None
+
+    def wait_watching(self, timeout: float = 60.0) -> None:
+        """/ready, then the file watcher running (so file events from now on are seen)."""
+        self.wait_ready(timeout)
+        self.wait_until(lambda: self.health()["watcher"]["state"] == "watching", 60)
 
     def health(self) -> dict[str, Any]:
         status, _, body = get(self.port, "/health")
         if status != 200:
             raise ServerError(f"/health answered {status}")
-        return json.loads(body)
+        return json.loads(body)  # type: ignore[no-any-return]
+
+    def metrics(self) -> dict[str, float]:
+        """Every /metrics sample, by its name with labels as written."""
+        return metrics(self.port)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+    def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
-    def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        return stop_pid(self.proc)
+    def stop(self, grace: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL after `grace` seconds; the exit code (None if never started)."""
+        return self.process.stop(signal.SIGTERM, grace) if self.process is not None else None
 
     def cleanup(self) -> None:
         if self.log_path is not None:
@@ -219,14 +191,38 @@ class Server:
             self.cleanup()
 
 
+def metrics(port: int) -> dict[str, float]:
+    """Every sample of the server's /metrics: {name with labels as written: value}."""
+    status, _, body = get(port, "/metrics", timeout=30)
+    if status != 200:
+        raise ServerError(f"/metrics answered {status}")
+    samples = (line.rpartition(" ") for line in body.decode().splitlines() if line and line[0] != "#")
+    return {series: float(value) for series, _, value in samples}
+
+
+@dataclass(frozen=True)
+class Reconciles:
+    """The reconcile figures of /metrics at one moment: passes of any result, changed passes,
+    and the seconds all passes took (droq_registry_reconcile_duration_seconds)."""
+
+    passes: float
+    changed: float
+    seconds: float
+
+    @classmethod
+    def of(cls, port: int) -> Reconciles:
+        m = metrics(port)
+        return cls(m["droq_registry_reconcile_duration_seconds_count"],
+                   m['droq_registry_reconciles_total{result="changed"}'],
+                   m["droq_registry_reconcile_duration_seconds_sum"])
+
+    def since(self, before: Reconciles) -> Reconciles:
+        return Reconciles(self.passes - before.passes, self.changed - before.changed, self.seconds - before.seconds)
+
+
 def reference_server(body_file: Path) -> Server:
     """The bare Starlette reference app (bench/reference_app.py) serving `body_file`."""
     return Server(argv=[PYTHON, str(BENCH / "reference_app.py"), "--body-file", str(body_file)])
-
-
-#: The service re-reads a file whose mtime was within 2 s of when it read it ("racy clean");
-#: waiting this long before a full pass settles freshly written files.
-RACY_S = 2.5
 
 
 def full_pass(server: Server, folder: Path, timeout: float) -> None:
@@ -239,25 +235,41 @@ def full_pass(server: Server, folder: Path, timeout: float) -> None:
 
 
 def fill_folder(server: Server, staging: Path, folder: Path, chunk: int, timeout: float) -> float:
-    """Move staging/*.json into the served folder `chunk` files at a time, each chunk waited for.
-
-    Loading many files this way is how the benches get a large registry quickly: every
-    chunk is a small reconcile. Ends with a full pass once the files are older than the
-    service's racy window, so later rescans do not read them all again. Returns seconds.
-    """
+    """Move staging/*.json into the served folder `chunk` files at a time, each chunk waited
+    for: how the benches get a large registry quickly (every chunk is a small reconcile).
+    Ends with a full pass once the files are older than the racy window, so later rescans
+    do not read them all again. Returns seconds."""
     started = time.perf_counter()
     names = sorted(p.name for p in staging.glob("*.json"))
-    base = server.health()["nodes"]
+    base = server.metrics()["droq_registry_nodes"]
     for start in range(0, len(names), chunk):
-        part = names[start : start + chunk]
-        for name in part:
+        for name in names[start : start + chunk]:
             os.rename(staging / name, folder / name)
-        want = base + start + len(part)
-        server.wait_until(lambda want=want: server.health()["nodes"] >= want, timeout)
+        want = base + min(start + chunk, len(names))
+        server.wait_until(lambda want=want: server.metrics()["droq_registry_nodes"] >= want, timeout)
     took = time.perf_counter() - started
     time.sleep(RACY_S)
     full_pass(server, folder, timeout)
     return took
+
+
+def write_node_file(path: Path, data: bytes) -> None:
+    """Rewrite a file in place (open O_TRUNC, write, close), as most editors do."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def argument_parser(doc: str | None) -> argparse.ArgumentParser:
+    """A script's parser, its --help made of its docstring: the first paragraph says what it
+    measures, the paragraphs after the usage lines say what the figures mean."""
+    assert doc is not None
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 2)[2],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def exit_on_sigterm() -> None:
@@ -281,16 +293,21 @@ def remove_tree(path: Path) -> None:
 # --------------------------------------------------------------------------- HTTP
 
 
-def get(
-    port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0
-) -> tuple[int, dict[str, str], bytes]:
+Answer = tuple[int, dict[str, str], bytes]
+
+
+def _exchange(conn: http.client.HTTPConnection, path: str, headers: dict[str, str] | None) -> Answer:
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    body = resp.read()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+
+
+def get(port: int, path: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> Answer:
     """One GET on a new connection: (status, lower-cased headers, body)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request("GET", path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        return _exchange(conn, path, headers)
     finally:
         conn.close()
 
@@ -299,23 +316,16 @@ class KeepAlive:
     """A keep-alive HTTP/1.1 connection that reconnects once if the server closed it."""
 
     def __init__(self, port: int, timeout: float = 5.0) -> None:
-        self.port = port
-        self.timeout = timeout
+        self.port, self.timeout = port, timeout
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
 
-    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        for attempt in (0, 1):
-            try:
-                self.conn.request("GET", path, headers=headers or {})
-                resp = self.conn.getresponse()
-                body = resp.read()
-                return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-            except (http.client.HTTPException, ConnectionError):
-                self.conn.close()
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+    def get(self, path: str, headers: dict[str, str] | None = None) -> Answer:
+        try:
+            return _exchange(self.conn, path, headers)
+        except (http.client.HTTPException, ConnectionError):
+            self.conn.close()
+            self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+            return _exchange(self.conn, path, headers)
 
     def close(self) -> None:
         self.conn.close()
@@ -324,14 +334,11 @@ class KeepAlive:
 # --------------------------------------------------------------------------- wrk
 
 
-WRK_MISSING = "wrk is not installed. It is the Debian package `wrk`: apt-get update && apt-get install -y wrk"
-
-
 def require_wrk() -> str:
     """The path of `wrk`, or exit with a clear message saying how to install it."""
     path = shutil.which("wrk")
     if path is None:
-        print(WRK_MISSING, file=sys.stderr)
+        print("wrk is not installed. It is the Debian package `wrk`: apt-get install -y wrk", file=sys.stderr)
         raise SystemExit(2)
     return path
 
@@ -368,97 +375,62 @@ def _ms(text: str) -> float:
 
 def parse_wrk(output: str, url: str = "") -> WrkResult:
     """Read wrk's --latency report (requests, req/s, latency percentiles, errors)."""
-    lat: dict[str, float] = {}
-    m = re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE)
-    if m:
+    lat = {pct: _ms(value) for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.MULTILINE)}
+    if m := re.search(r"^\s*Latency\s+(\S+)\s+(\S+)\s+(\S+)", output, re.MULTILINE):
         lat["avg"], lat["max"] = _ms(m.group(1)), _ms(m.group(3))
-    for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.MULTILINE):
-        lat[pct] = _ms(value)
-    m = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    m = re.search(r"(\d+) requests in ([\d.]+(?:us|ms|s|m))", output)
     if not m or "99" not in lat:
         raise ValueError(f"unexpected wrk output:\n{output}")
-    requests, seconds = int(m.group(1)), _ms(m.group(2) + m.group(3)) / 1000
-    rps_m = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    requests, seconds = int(m.group(1)), _ms(m.group(2)) / 1000
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     non = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups()))) if sock else {}
-    return WrkResult(
-        url=url,
-        requests=requests,
-        seconds=seconds,
-        rps=float(rps_m.group(1)) if rps_m else requests / seconds,
-        latency_ms=lat,
-        non_2xx_3xx=int(non.group(1)) if non else 0,
-        socket_errors=errors,
-        raw=output,
-    )
+    return WrkResult(url, requests, seconds, float(rps.group(1)) if rps else requests / seconds, lat,
+                     int(non.group(1)) if non else 0, errors, output)
 
 
-def run_wrk(
-    url: str,
-    duration: float,
-    threads: int = 2,
-    connections: int = 32,
-    headers: dict[str, str] | None = None,
-    timeout: str = "5s",
-) -> WrkResult:
+def run_wrk(url: str, duration: float, threads: int = 2, connections: int = 32,
+            headers: dict[str, str] | None = None, timeout: str = "5s") -> WrkResult:
     """Run wrk against `url` for `duration` seconds with --latency; parse its report.
-
-    Extra request headers go through a small Lua script (wrk.headers), which is how the
-    304 revalidation bench sends If-None-Match.
-    """
-    wrk = require_wrk()
+    Extra request headers (If-None-Match for the 304 runs) go through a small Lua script."""
     secs = max(1, round(duration))
-    argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{secs}s", f"--timeout={timeout}", "--latency"]
-    script = None
-    if headers:
-        fd, name = tempfile.mkstemp(prefix="bench-wrk-", suffix=".lua")
-        lines = [f"wrk.headers[{_lua(k)}] = {_lua(v)}" for k, v in headers.items()]
-        os.write(fd, ("\n".join(lines) + "\n").encode())
-        os.close(fd)
-        script = name
-        argv += ["-s", script]
-    argv.append(url)
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=secs + 30, check=False)
-    finally:
-        if script:
-            os.unlink(script)
+    argv = [require_wrk(), f"-t{threads}", f"-c{connections}", f"-d{secs}s", f"--timeout={timeout}", "--latency"]
+    with tempfile.NamedTemporaryFile("w", prefix="bench-wrk-", suffix=".lua") as script:
+        if headers:
+            script.write("".join(f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}\n" for k, v in headers.items()))
+            script.flush()
+            argv += ["-s", script.name]
+        done = subprocess.run([*argv, url], capture_output=True, text=True, timeout=secs + 30, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")
     return parse_wrk(done.stdout, url)
 
 
-def _lua(text: str) -> str:
-    """A Lua long-bracket-free string literal (quotes and backslashes escaped)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-# --------------------------------------------------------------------------- statistics
+# --------------------------------------------------------------------------- figures
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
-    """The pct-th percentile (0-100) with linear interpolation between closest ranks."""
+    """The pct-th percentile (0-100), linear between closest ranks; nan for no values."""
     if not values:
         return float("nan")
     ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
     rank = (len(ordered) - 1) * pct / 100
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """p50, p90, p99 and max of `values` (nan when there are none)."""
+    return {"p50": percentile(values, 50), "p90": percentile(values, 90), "p99": percentile(values, 99),
+            "max": max(values, default=float("nan"))}
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     if value is None or math.isnan(value):
         return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    return f"{value:.{digits}f}"
-
-
-# --------------------------------------------------------------------------- targets
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}f}"
 
 
 @dataclass
@@ -481,9 +453,7 @@ class Check:
         if self.higher:
             short = (self.limit - self.value) / self.limit * 100 if self.limit else float("inf")
             return f"MISS ({short:.0f}% below the limit)"
-        if not self.limit:  # "at most 0": a ratio to it says nothing
-            return "MISS"
-        return f"MISS ({self.value / self.limit:.2f}x the limit)"
+        return f"MISS ({self.value / self.limit:.2f}x the limit)" if self.limit else "MISS"
 
     def target(self) -> str:
         return f"{'>=' if self.higher else '<='} {fmt(self.limit, 2)} {self.unit}".strip()
@@ -495,65 +465,44 @@ class Check:
 # --------------------------------------------------------------------------- reports
 
 
-def machine() -> dict[str, str]:
-    """nproc, CPU model, kernel, Python and the server stack's versions."""
-    cpu = "unknown"
+def _git(*args: str) -> str:
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # `git status` must not even refresh the index
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "unknown"
-    try:
-        m = re.search(r"^MemTotal:\s+(\d+) kB", Path("/proc/meminfo").read_text(), re.MULTILINE)
-        if m:
-            mem = f"{int(m.group(1)) / 1024 / 1024:.1f} GiB"
-    except OSError:
-        pass
-    versions = []
-    for mod in ("uvicorn", "starlette", "uvloop", "httptools", "watchfiles", "orjson"):
-        try:
-            from importlib.metadata import version
-
-            versions.append(f"{mod} {version(mod)}")
-        except Exception:  # noqa: BLE001 - not installed, or no metadata
-            versions.append(f"{mod} -")
-    return {
-        "code": code_version(),
-        "nproc": str(os.cpu_count()),
-        "cpu": cpu,
-        "memory": mem,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "stack": ", ".join(versions),
-    }
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=10,
+                              env=env, check=False).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 def code_version() -> str:
-    """The checkout's commit, and whether the service code has uncommitted changes (read-only git)."""
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}  # `git status` must not even refresh the index
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env=env,
-            check=False,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(ROOT), "status", "--porcelain", "--", "daemon"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            env=env,
-            check=False,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return f"{head or 'unknown'}{' + uncommitted changes in daemon/' if dirty else ''}"
+    """The checkout's commit, and whether the service code has uncommitted changes."""
+    dirty = " + uncommitted changes in daemon/" if _git("status", "--porcelain", "--", "daemon") else ""
+    return (_git("rev-parse", "--short", "HEAD") or "unknown") + dirty
+
+
+def machine() -> dict[str, str]:
+    """The commit, nproc, CPU model, memory, kernel, Python and the server stack's versions."""
+    def first(path: str, pattern: str) -> str | None:
+        try:
+            m = re.search(pattern, Path(path).read_text(), re.MULTILINE)
+        except OSError:
+            return None
+        return m.group(1) if m else None
+
+    def installed(mod: str) -> str:
+        try:
+            return f"{mod} {version(mod)}"
+        except PackageNotFoundError:
+            return f"{mod} -"
+
+    mem = first("/proc/meminfo", r"^MemTotal:\s+(\d+) kB")
+    return {
+        "code": code_version(), "nproc": str(os.cpu_count()),
+        "cpu": first("/proc/cpuinfo", r"^model name\s*:\s*(.+)$") or "unknown",
+        "memory": f"{int(mem) / 1024 / 1024:.1f} GiB" if mem else "unknown",
+        "kernel": platform.release(), "python": platform.python_version(),
+        "stack": ", ".join(map(installed, ("uvicorn", "starlette", "uvloop", "httptools", "watchfiles", "orjson"))),
+    }
 
 
 def loadavg() -> str:
@@ -571,138 +520,89 @@ def command_line() -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-    rows = [[str(c) for c in r] for r in rows]
-    widths = [
-        max(len(str(h)), *(len(r[i]) for r in rows)) if rows else len(str(h)) for i, h in enumerate(headers)
-    ]
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]
 
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+    def line(row: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |"
 
-    out = [line(headers), "| " + " | ".join("-" * w for w in widths) + " |"]
-    out += [line(r) for r in rows]
-    return "\n".join(out)
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def header(title: str, command: str, info: dict[str, str], started: datetime, load: str | None) -> list[str]:
+    """The lines that open every results file: what ran, when, where, on which commit."""
+    lines = [f"# {title}", "", f"- command: `{command}`", f"- date: {started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
+             f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info['memory']}, kernel {info['kernel']}",
+             f"- software: Python {info['python']}; {info['stack']}", f"- code: {info['code']}"]
+    if load:
+        lines.append(f"- load average (1, 5, 15 min) at start: {load}; at end: {loadavg()} "
+                     "(other work on the machine shows here)")
+    return lines
 
 
 class Report:
-    """Collects sections (tables, notes) and target checks; prints and writes them."""
+    """Collects sections (tables, notes), target checks and figures; prints and writes them."""
 
     def __init__(self, name: str, title: str) -> None:
-        self.name = name
-        self.title = title
+        self.name, self.title = name, title
         self.sections: list[str] = []
         self.checks: list[Check] = []
         self.figures: dict[str, Any] = {}
         self.started = datetime.now(UTC)
         self.load_start = loadavg()
 
-    def table(self, heading: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
-        text = f"### {heading}\n\n{markdown_table(headers, rows)}"
-        print("\n" + text, flush=True)
-        self.sections.append(text)
-
     def note(self, text: str) -> None:
         print("\n" + text, flush=True)
         self.sections.append(text)
 
+    def table(self, heading: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
+        self.note(f"### {heading}\n\n{markdown_table(headers, rows)}")
+
     def check(self, name: str, value: float, limit: float, unit: str = "", higher: bool = False) -> Check:
-        c = Check(name, value, limit, unit, higher)
-        self.checks.append(c)
-        return c
+        self.checks.append(Check(name, value, limit, unit, higher))
+        return self.checks[-1]
 
     def write(self) -> Path:
         """Print the targets table and write bench/results/<name>.md and <name>.json."""
         if self.checks:
             self.table("Targets", ["target", "measured", "limit", "verdict"], [c.row() for c in self.checks])
-        info = machine()
-        head = [
-            f"# {self.title}",
-            "",
-            f"- command: `{command_line()}`",
-            f"- date: {self.started.strftime('%Y-%m-%d %H:%M:%S UTC')}",
-            (
-                f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info['memory']}, "
-                f"kernel {info['kernel']}"
-            ),
-            f"- software: Python {info['python']}; {info['stack']}",
-            f"- code: {info['code']}",
-            (
-                f"- load average (1, 5, 15 min) at start: {self.load_start}; at end: {loadavg()} "
-                "(other work on the machine shows here)"
-            ),
-        ]
+        info, command = machine(), command_line()
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"{self.name}.md"
+        head = header(self.title, command, info, self.started, self.load_start)
         path.write_text("\n".join(head) + "\n\n" + "\n\n".join(self.sections) + "\n")
-        sidecar = {
-            "name": self.name,
-            "title": self.title,
-            "command": command_line(),
-            "date": self.started.isoformat(timespec="seconds"),
-            "loadavg": [self.load_start, loadavg()],
-            "machine": info,
-            "figures": self.figures,
-            "checks": [
-                {
-                    "name": c.name,
-                    "value": c.value,
-                    "limit": c.limit,
-                    "unit": c.unit,
-                    "higher": c.higher,
-                    "ok": c.ok,
-                    "verdict": c.verdict(),
-                }
-                for c in self.checks
-            ],
-        }
-        (RESULTS / f"{self.name}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+        checks = [{**vars(c), "ok": c.ok, "verdict": c.verdict()} for c in self.checks]
+        sidecar = {"name": self.name, "title": self.title, "command": command,
+                   "date": self.started.isoformat(timespec="seconds"), "loadavg": [self.load_start, loadavg()],
+                   "machine": info, "figures": self.figures, "checks": checks}
+        (RESULTS / f"{self.name}.json").write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
         print(f"\nwritten {os.path.relpath(path, ROOT)}", flush=True)
         return path
 
 
-# --------------------------------------------------------------------------- profiling
+# --------------------------------------------------------------------------- py-spy (read.py --profile)
 
 
 PY_SPY_RATE = 200
 
 
-def py_spy_record(
-    pid: int, seconds: float, out: Path, rate: int = PY_SPY_RATE
-) -> subprocess.Popen[bytes] | None:
+def py_spy_record(pid: int, seconds: float, out: Path, rate: int = PY_SPY_RATE) -> subprocess.Popen[bytes] | None:
     """Start `py-spy record --gil --format raw` on `pid` for `seconds`; None without py-spy.
-
-    --gil samples only the thread holding the GIL, i.e. Python work: the watchfiles thread,
-    which blocks in Rust without it, is left out.
-    """
+    --gil samples only the thread holding the GIL: Python work, not the watcher's Rust wait."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         return None
-    return subprocess.Popen(
-        [
-            spy,
-            "record",
-            "--pid",
-            str(pid),
-            "--duration",
-            str(max(1, round(seconds))),
-            "--rate",
-            str(rate),
-            "--gil",
-            "--format",
-            "raw",
-            "--output",
-            str(out),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate),
+            "--gil", "--format", "raw", "--output", str(out)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def py_spy_wait(proc: subprocess.Popen[bytes], timeout: float) -> None:
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        stop_pid(proc)
+        proc.kill()  # by its PID: ours
+        proc.wait()
 
 
 @dataclass
@@ -710,100 +610,47 @@ class Profile:
     """Sample counts from py-spy's raw output: total, by function (own, inclusive), by package."""
 
     total: int
-    everything: int
     own: collections.Counter[str]
     inclusive: collections.Counter[str]
     packages: collections.Counter[str]
 
 
-def load_profile(raw: Path, within: str | None = None) -> Profile:
-    """Read `py-spy record --format raw` output; with `within`, only stacks through that function."""
-    own: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    pkg: collections.Counter[str] = collections.Counter()
-    total = everything = 0
+def load_profile(raw: Path) -> Profile:
+    """Read `py-spy record --format raw` output (`frame;frame;... count` lines)."""
+    prof = Profile(0, collections.Counter(), collections.Counter(), collections.Counter())
     for line in raw.read_text().splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
+        stack, _, count = line.rpartition(" ")
         frames = [f for f in stack.split(";") if f and not f.startswith(("process ", "thread "))]
-        everything += count if frames else 0
-        if not frames or (within is not None and not any(f.startswith(within + " ") for f in frames)):
+        if not frames or not count.isdigit():
             continue
-        total += count
-        own[_short(frames[-1])] += count
-        for name in {_short(f) for f in frames}:
-            incl[name] += count
-        pkg[_package(frames[-1])] += count
-    return Profile(total, everything, own, incl, pkg)
+        prof.total += int(count)
+        prof.own[_short(frames[-1])] += int(count)
+        prof.inclusive.update(dict.fromkeys({_short(f) for f in frames}, int(count)))
+        file = frames[-1].partition(" (")[2].rsplit(":", 1)[0].split("site-packages/")[-1]
+        prof.packages[file if file.startswith("<") else file.split("/")[0].removesuffix(".py") or "(native)"] += int(count)
+    return prof
 
 
-def summarise_profile(
-    what: str, raw: Path, report: Report, keep: Path | None = None, within: str | None = None
-) -> Profile:
-    """Top functions by own and by inclusive samples, and own samples by package.
-
-    Sampled with --gil: only the thread holding the GIL counts, i.e. Python work (the
-    watchfiles thread blocks in Rust without the GIL and is left out).
-    """
-    prof = load_profile(raw, within)
+def summarise_profile(what: str, raw: Path, report: Report, keep: Path | None = None) -> Profile:
+    """Report the top functions (own and inclusive samples) and own samples by package."""
+    prof = load_profile(raw)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(raw, keep / raw.name)
-    total = prof.total
-    if not total:
+    if not prof.total:
         report.note(f"profile of {what}: no samples")
         return prof
-    share = f"; {total / prof.everything * 100:.0f}% of all {prof.everything} GIL samples" if within else ""
-    report.table(
-        f"Profile of the server during {what} (py-spy --gil, {total} samples{share}): top functions",
-        ["function", "own %", "inclusive %"],
-        [
-            [n, f"{c / total * 100:.1f}", f"{prof.inclusive[n] / total * 100:.1f}"]
-            for n, c in prof.own.most_common(12)
-        ],
-    )
-    report.table(
-        f"Profile of {what}: own time by package",
-        ["package", "own %"],
-        [[n, f"{c / total * 100:.1f}"] for n, c in prof.packages.most_common(10)],
-    )
+    share = lambda n: f"{n / prof.total * 100:.1f}"
+    report.table(f"Profile of the server during {what} (py-spy --gil, {prof.total} samples): top functions",
+                 ["function", "own %", "inclusive %"],
+                 [[n, share(c), share(prof.inclusive[n])] for n, c in prof.own.most_common(12)])
+    report.table(f"Profile of {what}: own time by package", ["package", "own %"],
+                 [[n, share(c)] for n, c in prof.packages.most_common(10)])
     return prof
 
 
 def _short(frame: str) -> str:
     """`func (path/to/pkg/mod.py:12)` -> `func (pkg/mod.py)`."""
     name, _, where = frame.partition(" (")
-    where = where.rstrip(")")
-    file = where.rsplit(":", 1)[0]
-    parts = file.split("/")
-    return f"{name} ({'/'.join(parts[-2:])})" if file else name
-
-
-def _package(frame: str) -> str:
-    """The top-level package of a frame's file (py-spy names files relative to sys.path)."""
-    file = frame.partition(" (")[2].rsplit(":", 1)[0]
-    if "site-packages/" in file:
-        file = file.split("site-packages/", 1)[1]
-    if file.startswith("<"):
-        return file  # <string>: code generated at run time (fastjsonschema's validators)
-    return file.split("/")[0].removesuffix(".py") or "(native)"
-
-
-def write_node_file(path: Path, data: bytes) -> None:
-    """Rewrite a file in place with one write() (open O_TRUNC, write, close)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def write_node_file_atomic(path: Path, data: bytes) -> None:
-    """Write a hidden temporary file beside `path` and rename it over (editors, config tools)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    write_node_file(tmp, data)
-    os.replace(tmp, path)
+    file = where.rstrip(")").rsplit(":", 1)[0]
+    return f"{name} ({'/'.join(file.split('/')[-2:])})" if file else name

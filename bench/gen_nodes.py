@@ -31,71 +31,27 @@ import sys
 import time
 from pathlib import Path
 
-try:  # much faster than json's indenting encoder; the same bytes for these documents
-    import orjson
-except ImportError:  # pragma: no cover - the project's venv has it
-    orjson = None
+import orjson
 
-ROOT = Path(__file__).resolve().parent.parent
-SHARED_NODES = ROOT.parent / "shared" / "fixtures" / "droq-nodes"
-ASSETS_NODES = ROOT / "assets" / "nodes"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from support.files import REAL_NODES
 
-_WORDS = [
-    "text",
-    "data",
-    "vector",
-    "model",
-    "prompt",
-    "parse",
-    "split",
-    "merge",
-    "filter",
-    "route",
-    "embed",
-    "search",
-    "chat",
-    "agent",
-    "memory",
-    "store",
-    "load",
-    "save",
-    "convert",
-    "extract",
-    "summarize",
-    "classify",
-    "translate",
-    "score",
-    "rank",
-    "cache",
-    "stream",
-    "batch",
-    "queue",
-    "schedule",
-    "notify",
-    "fetch",
-    "upload",
-    "image",
-    "audio",
-    "table",
-    "graph",
-    "json",
-    "csv",
+WORDS = [
+    "text", "data", "vector", "model", "prompt", "parse", "split", "merge", "filter", "route", "embed",
+    "search", "chat", "agent", "memory", "store", "load", "save", "convert", "extract", "summarize",
+    "classify", "translate", "score", "rank", "cache", "stream", "batch", "queue", "schedule",
+    "notify", "fetch", "upload", "image", "audio", "table", "graph", "json", "csv",
 ]
 _AREAS = ("inputs", "outputs", "models", "vectorstores", "processing", "tools", "agents", "data", "logic")
 _CATEGORIES = ("Langflow", "Math", "Data", "Models", "Tools", "Vision", "Audio")
 _AUTHORS = ("Droq Team", "Langflow", "Bench Author", "Community")
 
 
-def real_nodes_dir() -> Path:
-    """The real node files: shared fixtures when present, else the copies in assets/nodes."""
-    return SHARED_NODES if SHARED_NODES.is_dir() else ASSETS_NODES
-
-
 def copy_real(out_dir: Path) -> list[Path]:
     """Copy the real node files (*.json) into `out_dir`; return the copies' paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     copied = []
-    for src in sorted(real_nodes_dir().glob("*.json")):
+    for src in sorted(REAL_NODES.glob("*.json")):
         dst = out_dir / src.name
         shutil.copyfile(src, dst)
         copied.append(dst)
@@ -116,7 +72,7 @@ def _shared_pool(nodes: int, per_node: int, fanout: int) -> list[str]:
 
 
 def _component(rng: random.Random, cls: str, author: str) -> dict[str, str]:
-    words = rng.sample(_WORDS, 3)
+    words = rng.sample(WORDS, 3)
     module = f"bench.src.bench.components.{rng.choice(_AREAS)}.{'_'.join(words[:2])}_{cls.lower()[-12:]}"
     return {
         "path": module,
@@ -136,15 +92,15 @@ def node_document(
     pool = _shared_pool(nodes, shared_per_node, share_fanout) if shared_per_node else []
     classes = rng.sample(pool, shared_per_node) if shared_per_node else []
     own = components - len(classes)
-    classes += [f"{_camel(rng.sample(_WORDS, 2))}N{index:05d}C{j:03d}Component" for j in range(own)]
+    classes += [f"{_camel(rng.sample(WORDS, 2))}N{index:05d}C{j:03d}Component" for j in range(own)]
     author = rng.choice(_AUTHORS)
     comps = {cls: _component(rng, cls, author) for cls in classes}
     commit = hashlib.sha1(f"{seed}:{prefix}:{index}".encode()).hexdigest()
     return {
         "node_id": nid,
-        "name": f"Bench {_camel(rng.sample(_WORDS, 2))} Executor Node {index}",
+        "name": f"Bench {_camel(rng.sample(WORDS, 2))} Executor Node {index}",
         "description": f"Synthetic executor node {index} for the registry benchmarks: "
-        + " ".join(rng.sample(_WORDS, 8)),
+        + " ".join(rng.sample(WORDS, 8)),
         "version": "1.0.0",
         "api_url": f"http://localhost:{9000 + index % 1000}",
         "ip_address": "0.0.0.0",
@@ -164,9 +120,7 @@ def node_document(
 
 def encode(document: dict[str, object]) -> bytes:
     """A node document as the real files are written (indent=2, trailing newline)."""
-    if orjson is not None:
-        return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
-    return (json.dumps(document, indent=2, ensure_ascii=False) + "\n").encode()
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE)
 
 
 def with_version(raw: bytes, version: str) -> bytes:
@@ -218,20 +172,18 @@ def main(argv: list[str] | None = None) -> int:
         help="about how many nodes declare each shared class (default 4)",
     )
     parser.add_argument(
-        "--real", action="store_true", help=f"also copy the real node files (from {real_nodes_dir()})"
+        "--real", action="store_true", help=f"also copy the real node files (from {REAL_NODES})"
     )
     args = parser.parse_args(argv)
-    if args.nodes < 0 or args.components < 0:
-        parser.error("--nodes and --components must be 0 or more")
-    if not args.nodes and not args.real:
-        parser.error("nothing to do: give --nodes N and/or --real")
+    if args.nodes < 0 or args.components < 0 or not (args.nodes or args.real):
+        parser.error("give --nodes N (0 or more) and/or --real")
     started = time.perf_counter()
     written = generate(args.out_dir, args.nodes, args.components, args.seed, args.prefix, args.share_fanout)
     copied = copy_real(args.out_dir) if args.real else []
-    size = sum(p.stat().st_size for p in written + copied)
+    size = sum(p.stat().st_size for p in written + copied) / 1e6
     print(
-        f"wrote {len(written)} synthetic + {len(copied)} real node files "
-        f"({size / 1e6:.1f} MB) to {args.out_dir} in {time.perf_counter() - started:.1f}s"
+        f"wrote {len(written)} synthetic + {len(copied)} real node files ({size:.1f} MB) "
+        f"to {args.out_dir} in {time.perf_counter() - started:.1f}s"
     )
     return 0
 

@@ -13,7 +13,6 @@ folder and database; the median counts.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -41,10 +40,9 @@ def one_round(workdir: Path, files: int, timeout: float) -> tuple[float, float, 
     server = common.Server(assets_dir=folder, db_path=workdir / "registry.db", log_level="info",
                            resync_seconds=3600)
     with server:
-        server.wait_ready(60)
-        server.wait_until(lambda: server.health()["watcher"]["state"] == "watching", 30)
+        server.wait_watching(60)
         common.write_node_file(folder / "probe.json", node_file(99999))
-        server.wait_until(lambda: server.health()["nodes"] == 1, 30)  # events apply
+        server.wait_until(lambda: server.metrics()["droq_registry_nodes"] == 1, 30)  # events apply
         os.kill(server.pid, signal.SIGSTOP)
         try:
             started = time.perf_counter()
@@ -54,7 +52,7 @@ def one_round(workdir: Path, files: int, timeout: float) -> tuple[float, float, 
         finally:
             os.kill(server.pid, signal.SIGCONT)
             resumed = time.perf_counter()
-        server.wait_until(lambda: server.health()["nodes"] == files + 1, timeout, interval=0.05)
+        server.wait_until(lambda: server.metrics()["droq_registry_nodes"] == files + 1, timeout, interval=0.05)
         served = time.perf_counter() - resumed
         said = "file events were lost" in server.log_text()
     server.cleanup()
@@ -62,11 +60,7 @@ def one_round(workdir: Path, files: int, timeout: float) -> tuple[float, float, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--files", type=int, default=20_000, help="files made while stopped (default 20000)")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the median counts (default 3)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a round (default 120)")

@@ -21,7 +21,6 @@ idle baseline. Writes bench/results/search_load.md and .json.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import multiprocessing
@@ -106,13 +105,12 @@ def probe_for(port: int, seconds: float, interval: float, lookup: str) -> dict[s
 
 
 def summary(values: list[float]) -> tuple[float, float, float]:
-    return common.percentile(values, 50), common.percentile(values, 99), max(values)
+    spread = common.spread(values)
+    return spread["p50"], spread["p99"], spread["max"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = common.argument_parser(__doc__)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--components", type=int, default=350)
     parser.add_argument("--searchers", type=int, default=10, help="concurrent searching clients (default 10)")
@@ -120,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle", type=float, default=5.0, help="seconds of probes without load (default 5)")
     parser.add_argument("--interval", type=float, default=0.02, help="pause between probe pairs (default 0.02 s)")
     parser.add_argument("--timeout", type=float, default=180.0, help="how long the first load may take")
+    parser.add_argument("--name", default="search_load", help="result file name (default search_load)")
     args = parser.parse_args(argv)
     common.exit_on_sigterm()
 
-    report = common.Report("search_load", "Probes and lookups during concurrent searches")
+    report = common.Report(args.name, "Probes and lookups during concurrent searches")
     workdir = common.temp_workdir("search")
     folder = workdir / "nodes"
     try:

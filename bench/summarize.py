@@ -94,22 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for r in results:
         for c in r["checks"]:
-            measured = f"{common.fmt(c['value'], 2)} {c['unit']}".strip()
-            limit = f"{'>=' if c['higher'] else '<='} {common.fmt(c['limit'], 2)} {c['unit']}".strip()
-            rows.append([f"[{r['name']}]({r['name']}.md)", c["name"], measured, limit, c["verdict"]])
+            check = common.Check(c["name"], c["value"], c["limit"], c["unit"], c["higher"])
+            rows.append([f"[{r['name']}]({r['name']}.md)", *check.row()])
     passed = sum(1 for r in results for c in r["checks"] if c["ok"])
     total = sum(len(r["checks"]) for r in results)
+    started = datetime.now(UTC)
     lines = [
-        "# Benchmark summary",
-        "",
-        f"- command: `{args.command or common.command_line()}`",
-        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}",
-        (
-            f"- machine: nproc={info['nproc']}, CPU: {info['cpu']}, memory {info.get('memory', '?')}, "
-            f"kernel {info.get('kernel', '?')}"
-        ),
-        f"- software: Python {info.get('python', '?')}; {info.get('stack', '')}",
-        f"- code: {info.get('code', '?')}",
+        *common.header("Benchmark summary", args.command or common.command_line(), info, started, None),
         f"- targets met: {passed} of {total}",
         "",
         "| benchmark | command |",

@@ -23,11 +23,21 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 tag=droq-registry:latest
 base=
 apt_sources=
+value() {  # the value of option $1, which must be given ($2 is what followed it)
+  if [ -z "${2:-}" ] || [ "${2#-}" != "$2" ]; then
+    echo "build-image.sh: $1 needs a value (see --help)" >&2
+    exit 2
+  fi
+}
 while [ $# -gt 0 ]; do
   case "$1" in
-    --tag) tag=$2; shift 2 ;;
-    --base) base=$2; shift 2 ;;
-    --apt-sources) apt_sources=$2; shift 2 ;;
+    --tag|--base|--apt-sources)
+      value "$1" "${2:-}"
+      case "$1" in --tag) tag=$2 ;; --base) base=$2 ;; --apt-sources) apt_sources=$2 ;; esac
+      shift 2 ;;
+    --tag=*) tag=${1#*=}; value --tag "$tag"; shift ;;
+    --base=*) base=${1#*=}; value --base "$base"; shift ;;
+    --apt-sources=*) apt_sources=${1#*=}; value --apt-sources "$apt_sources"; shift ;;
     -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "build-image.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac

@@ -12,8 +12,6 @@ import logging
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,8 +21,11 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import CORE_DEFAULTS, REAL_NODES, make_settings, node_doc, wait_until, write_json
 from droq_registry.app import create_app
+from support.expect import TIMESTAMP_FORMAT, candidates, expected_node, module_paths, sha256
+from support.files import REAL_NODES, load_docs, node_doc, write_json
+from support.http import make_settings, revision, sources
+from support.polling import wait_until
 
 Client = Callable[..., TestClient]
 
@@ -41,57 +42,12 @@ CORE = [
     "priority",
 ]
 ETAG = re.compile(r'"[0-9a-f]{32}"')
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 # --- expectations derived from the node files ----------------------------------------------
 
 
-def load_docs(folder: Path) -> dict[str, dict[str, Any]]:
-    """node_id -> document of every node file in `folder`."""
-    docs = [orjson.loads(path.read_bytes()) for path in sorted(folder.glob("*.json"))]
-    return {doc["node_id"]: doc for doc in docs}
-
-
 REAL = load_docs(REAL_NODES)
-
-
-def module_paths(components: dict[str, Any]) -> dict[str, str]:
-    return {cls: spec if isinstance(spec, str) else spec["path"] for cls, spec in sorted(components.items())}
-
-
-def expected_node(doc: dict[str, Any], components: dict[str, Any] | None = None) -> dict[str, Any]:
-    """NODE as the spec describes it for the file `doc`."""
-    comps = doc["components"] if components is None else components
-    node: dict[str, Any] = {"node_id": doc["node_id"], "name": doc["name"]}
-    node.update({key: doc.get(key, default) for key, default in CORE_DEFAULTS.items()})
-    node["supported_components"] = sorted(comps)
-    node.update(
-        {k: v for k, v in doc.items() if k not in node and k not in ("components", "supported_components")}
-    )
-    return node
-
-
-def candidates(docs: dict[str, dict[str, Any]], component_class: str) -> list[dict[str, Any]]:
-    """Active nodes declaring `component_class`, best first (priority, then node_id)."""
-    found = [
-        d
-        for d in docs.values()
-        if component_class in d["components"] and d.get("status", "active") == "active"
-    ]
-    return sorted(found, key=lambda d: (-d.get("priority", 0), d["node_id"]))
-
-
-def sha256(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def revision(client: TestClient) -> str:
-    return str(client.get("/ready").json()["revision"])
-
-
-def source_rows(client: TestClient) -> dict[str, dict[str, Any]]:
-    return {row["path"]: row for row in client.get("/api/v1/sources").json()["sources"]}
 
 
 def first_pass(client: TestClient) -> None:
@@ -110,19 +66,6 @@ def serving(assets: Path, **overrides: Any) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(assets, **overrides))) as client:
         first_pass(client)
         yield client
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse (and record) any URL fetch: the node schema must resolve locally."""
-    attempts: list[str] = []
-
-    def refuse(request: Any, *args: Any, **kwargs: Any) -> Any:
-        attempts.append(getattr(request, "full_url", str(request)))
-        raise urllib.error.URLError("network access is not allowed in this test")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return attempts
 
 
 @pytest.fixture(scope="module")
@@ -260,15 +203,19 @@ def test_root_health_and_ready_describe_the_service(real_assets: Path, client_fo
     }
     assert client.get("/ready").json() == {"status": "ready", "revision": 1}
 
-    health = client.get("/health").json()
-    assert TIMESTAMP.fullmatch(health.pop("last_reconcile_at"))
+    answer = client.get("/health")
+    health = answer.json()
+    assert TIMESTAMP_FORMAT.fullmatch(health.pop("last_reconcile_at"))
     assert isinstance(health.pop("last_reconcile_ms"), float)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{16}", answer.headers["x-registry-epoch"])
     assert health == {
         "status": "healthy",
         "service": "droq-registry-service",
         "version": version,
         "ready": True,
         "revision": 1,
+        "epoch": answer.headers["x-registry-epoch"],
+        "content_hash": answer.headers["x-registry-content-hash"],
         "watcher": {"state": "off", "error": None, "restarts": 0},
         "assets_dir": str(real_assets),
         "assets_dir_present": True,
@@ -433,7 +380,7 @@ def test_not_found_answers_json_detail(
     response = client.get(path)
     assert (response.status_code, response.json()) == (status, body)
     assert response.headers["content-type"] == "application/json"
-    assert response.headers["x-registry-revision"] == revision(client)
+    assert response.headers["x-registry-revision"] == str(revision(client))
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])
@@ -445,7 +392,7 @@ def test_wrong_method_answers_405_json(method: str, path: str, real_client: Test
     response = client.request(method, path)
     assert (response.status_code, response.json()) == (405, {"detail": "Method Not Allowed"})
     assert sorted(response.headers["allow"].split(", ")) == ["GET", "HEAD"]
-    assert response.headers["x-registry-revision"] == revision(client)
+    assert response.headers["x-registry-revision"] == str(revision(client))
 
 
 def test_long_path_parameter_is_shortened_in_the_message(real_client: TestClient) -> None:
@@ -558,16 +505,22 @@ def test_hostile_paths_and_queries_never_answer_500(real_client: TestClient) -> 
     cls = min(REAL[node]["components"])
     paths = [t.format(s) for t in HOSTILE_TEMPLATES for s in HOSTILE_SEGMENTS]
     paths += [b.format(node=node, cls=cls) + q for b in HOSTILE_BASES for q in HOSTILE_QUERIES]
-    rev = revision(client)
+    rev = str(revision(client))
     bad = []
     for path in paths:
         response = client.get(path)
         ok = (
-            response.status_code in (200, 400, 404)
+            response.status_code in (200, 400, 404, 410)
             and response.headers["content-type"] == "application/json"
             and response.headers["x-registry-revision"] == rev
             and isinstance(response.json(), dict)
-            and (response.status_code == 200 or set(response.json()) == {"detail"})
+            and (
+                response.status_code == 200
+                or set(response.json()) == {"detail"}
+                # a cursor ahead of the revision is another history's: 410 with the position
+                or (response.status_code == 410 and set(response.json()) == {"detail", "revision", "epoch",
+                                                                             "content_hash"})
+            )
         )
         if not ok:
             bad.append((path[:80], response.status_code, response.text[:120]))
@@ -652,7 +605,7 @@ def test_etag_depends_only_on_content_across_restarts(assets: Path) -> None:
 
 def test_every_response_carries_the_revision(real_client: TestClient) -> None:
     client = real_client
-    rev = revision(client)
+    rev = str(revision(client))
     etag = client.get("/api/v1/nodes").headers["etag"]
     responses = [
         client.get("/"),
@@ -790,7 +743,7 @@ def test_every_refused_file_is_listed_with_its_error_while_good_files_are_served
     assert [row["path"] for row in body["sources"]] == sorted(rows)
     good_row = rows.pop("good.json")
     for key in ("applied_at", "updated_at"):
-        assert TIMESTAMP.fullmatch(good_row.pop(key))
+        assert TIMESTAMP_FORMAT.fullmatch(good_row.pop(key))
     assert good_row == {
         "path": "good.json",
         "node_id": "good",
@@ -800,7 +753,7 @@ def test_every_refused_file_is_listed_with_its_error_while_good_files_are_served
         "serving_last_good": False,
     }
     for row in rows.values():
-        assert TIMESTAMP.fullmatch(row.pop("updated_at"))
+        assert TIMESTAMP_FORMAT.fullmatch(row.pop("updated_at"))
     assert rows == {
         name: {
             "path": name,
@@ -827,7 +780,7 @@ def test_a_node_file_with_a_utf8_byte_order_mark_is_served(assets: Path, client_
         "node": expected_node(node_doc("bom")),
         "components": {"Comp": "pkg.comp"},
     }
-    assert source_rows(client)["bom.json"]["state"] == "ok"
+    assert sources(client)["bom.json"]["state"] == "ok"
 
 
 def test_duplicate_node_id_is_owned_by_the_first_file_name_and_the_other_is_a_conflict(
@@ -843,7 +796,7 @@ def test_duplicate_node_id_is_owned_by_the_first_file_name_and_the_other_is_a_co
         "components": {"Comp": "pkg.first"},
     }
     assert client.get("/api/v1/nodes").json()["total_nodes"] == 1
-    rows = source_rows(client)
+    rows = sources(client)
     owner_says = "node_id 'dup' is already declared by a-first.json (the file whose name sorts first owns it)"
     assert {p: (r["state"], r["node_id"], r["error"]) for p, r in rows.items()} == {
         "a-first.json": ("ok", "dup", None),
@@ -869,7 +822,7 @@ def test_components_json_path_reads_a_file_in_a_sibling_folder(assets: Path, cli
         "components": {"Bar": "pkg.bar", "Foo": "pkg.foo"},
     }
     assert client.get("/api/v1/components/Bar/node").json()["module_path"] == "pkg.bar"
-    row = source_rows(client)["split.json"]
+    row = sources(client)["split.json"]
     expected_hash = hashlib.sha256(node_file.read_bytes())
     expected_hash.update(b"\0" + (assets.parent / "components" / "x.json").read_bytes())
     assert (row["state"], row["error"], row["content_hash"]) == (
@@ -885,7 +838,7 @@ def test_components_json_path_may_point_inside_the_assets_folder(assets: Path, c
     write_json(assets / "here.json", {"node_id": "here", "name": "H", "components_json_path": "parts/c.json"})
     client = client_for(assets)
     assert client.get("/api/v1/nodes/here").json()["components"] == {"Here": "pkg.here"}
-    assert list(source_rows(client)) == ["here.json"]
+    assert list(sources(client)) == ["here.json"]
 
 
 def test_components_json_path_problems_are_errors_of_the_node_file(
@@ -921,7 +874,7 @@ def test_components_json_path_problems_are_errors_of_the_node_file(
     write_json(assets / "good.json", node_doc("good"))
     client = client_for(assets)
 
-    rows = source_rows(client)
+    rows = sources(client)
     assert {p: (r["state"], r["error"]) for p, r in rows.items()} == {
         "good.json": ("ok", None),
         **{name: ("error", message) for name, (_, message) in cases.items()},
@@ -942,7 +895,7 @@ def test_components_file_with_bad_content_is_an_error_naming_the_place(
     write_json(assets / "good.json", node_doc("good"))
     with serving(assets) as client:
         assert client.get("/ready").status_code == 200
-        rows = source_rows(client)
+        rows = sources(client)
         assert (rows["bad.json"]["state"], rows["bad.json"]["error"]) == (
             "error",
             (
@@ -959,7 +912,7 @@ def test_components_json_path_with_a_nul_character_is_an_error_of_that_file(asse
     write_json(assets / "good.json", node_doc("good"))
     with serving(assets) as client:
         assert client.get("/ready").status_code == 200
-        assert source_rows(client)["nul.json"]["state"] == "error"
+        assert sources(client)["nul.json"]["state"] == "error"
         assert client.get("/api/v1/nodes/good").status_code == 200
 
 
@@ -973,8 +926,8 @@ def test_symlinked_node_file_is_followed(assets: Path, tmp_path: Path, client_fo
     os.symlink(tmp_path / "elsewhere" / "missing.json", assets / "dangling.json")
     client = client_for(assets)
     assert client.get("/api/v1/nodes/linked").json()["components"] == {"L": "pkg.l"}
-    assert list(source_rows(client)) == ["linked.json"]
-    assert source_rows(client)["linked.json"]["content_hash"] == sha256(target.read_bytes())
+    assert list(sources(client)) == ["linked.json"]
+    assert sources(client)["linked.json"]["content_hash"] == sha256(target.read_bytes())
 
 
 def test_only_visible_json_files_directly_in_the_folder_are_node_files(
@@ -995,7 +948,7 @@ def test_only_visible_json_files_directly_in_the_folder_are_node_files(
     client = client_for(assets)
 
     # A visible *.json name that is not a regular file is a node file in error, not nothing.
-    assert {p: (r["state"], r["error"]) for p, r in source_rows(client).items()} == {
+    assert {p: (r["state"], r["error"]) for p, r in sources(client).items()} == {
         "folder.json": ("error", "not a regular file (a directory)"),
         "good.json": ("ok", None),
     }

@@ -5,30 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
-import stat
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import ServerProcess, node_doc, write_json
+from support.files import node_doc, tree, write_json
+from support.server import ServerProcess
 from test_store import serve_once
-
-
-def tree(root: Path) -> dict[str, bytes | str | None]:
-    """Every entry under `root`: file bytes, link targets, "fifo" for a named pipe, None for folders."""
-    found: dict[str, bytes | str | None] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            found[key] = "-> " + os.readlink(path)
-        elif stat.S_ISFIFO(path.stat().st_mode):
-            found[key] = "fifo"  # reading it would wait for a writer
-        elif path.is_dir():
-            found[key] = None
-        else:
-            found[key] = path.read_bytes()
-    return found
 
 
 def _poetry_lock(lock: Path) -> None:

@@ -10,13 +10,13 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from conftest import wait_until, write_json
+from support.files import copy_real_nodes, write_json
+from support.polling import wait_until
 from test_faults import (  # noqa: F401  # fixtures, used by name
     HEAL,
     Service,
     assert_healthy,
     big_node,
-    copy_real_nodes,
     env_for,
     failing,
     fill,

@@ -8,7 +8,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from conftest import ServerProcess
+from support.server import ServerProcess
 from test_limits import connect, limited, read_response  # noqa: F401
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from conftest import LEGACY_NODE, REAL_NODES, ServerProcess, node_doc, write_json
 from droq_registry.nodefile import MAX_DEPTH
+from support.files import LEGACY_NODE, REAL_NODES, node_doc, write_json
+from support.server import ServerProcess, outside_env, server_env
 
 FIXTURE_FOLDERS = [REAL_NODES, LEGACY_NODE.parent]
 BIN = Path(sys.executable).parent
@@ -22,8 +23,7 @@ BIN = Path(sys.executable).parent
 
 def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The caller's environment without any of the service's settings, plus `extra`."""
-    names = {"HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD"}
-    env = {k: v for k, v in os.environ.items() if k not in names and not k.startswith("REGISTRY_")}
+    env = outside_env()
     env["REGISTRY_DB_PATH"] = str(tmp_path / "cli.db")
     env["REGISTRY_ASSETS_DIR"] = str(tmp_path / "assets" / "nodes")
     env.update(extra)
@@ -310,13 +310,7 @@ def test_both_console_scripts_are_installed_and_refuse_bad_settings_the_same_way
 
 
 def start_real(server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path) -> ServerProcess:
-    env = {
-        "REGISTRY_ASSETS_DIR": str(real_assets),
-        "REGISTRY_DB_PATH": str(tmp_path / "served.db"),
-        "RELOAD": "false",
-        "REGISTRY_RESYNC_SECONDS": "0",
-    }
-    return server(env, tmp_path / "server.log")
+    return server(server_env(real_assets, tmp_path / "served.db", RELOAD="false"), tmp_path / "server.log")
 
 
 def test_served_process_answers_lookup_node_and_list_from_the_real_files(

@@ -10,13 +10,17 @@ from __future__ import annotations
 import os
 import threading
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 import orjson
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
+from support.expect import expected_node
+from support.files import node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
 
 REVISION = "x-registry-revision"
 SWAPS = 200
@@ -39,20 +43,7 @@ def node_file(version: str) -> dict[str, Any]:
 def expected_bodies(version: str) -> dict[str, Any]:
     """The whole answers of NODE and LOOKUP while swap.json holds `version`."""
     v = VERSIONS[version]
-    node = {
-        "node_id": "swap",
-        "name": "Node swap",
-        "description": "",
-        "source_code_location": None,
-        "docker_image": None,
-        "deployment_location": "local",
-        "api_url": None,
-        "ip_address": None,
-        "status": "active",
-        "priority": 0,
-        "supported_components": ["Other", "SwapComponent"],
-        "version": v["version"],
-    }
+    node = expected_node(node_file(version))
     components = {"Other": "pkg.other", "SwapComponent": v["module"]}
     return {
         NODE: {"node": node, "components": components},

@@ -9,6 +9,7 @@ is skipped with the reason; in CI (CI set) that is an error, so CI never passes 
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import os
@@ -27,11 +28,16 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ASSETS, ROOT, free_port, make_settings, node_doc, open_client, wait_until, write_json
+from support.files import ASSETS, ROOT, node_doc, save, write_json
+from support.http import make_settings, open_client
+from support.polling import wait_until
+from support.server import free_port
 
 PODMAN = shutil.which("podman")
 BUILD_SCRIPT = ROOT / "deploy" / "build-image.sh"
-IMAGE = "localhost/droq-registry:latest"
+#: This checkout's own tag: two checkouts testing at once (a CI clone beside a developer's tree)
+#: never run each other's image.
+IMAGE = f"localhost/droq-registry:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:12]}"
 DEADLINE = 30.0
 
 if PODMAN is None:
@@ -267,12 +273,6 @@ def test_a_read_only_bind_mount_of_the_shipped_nodes_is_served_as_in_process(
     }
 
 
-def save_atomically(path: Path, doc: Any) -> None:
-    temp = path.with_name(f".{path.name}.tmp")
-    temp.write_bytes(orjson.dumps(doc))
-    os.replace(temp, path)
-
-
 def test_node_files_written_on_the_host_appear_through_the_bind_mount_by_file_events(
     run: Callable[..., Container], nodes: Path
 ) -> None:
@@ -282,7 +282,7 @@ def test_node_files_written_on_the_host_appear_through_the_bind_mount_by_file_ev
 
     write_json(nodes / "written.json", node_doc("written", {"Written": "pkg.written"}))
     wait_until(lambda: container.get("/api/v1/components/Written/node").status_code == 200, DEADLINE)
-    save_atomically(nodes / "renamed.json", node_doc("renamed", {"Renamed": "pkg.renamed"}))
+    save(nodes / "renamed.json", node_doc("renamed", {"Renamed": "pkg.renamed"}))
     wait_until(lambda: container.get("/api/v1/components/Renamed/node").status_code == 200, DEADLINE)
     (nodes / "written.json").unlink()
     wait_until(lambda: container.get("/api/v1/components/Written/node").status_code == 404, DEADLINE)

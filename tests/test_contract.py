@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import pytest
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess
 from droq_registry.changes import MAX_WAIT_SECONDS
 from droq_registry.routes import TABLE
 from droq_registry.search import MAX_QUERY, MAX_RESULTS
 from droq_registry.settings import default_schema_path
+from support.server import ServerProcess
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 

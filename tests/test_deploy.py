@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import ROOT
 from droq_registry.folder import read_source
 from droq_registry.nodefile import Schema
 from droq_registry.settings import Settings
+from support.files import ROOT
 
 BIN = Path(sys.executable).parent
 
@@ -36,6 +36,23 @@ def test_build_script_passes_shellcheck() -> None:
     result = subprocess.run([str(BIN / "shellcheck"), str(ROOT / "deploy" / "build-image.sh")],
                             capture_output=True, text=True, timeout=60, check=False)
     assert (result.returncode, result.stdout) == (0, "")
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tag"], "--tag needs a value"),
+        (["--tag", "--base", "x"], "--tag needs a value"),
+        (["--tag="], "--tag needs a value"),
+        (["--base"], "--base needs a value"),
+        (["--apt-sources"], "--apt-sources needs a value"),
+        (["--bogus"], "unknown argument --bogus"),
+    ],
+)
+def test_build_script_refuses_an_option_without_its_value_in_one_line(args: list[str], message: str) -> None:
+    result = subprocess.run(["bash", str(ROOT / "deploy" / "build-image.sh"), *args],
+                            capture_output=True, text=True, timeout=30)
+    assert (result.returncode, result.stdout, result.stderr) == (2, "", f"build-image.sh: {message} (see --help)\n")
 
 
 def test_plain_docker_build_uses_the_slim_python_image_for_both_stages() -> None:

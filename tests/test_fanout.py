@@ -20,9 +20,12 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
 from droq_registry import answers
-from test_followers_at_the_cap import Stream, metric_of, records
+from support.files import node_doc, write_json
+from support.http import metric
+from support.polling import wait_until
+from support.server import ServerProcess
+from test_followers_at_the_cap import Stream, records
 from test_limits import DEADLINE, env_for
 
 FOLLOWERS = 300
@@ -37,13 +40,14 @@ def _scope(path: str, query: bytes) -> dict[str, Any]:
 
 
 def _follow_many(client: TestClient, assets: Path, path: str, query: bytes, monkeypatch: pytest.MonkeyPatch,
-                 encoder: str) -> tuple[list[int], list[list[dict[str, Any]]], int]:
+                 encoder: str) -> tuple[list[int], list[list[dict[str, Any]]], int, str]:
     """FOLLOWERS requests of `path?query` held at once on the app, one file written, and
     the messages each sent until it had the change; returns (calls of `encoder` before
-    the write and in all, the messages, the revision before)."""
+    the write and in all, the messages, the revision and epoch before)."""
     app: Any = client.app
     state = app.state
     start = state.registry.revision
+    epoch = state.registry.snapshot.epoch
     calls = 0
     calls_before = -1
     real = getattr(answers, encoder)
@@ -89,7 +93,7 @@ def _follow_many(client: TestClient, assets: Path, path: str, query: bytes, monk
 
     assert client.portal is not None
     client.portal.call(main)
-    return [calls_before, calls], sent, start
+    return [calls_before, calls], sent, start, epoch
 
 
 class _Had(Exception):
@@ -100,7 +104,7 @@ def test_one_commit_is_encoded_once_for_every_event_stream_and_the_same_bytes_go
     assets: Path, client_for: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     client = client_for(assets, reload=True)
-    calls, sent, start = _follow_many(client, assets, "/api/v1/events", b"", monkeypatch, "event_frames")
+    calls, sent, start, epoch = _follow_many(client, assets, "/api/v1/events", b"", monkeypatch, "event_frames")
     frames = [messages[-1]["body"] for messages in sent]
     # Before: the (empty) frames after the revision they all started from, once; then the
     # commit's, once.
@@ -108,7 +112,7 @@ def test_one_commit_is_encoded_once_for_every_event_stream_and_the_same_bytes_go
     assert all(body is frames[0] for body in frames)  # the very same bytes object
     text = frames[0].decode().replace("\r\n", "\n")
     event = dict(line.split(": ", 1) for line in text.strip().split("\n"))
-    assert (event["id"], event["event"]) == (str(start + 1), "change")
+    assert (event["id"], event["event"]) == (f"{epoch}:{start + 1}", "change")
     assert {k: v for k, v in orjson.loads(event["data"]).items() if k != "at"} == {
         "revision": start + 1, "kind": "added", "node_id": "new", "source": "new.json",
     }
@@ -120,7 +124,7 @@ def test_one_commit_is_encoded_once_for_every_long_poll_and_the_same_answer_goes
     client = client_for(assets, reload=True)
     start = client.app.state.registry.revision  # type: ignore[attr-defined]
     query = b"since=%d&wait=30" % start
-    calls, sent, start = _follow_many(client, assets, "/api/v1/changes", query, monkeypatch, "changes_body")
+    calls, sent, start, _ = _follow_many(client, assets, "/api/v1/changes", query, monkeypatch, "changes_body")
     assert calls == [0, 1]
     bodies = [messages[-1]["body"] for messages in sent]
     assert all(body is bodies[0] for body in bodies)
@@ -140,6 +144,7 @@ BOUND = 8192
 #: socket buffers on the loopback take a few MB of them (the send buffer grows with the
 #: connection) before anything waits in the server's own buffer.
 FILES = 400
+LAGGING = 'droq_registry_connections_closed_total{reason="follower_lagging"}'
 
 
 def _commit_many(srv: ServerProcess, assets: Path, round_: int) -> int:
@@ -177,7 +182,7 @@ def stuck_run(tmp_path: Path, real_assets: Path, server: Callable[..., ServerPro
     while b"\r\n\r\n" not in stuck._rest:
         stuck._rest += stuck_sock.recv(4096)
     stuck._rest = stuck._rest.partition(b"\r\n\r\n")[2]
-    wait_until(lambda: metric_of(srv, "connections_following") == 4, timeout=DEADLINE)
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 4, timeout=DEADLINE)
 
     first = _commit_many(srv, real_assets, 0)
     stuck.read_until_id(first)  # it had the first commit whole; from here on it reads nothing
@@ -188,13 +193,13 @@ def stuck_run(tmp_path: Path, real_assets: Path, server: Callable[..., ServerPro
         revisions.append(_commit_many(srv, real_assets, round_))
         for reader in readers:  # the others read on, so only the stuck one lags
             reader.read_until_id(revisions[-1])
-        if metric_of(srv, 'connections_closed_total{reason="follower_lagging"}') >= 1:
+        if metric(srv, LAGGING) >= 1:
             break
     cut_at = revisions[-1]
     revisions.append(_commit_many(srv, real_assets, len(revisions)))  # one more, after the cut
     for reader in readers:
         reader.read_until_id(revisions[-1])
-    lagging = metric_of(srv, 'connections_closed_total{reason="follower_lagging"}')
+    lagging = metric(srv, LAGGING)
     # The stuck client wakes up: it reads what reached it, until the server's cut.
     try:
         while True:
@@ -208,8 +213,8 @@ def stuck_run(tmp_path: Path, real_assets: Path, server: Callable[..., ServerPro
     log = srv.get(f"/api/v1/changes?since={start}").json()["changes"]
     yield {
         "start": start, "revisions": revisions, "cut_at": cut_at, "lagging": lagging, "readers": readers,
-        "had": had, "last_id": int(last_id), "resumed": resumed, "log": log,
-        "following": metric_of(srv, "connections_following"),
+        "had": had, "last_id": int(last_id.rpartition(":")[2]), "resumed": resumed, "log": log,
+        "following": metric(srv, "droq_registry_connections_following"),
     }
     for stream in (*readers, stuck, resumed):
         stream.sock.close()

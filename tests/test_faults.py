@@ -31,10 +31,13 @@ import httpx
 import orjson
 import pytest
 
-from conftest import REAL_NODES, ROOT, free_port, node_doc, wait_until, write_json
+from support.expect import TIMESTAMP_FORMAT
+from support.files import REAL_NODES, ROOT, copy_real_nodes, node_doc, write_json
+from support.http import metric
+from support.polling import wait_until
+from support.server import free_port, server_env
 
 NOBODY = 65534
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 #: Long enough for the retry backoff (at most 5 s) on a busy shared machine.
 HEAL = 30.0
 
@@ -98,10 +101,7 @@ class Service:
         return self.get("/health").json()  # type: ignore[no-any-return]
 
     def metric(self, sample: str) -> float:
-        for line in self.get("/metrics").text.splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[-1])
-        raise AssertionError(f"no sample {sample}")
+        return metric(self, sample)
 
     def wait_ready(self) -> None:
         def ready() -> bool:
@@ -169,15 +169,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     subprocess.run(["umount", str(mount)], check=True)
 
 
-def copy_real_nodes(assets: Path) -> None:
-    assets.mkdir(parents=True, exist_ok=True)
-    for path in sorted(REAL_NODES.glob("*.json")):
-        (assets / path.name).write_bytes(path.read_bytes())
-        (assets / path.name).chmod(0o644)
-
-
 def env_for(assets: Path, db: Path, **extra: str) -> dict[str, str]:
-    return {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "RELOAD": "true", **extra}
+    return server_env(assets, db, RELOAD="true", **extra)
 
 
 def fill(disk: Path) -> Path:
@@ -206,7 +199,7 @@ def assert_degraded_serving(service: Service, error: str, revision: int, nodes: 
     assert (health["ready"], health["revision"], health["nodes"]) == (True, revision, nodes)
     assert health["last_reconcile_error"] == error
     database = health["database"]
-    assert TIMESTAMP.fullmatch(database.pop("failing_since"))
+    assert TIMESTAMP_FORMAT.fullmatch(database.pop("failing_since"))
     assert database == {"path": database["path"], "state": "failing", "error": error}
     assert service.get("/ready").json() == {"status": "ready", "revision": revision}
     assert service.get("/api/v1/nodes?status=all").json()["total_nodes"] == nodes
@@ -328,7 +321,9 @@ def test_a_lock_held_by_another_program_is_reported_and_the_change_commits_when_
 def db_state(db: Path) -> tuple[Any, ...]:
     with closing(sqlite3.connect(db)) as conn:
         return (
-            conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
+            # the history token is random: only its shape is known
+            [(k, bool(re.fullmatch(r"[A-Za-z0-9_-]{22}", v)) if k == "history" else v)
+             for k, v in conn.execute("SELECT key, value FROM meta ORDER BY key")],
             conn.execute("SELECT node_id, source FROM nodes ORDER BY node_id").fetchall(),
             conn.execute("SELECT count(*) FROM components").fetchone(),
             conn.execute("SELECT path, state, node_id FROM sources ORDER BY path").fetchall(),
@@ -338,7 +333,7 @@ def db_state(db: Path) -> tuple[Any, ...]:
 
 def expected_state(revision: int, nodes: dict[str, str], components: int, changes: list[Any]) -> tuple[Any, ...]:
     return (
-        [("changes_floor", "0"), ("revision", str(revision)), ("schema_version", "2")]
+        [("changes_floor", "0"), ("history", True), ("revision", str(revision)), ("schema_version", "2")]
         if revision else [],
         sorted(nodes.items()),
         (components,),

@@ -13,10 +13,11 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import anyio
 import httpx
@@ -24,16 +25,13 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import (
-    ServerProcess,
-    make_settings,
-    node_doc,
-    open_client,
-    reconcile_now,
-    wait_until,
-    write_json,
-)
 from droq_registry.changes import KEEPALIVE_SECONDS
+from support.events import AsyncEvents, Events
+from support.files import node_doc, write_json
+from support.http import make_settings, open_client, reconcile_now, sources
+from support.http import revision as current_revision
+from support.polling import wait_until
+from support.server import ServerProcess, server_env
 
 REVISION = "x-registry-revision"
 #: The most a long-poll may answer after the change it waited for became visible.
@@ -52,13 +50,9 @@ def revision_of(response: httpx.Response) -> int:
     return int(response.headers[REVISION])
 
 
-def current_revision(client: Client) -> int:
-    return revision_of(client.get("/api/v1/nodes?status=all"))
-
-
 def utc_now_ms() -> datetime:
     """Now, cut to the millisecond the service writes into "at"."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
@@ -97,21 +91,11 @@ def found(client: Client, node_id: str) -> bool:
     return client.get(f"/api/v1/nodes/{node_id}").status_code == 200
 
 
-def sources(client: Client) -> dict[str, dict[str, Any]]:
-    return {s["path"]: s for s in client.get("/api/v1/sources").json()["sources"]}
-
-
 def start_server(
     server: Callable[..., ServerProcess], assets: Path, tmp_path: Path, name: str = "server", **env: str
 ) -> ServerProcess:
     """A `droq-registry serve` process on `assets` with a database of its own."""
-    settings = {
-        "REGISTRY_ASSETS_DIR": str(assets),
-        "REGISTRY_DB_PATH": str(tmp_path / f"{name}.db"),
-        "REGISTRY_RESYNC_SECONDS": "0",
-        **env,
-    }
-    return server(settings, tmp_path / f"{name}.log")
+    return server(server_env(assets, tmp_path / f"{name}.db", **env), tmp_path / f"{name}.log")
 
 
 def declared_components(assets: Path) -> dict[str, list[str]]:
@@ -124,66 +108,13 @@ def declared_components(assets: Path) -> dict[str, list[str]]:
     return declared
 
 
-class Events:
-    """Server-Sent Events read from a streaming httpx response; comment lines kept apart."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines = response.iter_lines()
-        self.comments: list[str] = []
-        #: The id of the last event that had one: what a browser sends as Last-Event-ID.
-        self.last_id: str | None = None
-
-    def next(self) -> dict[str, str]:
-        event: dict[str, str] = {}
-        for line in self._lines:
-            if _take_line(line, event, self.comments):
-                if "id" in event:
-                    self.last_id = event["id"]
-                return event
-        raise AssertionError("the event stream ended")
-
-
-class AsyncEvents:
-    """`Events` for httpx.AsyncClient streams."""
-
-    def __init__(self, response: httpx.Response) -> None:
-        self._lines: AsyncIterator[str] = response.aiter_lines()
-        self.comments: list[str] = []
-
-    async def next(self) -> dict[str, str]:
-        event: dict[str, str] = {}
-        async for line in self._lines:
-            if _take_line(line, event, self.comments):
-                return event
-        raise AssertionError("the event stream ended")
-
-    async def next_comment(self) -> str:
-        seen = len(self.comments)
-        async for line in self._lines:
-            _take_line(line, {}, self.comments)
-            if len(self.comments) > seen:
-                return self.comments[-1]
-        raise AssertionError("the event stream ended")
-
-
-def _take_line(line: str, event: dict[str, str], comments: list[str]) -> bool:
-    """Add one line to `event`; True when the line ends a non-empty event."""
-    if line == "":
-        return bool(event)
-    if line.startswith(":"):
-        comments.append(line)
-        return False
-    name, _, value = line.partition(":")
-    value = value[1:] if value.startswith(" ") else value
-    event[name] = event[name] + "\n" + value if name == "data" and name in event else value
-    return False
-
-
 def change_event(event: dict[str, str]) -> tuple[int, str, dict[str, Any]]:
-    """(revision, event type, the record without "at") of one event; its id, if any, is the revision."""
+    """(revision, event type, the record without "at") of one event; its id, if any, is
+    `<epoch>:<revision>`."""
     data = orjson.loads(event["data"])
     data.pop("at")
-    assert event.get("id", str(data["revision"])) == str(data["revision"]), event
+    if "id" in event:
+        assert re.fullmatch(rf"[A-Za-z0-9_-]{{1,32}}:{data['revision']}", event["id"]), event
     return data["revision"], event["event"], data
 
 
@@ -544,20 +475,18 @@ def _bad_requests() -> list[tuple[str, str | None]]:
     cases: list[tuple[str, str | None]] = [
         (f"since={value}", since_message.format(value)) for value in ("abc", "-1", "1.5", "0x1")
     ]
-    cases.append(("since={future}", None))
     cases += [(f"since=0&wait={value}", wait_message) for value in ("61", "-1", "abc", "nan", "inf")]
+    epoch_message = "epoch must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got '{}'"
+    cases += [(f"since=0&epoch={value}", epoch_message.format(value)) for value in ("", "a.b", "x" * 33, "a:b")]
     return cases
 
 
 @pytest.mark.parametrize("query, detail", _bad_requests())
-def test_changes_answers_400_for_a_bad_since_or_wait(
-    query: str, detail: str | None, real_assets: Path, client_for: Callable[..., TestClient]
+def test_changes_answers_400_for_a_bad_since_epoch_or_wait(
+    query: str, detail: str, real_assets: Path, client_for: Callable[..., TestClient]
 ) -> None:
     client = client_for(real_assets)
     revision = current_revision(client)
-    if detail is None:  # since ahead of the registry
-        query = query.format(future=revision + 1)
-        detail = f"since={revision + 1} is ahead of the registry's revision {revision}"
     response = client.get(f"/api/v1/changes?{query}")
     assert (response.status_code, response.json(), revision_of(response)) == (
         400,
@@ -566,19 +495,14 @@ def test_changes_answers_400_for_a_bad_since_or_wait(
     )
 
 
-@pytest.mark.parametrize("header", ["abc", "-1", "{future}"])
+@pytest.mark.parametrize("value", ["abc", "-1", ":5", "abc:", "a.b:5", "x" * 33 + ":1", "a:b:1", "1.5"])
 def test_events_answers_400_for_a_bad_last_event_id(
-    header: str, real_assets: Path, client_for: Callable[..., TestClient]
+    value: str, real_assets: Path, client_for: Callable[..., TestClient]
 ) -> None:
     client = client_for(real_assets)
     revision = current_revision(client)
-    value = header.format(future=revision + 1)
     response = client.get("/api/v1/events", headers={"Last-Event-ID": value})
-    detail = (
-        f"Last-Event-ID={revision + 1} is ahead of the registry's revision {revision}"
-        if header == "{future}"
-        else f"Last-Event-ID must be a revision number (a whole number, 0 or more), got '{value}'"
-    )
+    detail = f"Last-Event-ID must be <epoch>:<revision> or a revision number, got '{value}'"
     assert (response.status_code, response.json(), revision_of(response)) == (
         400,
         {"detail": detail},
@@ -586,11 +510,27 @@ def test_events_answers_400_for_a_bad_last_event_id(
     )
 
 
-def _gone(since: int, floor: int, revision: int) -> dict[str, Any]:
+def position_of(response: httpx.Response) -> dict[str, Any]:
+    """The revision, epoch and content hash an answer's headers give."""
+    return {
+        "revision": revision_of(response),
+        "epoch": response.headers["x-registry-epoch"],
+        "content_hash": response.headers["x-registry-content-hash"],
+    }
+
+
+def _then(position: dict[str, Any]) -> str:
+    return (
+        f"list the registry again, unless your state has content hash {position['content_hash']}, and follow "
+        f"changes from revision {position['revision']} of epoch {position['epoch']}"
+    )
+
+
+def _gone(since: int, floor: int, position: dict[str, Any]) -> dict[str, Any]:
     return {
         "detail": f"changes after revision {since} are no longer kept (the log starts after revision "
-        f"{floor}); re-list the registry and follow changes from the X-Registry-Revision of that answer",
-        "revision": revision,
+        f"{floor}); {_then(position)}",
+        **position,
     }
 
 
@@ -626,7 +566,7 @@ def test_change_log_keeps_at_most_n_records_dropping_whole_revisions_and_410s_ol
         gone = client.get(f"/api/v1/changes?since={since}")
         assert (gone.status_code, gone.json(), revision_of(gone)) == (
             410,
-            _gone(since, floor, start + 5),
+            _gone(since, floor, position_of(gone)),
             start + 5,
         )
     assert client.get(f"/api/v1/changes?since={floor - 1}&wait=5").status_code == 410
@@ -775,7 +715,7 @@ def test_event_stream_delivers_every_change_in_order(
             events = Events(response)
             received = [events.next() for _ in _expected_events(start)]
         assert [change_event(e) for e in received] == _expected_events(start)
-        assert ids_closing_each_revision(received) == [str(start + n) for n in range(1, 7)]
+        assert ids_closing_each_revision(received) == [f"{events.epoch}:{start + n}" for n in range(1, 7)]
         # The events carry exactly the records of the change log.
         assert [orjson.loads(e["data"]) for e in received] == changes_after(http, start)
 
@@ -795,7 +735,7 @@ def test_event_stream_resumes_after_a_reconnect_with_last_event_id(
             before = [change_event(events.next()) for _ in range(2)]
         assert before == expected[:2]
         last_id = events.last_id
-        assert last_id == str(start + 2)
+        assert last_id == f"{events.epoch}:{start + 2}"
 
         for step in steps[2:5]:  # missed while disconnected
             step()
@@ -829,9 +769,9 @@ def test_event_stream_sends_relist_when_last_event_id_is_no_longer_kept(
             write_json(assets / "d.json", node_doc("d"))
             after = change_event(events.next())
         assert (relist["id"], relist["event"], orjson.loads(relist["data"])) == (
-            str(start + 3),
+            f"{events.epoch}:{start + 3}",
             "relist",
-            {"revision": start + 3, "detail": gone.json()["detail"]},
+            gone.json(),
         )
         assert after == (start + 4, "change", record(start + 4, "added", "d", "d.json"))
 
@@ -977,10 +917,15 @@ def test_a_change_log_answer_comes_from_one_snapshot_even_while_the_log_is_trimm
             response = client.get(f"/api/v1/changes?since={since}")
             snap = next(s for s in snapshots if s.revision == revision_of(response))
             log = snap.changes
+            position = {"revision": snap.revision, "epoch": snap.epoch, "content_hash": snap.content_hash}
             if since > snap.revision:
-                assert response.status_code == 400
+                assert (response.status_code, response.json()) == (410, {
+                    "detail": f"since={since} is ahead of this registry's revision {snap.revision}, so it counts"
+                              f" in another history; {_then(position)}",
+                    **position,
+                })
             elif since < log.floor:
-                assert (response.status_code, response.json()) == (410, _gone(since, log.floor, snap.revision))
+                assert (response.status_code, response.json()) == (410, _gone(since, log.floor, position))
             else:
                 expected = [orjson.loads(r) for r, v in zip(log.encoded, log.revisions) if since < v <= snap.revision]
                 assert (response.status_code, response.json()) == (200, {"revision": snap.revision,

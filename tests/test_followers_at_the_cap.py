@@ -22,8 +22,11 @@ import httpx
 import orjson
 import pytest
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
 from droq_registry.connections import Gate
+from support.files import node_doc, write_json
+from support.http import metric
+from support.polling import wait_until
+from support.server import ServerProcess
 from test_limits import (
     DEADLINE,
     closed_by_server,
@@ -57,11 +60,9 @@ def following(meter: socket.socket) -> float:
     raise AssertionError("no droq_registry_connections_following")
 
 
-def metric_of(srv: ServerProcess, name: str) -> float:
-    for line in srv.get("/metrics").text.splitlines():
-        if line.startswith(f"droq_registry_{name} "):
-            return float(line.split()[1])
-    raise AssertionError(f"no droq_registry_{name}")
+def epoch_of(srv: ServerProcess) -> str:
+    """The server's epoch, as its /health says."""
+    return str(httpx.get(f"{srv.url}/health", timeout=10).json()["epoch"])
 
 
 def long_poll(port: int, since: int) -> socket.socket:
@@ -109,7 +110,7 @@ class Stream:
         return found
 
     def read_until_id(self, revision: int) -> None:
-        while not any(event.get("id") == str(revision) for event in self.events()):
+        while not any(event.get("id", "").endswith(f":{revision}") for event in self.events()):
             self.read_chunk()
 
     def read_to_end(self) -> None:
@@ -175,7 +176,7 @@ def test_at_the_cap_the_oldest_event_stream_ends_whole_and_resuming_it_misses_no
         assert closed_by_server(oldest.sock)
         seen = oldest.events()
         last_id = [event["id"] for event in seen if "id" in event][-1]
-        assert last_id == str(start + 1)
+        assert last_id == f"{epoch_of(srv)}:{start + 1}"
         for stream in streams[1:]:  # the others are still streaming (not released)
             stream.read_until_id(start + 1)
             assert not stream.ended
@@ -204,7 +205,7 @@ def test_with_room_at_the_cap_no_follower_is_released(
         streams = [Stream(srv.port) for _ in range(5)]
         for stream in streams:
             sockets.enter_context(stream.sock)
-        wait_until(lambda: metric_of(srv, "connections_following") == 10, DEADLINE)
+        wait_until(lambda: metric(srv, "droq_registry_connections_following") == 10, DEADLINE)
         assert [probe(srv.port) for _ in range(30)] == [200] * 30  # eleven connections at most
         write_json(real_assets / "with-room.json", node_doc("with-room"))
         answers = [read_response(sock) for sock in polls]

@@ -13,13 +13,11 @@ from __future__ import annotations
 import codecs
 import errno
 import functools
-import hashlib
 import io
 import json
 import os
 import re
 import resource
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -30,24 +28,12 @@ from contextlib import closing, contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from conftest import (
-    CORE_DEFAULTS,
-    ROOT,
-    free_port,
-    make_settings,
-    node_doc,
-    open_client,
-    reconcile_now,
-    wait_until,
-    write_json,
-)
 from droq_registry import cli, nodefile
 from droq_registry.diff import conflict_message
 from droq_registry.folder import TransientError
@@ -55,6 +41,12 @@ from droq_registry.model import CORE_FIELDS, Result
 from droq_registry.nodefile import MAX_DEPTH, Schema
 from droq_registry.reconcile import Reconciler as Registry
 from droq_registry.store import Store
+from support.db import query
+from support.expect import TIMESTAMP_FORMAT, detail, expected_node, sha256
+from support.files import ROOT, node_doc, write_json
+from support.http import make_settings, metric, open_client, reconcile_now, sources
+from support.polling import wait_until
+from support.server import ServerProcess, server_env
 
 Client = Callable[..., TestClient]
 TOO_DEEP = f"nested deeper than {MAX_DEPTH} levels"
@@ -62,29 +54,6 @@ DEADLINE = 15.0
 
 
 # --- helpers -------------------------------------------------------------------------------
-
-
-def sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def public(document: dict[str, Any]) -> dict[str, Any]:
-    """NODE as the API should answer it for a valid node document (its own oracle)."""
-    components = document.get("components", {})
-    out = {k: document.get(k, CORE_DEFAULTS.get(k)) for k in CORE_FIELDS}
-    out["priority"] = int(out["priority"])
-    out["supported_components"] = sorted(components)
-    out.update(
-        {k: v for k, v in document.items() if k not in CORE_FIELDS and k not in ("components", "supported_components")}
-    )
-    return out
-
-
-def detail(document: dict[str, Any]) -> dict[str, Any]:
-    """The body of `GET /api/v1/nodes/{id}` for a valid node document."""
-    components = document.get("components", {})
-    paths = {c: (s if isinstance(s, str) else s["path"]) for c, s in sorted(components.items())}
-    return {"node": public(document), "components": paths}
 
 
 def nested(levels: int) -> Any:
@@ -107,19 +76,9 @@ def deep_where() -> str:
     return "extra.a.b" + "[0]" * (MAX_DEPTH - 3)
 
 
-def rows(client: TestClient) -> dict[str, dict[str, Any]]:
-    return {row["path"]: row for row in client.get("/api/v1/sources").json()["sources"]}
-
-
 def row_without_times(row: dict[str, Any]) -> dict[str, Any]:
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", row["updated_at"])
+    assert TIMESTAMP_FORMAT.fullmatch(row["updated_at"])
     return {k: v for k, v in row.items() if k not in ("applied_at", "updated_at")}
-
-
-def metric(client: TestClient, name: str) -> str:
-    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(name + " ")]
-    assert len(lines) == 1, lines
-    return lines[0].split(" ", 1)[1]
 
 
 def changes(client: TestClient, since: int = 0) -> list[tuple[int, str, str | None, str | None]]:
@@ -203,7 +162,7 @@ def test_a_file_nested_too_deep_on_a_fresh_start_is_refused_and_the_good_files_a
     assert client.get("/api/v1/nodes/a").json() == detail(a)
     assert client.get("/api/v1/nodes/z").json() == detail(z)
     assert client.get("/api/v1/nodes/deep").status_code == 404
-    assert row_without_times(rows(client)["deep.json"]) == {
+    assert row_without_times(sources(client)["deep.json"]) == {
         "path": "deep.json",
         "node_id": None,
         "state": "error",
@@ -215,8 +174,8 @@ def test_a_file_nested_too_deep_on_a_fresh_start_is_refused_and_the_good_files_a
     assert (health["status"], health["ready"], health["files_in_error"], health["last_reconcile_error"]) == (
         "healthy", True, 1, None,
     )
-    assert metric(client, "droq_registry_files_in_error") == "1.0"
-    assert metric(client, "droq_registry_nodes") == "2.0"
+    assert metric(client, "droq_registry_files_in_error") == 1.0
+    assert metric(client, "droq_registry_nodes") == 2.0
     warnings = [r.getMessage() for r in caplog.records if r.name == "droq_registry.reconcile" and r.levelname == "WARNING"]
     assert warnings == [f"deep.json: {deep_where()}: {TOO_DEEP}"]
 
@@ -240,7 +199,7 @@ def test_a_batch_with_a_too_deep_edit_applies_every_good_file_in_it_and_keeps_th
     assert client.get("/api/v1/nodes/a").json() == detail(a)  # the last good a
     assert client.get("/api/v1/nodes/b").json() == detail(b2)
     assert client.get("/api/v1/nodes/c").json() == detail(c)
-    row = rows(client)["a.json"]
+    row = sources(client)["a.json"]
     assert (row["state"], row["error"], row["serving_last_good"]) == ("error", f"{deep_where()}: {TOO_DEEP}", True)
     assert changes(client, 1) == [
         (2, "added", "c", "c.json"),
@@ -261,10 +220,10 @@ def test_the_watcher_applies_the_good_files_written_with_a_too_deep_one(assets: 
         write_json(assets / f"{document['node_id']}.json", document)
 
     wait_until(lambda: all(client.get(f"/api/v1/nodes/{d['node_id']}").status_code == 200 for d in fresh), DEADLINE)
-    wait_until(lambda: rows(client)["a.json"]["state"] == "error", DEADLINE)
+    wait_until(lambda: sources(client)["a.json"]["state"] == "error", DEADLINE)
     assert [client.get(f"/api/v1/nodes/{d['node_id']}").json() for d in fresh] == [detail(d) for d in fresh]
     assert client.get("/api/v1/nodes/a").json() == detail(a)
-    assert (rows(client)["a.json"]["error"], client.get("/health").json()["last_reconcile_error"]) == (
+    assert (sources(client)["a.json"]["error"], client.get("/health").json()["last_reconcile_error"]) == (
         f"{deep_where()}: {TOO_DEEP}", None,
     )
 
@@ -303,7 +262,7 @@ def test_a_node_nested_to_the_limit_is_served_by_every_endpoint_and_after_a_rest
         "total_components": 1,
     }
     assert client.get("/api/v1/search?q=deep").json()["results"][0]["node_id"] == "deep"
-    assert rows(client)["deep.json"]["state"] == "ok"
+    assert sources(client)["deep.json"]["state"] == "ok"
     assert orjson.loads(stored_column(tmp_path / "registry.db", "nodes", "metadata_json")) == {
         "extra": document["extra"]
     }
@@ -331,7 +290,7 @@ def test_a_components_file_nested_too_deep_is_the_error_of_its_node_file(assets:
     write_json(assets / "good.json", node_doc("good"))
     client = client_for(assets)
 
-    assert {p: (r["state"], r["error"]) for p, r in rows(client).items()} == {
+    assert {p: (r["state"], r["error"]) for p, r in sources(client).items()} == {
         "good.json": ("ok", None),
         "split.json": (
             "error",
@@ -343,7 +302,7 @@ def test_a_components_file_nested_too_deep_is_the_error_of_its_node_file(assets:
 def test_a_components_path_that_could_break_a_line_is_shown_escaped(assets: Path, client_for: Client) -> None:
     write_json(assets / "odd.json", {"node_id": "odd", "name": "O", "components_json_path": "no\nsuch\u2028.json"})
     client = client_for(assets)
-    assert rows(client)["odd.json"]["error"] == "components_json_path: no\\nsuch\\u2028.json: no such file"
+    assert sources(client)["odd.json"]["error"] == "components_json_path: no\\nsuch\\u2028.json: no such file"
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["components", "components_json_path"])
@@ -367,7 +326,7 @@ def test_a_node_the_encoder_refuses_is_that_files_error_before_any_transaction(
         write_json(assets / "x.json", node_doc("x"))
     write_json(assets / "y.json", node_doc("y"))
     client = client_for(assets)
-    assert {p: (r["state"], r["error"]) for p, r in rows(client).items()} == {
+    assert {p: (r["state"], r["error"]) for p, r in sources(client).items()} == {
         "x.json": ("error", "cannot be stored: Recursion limit reached"),
         "y.json": ("ok", None),
     }
@@ -404,7 +363,7 @@ def test_an_unexpected_failure_while_building_one_node_is_that_files_error(
     write_json(assets / "boom.json", node_doc("boom"))
     client = client_for(assets)
 
-    assert {p: (r["state"], r["error"]) for p, r in rows(client).items()} == {
+    assert {p: (r["state"], r["error"]) for p, r in sources(client).items()} == {
         "a.json": ("ok", None),
         "boom.json": ("error", "cannot be used: unexpected RuntimeError: something no rule foresaw"),
     }
@@ -480,73 +439,33 @@ def test_a_read_that_fails_for_want_of_a_resource_changes_no_file_state(
     assert registry.reconcile().counts == {"added": 0, "updated": 1, "removed": 0, "errors": 0}
 
 
-def start_server(
-    env: dict[str, str], log_path: Path, prefix: list[str] | None = None, **popen: Any
-) -> subprocess.Popen[bytes]:
-    """`droq-registry serve` on 127.0.0.1, run through `prefix` (a command that drops
-    privileges) and with extra Popen arguments (limits)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")}
-    full_env.update({"HOST": "127.0.0.1", "LOG_FORMAT": "text", **env})
-    with open(log_path, "wb") as log:
-        return subprocess.Popen(
-            [*(prefix or []), sys.executable, "-m", "droq_registry", "serve"],
-            env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, **popen,
-        )
-
-
-@contextmanager
-def running(proc: subprocess.Popen[bytes], port: int, log_path: Path) -> Iterator[httpx.Client]:
-    http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10)
-
-    def ready() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
-        try:
-            return http.get("/ready").status_code == 200
-        except httpx.TransportError:
-            return False
-
-    try:
-        wait_until(ready, timeout=30, interval=0.05)
-        yield http
-    finally:
-        http.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_a_server_out_of_descriptors_never_commits_a_good_file_as_in_error(assets: Path, tmp_path: Path) -> None:
+def test_a_server_out_of_descriptors_never_commits_a_good_file_as_in_error(
+    assets: Path, tmp_path: Path, server: Callable[..., ServerProcess]
+) -> None:
     write_json(assets / "a.json", node_doc("a"))
-    port, db, log_path = free_port(), tmp_path / "served.db", tmp_path / "server.log"
-    env = {"PORT": str(port), "REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db),
-           "REGISTRY_RESYNC_SECONDS": "1"}
-    proc = start_server(env, log_path)
-    with running(proc, port, log_path) as http:
-        wait_until(lambda: http.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
-        # Clients cannot use up the server's descriptors (its connection cap keeps a reserve),
-        # so take them away from the running process: a soft limit at what it holds now.
-        soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
-        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{proc.pid}/fd")), hard))
-        try:
-            write_json(assets / "b.json", node_doc("b"))
-            # listing the folder or reading b.json fails (whichever pass comes first): a failed
-            # pass, never the file's error
-            wait_until(lambda: re.search(r"TransientError: .*Too many open files", log_path.read_text()), DEADLINE)
-            with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
-                stored = conn.execute("SELECT path, state, error FROM sources ORDER BY path").fetchall()
-            assert stored in ([("a.json", "ok", None)], [("a.json", "ok", None), ("b.json", "ok", None)])
-        finally:
-            resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
-        # descriptors come back: a later pass (the retry or the rescan) commits b.json, never in error
-        wait_until(lambda: http.get("/api/v1/nodes/b").status_code == 200, DEADLINE)
-        assert http.get("/api/v1/nodes/b").json() == detail(node_doc("b"))
-        kinds = [(c["kind"], c["source"]) for c in http.get("/api/v1/changes?since=0").json()["changes"]]
-        assert kinds == [("added", "a.json"), ("added", "b.json")]
-        assert http.get("/api/v1/sources").json()["errors"] == 0
+    db, log_path = tmp_path / "served.db", tmp_path / "server.log"
+    srv = server(server_env(assets, db, REGISTRY_RESYNC_SECONDS="1", LOG_FORMAT="text"), log_path, clean=True)
+    proc, http = srv.proc, srv.http
+    wait_until(lambda: http.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
+    # Clients cannot use up the server's descriptors (its connection cap keeps a reserve),
+    # so take them away from the running process: a soft limit at what it holds now.
+    soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+    resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (len(os.listdir(f"/proc/{proc.pid}/fd")), hard))
+    try:
+        write_json(assets / "b.json", node_doc("b"))
+        # listing the folder or reading b.json fails (whichever pass comes first): a failed
+        # pass, never the file's error
+        wait_until(lambda: re.search(r"TransientError: .*Too many open files", log_path.read_text()), DEADLINE)
+        stored = query(db, "SELECT path, state, error FROM sources ORDER BY path")
+        assert stored in ([("a.json", "ok", None)], [("a.json", "ok", None), ("b.json", "ok", None)])
+    finally:
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+    # descriptors come back: a later pass (the retry or the rescan) commits b.json, never in error
+    wait_until(lambda: http.get("/api/v1/nodes/b").status_code == 200, DEADLINE)
+    assert http.get("/api/v1/nodes/b").json() == detail(node_doc("b"))
+    kinds = [(c["kind"], c["source"]) for c in http.get("/api/v1/changes?since=0").json()["changes"]]
+    assert kinds == [("added", "a.json"), ("added", "b.json")]
+    assert http.get("/api/v1/sources").json()["errors"] == 0
 
 
 #: Root reads any file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH). A service started with those
@@ -556,27 +475,28 @@ WITHOUT_DAC_OVERRIDE = ["setpriv", "--bounding-set=-dac_override,-dac_read_searc
 
 
 def test_a_file_the_service_may_not_read_is_in_error_keeping_its_last_good_node(
-    assets: Path, tmp_path: Path
+    assets: Path, tmp_path: Path, server: Callable[..., ServerProcess]
 ) -> None:
     a = node_doc("a")
     locked = write_json(assets / "a.json", a)
     write_json(assets / "b.json", node_doc("b"))
-    port, log_path = free_port(), tmp_path / "server.log"
-    env = {"PORT": str(port), "REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / "r.db")}
-    proc = start_server(env, log_path, prefix=WITHOUT_DAC_OVERRIDE)
-    with running(proc, port, log_path) as http:
-        wait_until(lambda: http.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
-        locked.chmod(0o000)
+    log_path = tmp_path / "server.log"
+    env = server_env(assets, tmp_path / "r.db", REGISTRY_RESYNC_SECONDS="60", LOG_FORMAT="text")
+    srv = server(env, log_path, prefix=WITHOUT_DAC_OVERRIDE, clean=True)
+    http = srv.http
+    wait_until(lambda: http.get("/health").json()["watcher"]["state"] == "watching", DEADLINE)
+    locked.chmod(0o000)
 
-        def row() -> dict[str, Any]:
-            return {r["path"]: r for r in http.get("/api/v1/sources").json()["sources"]}["a.json"]
+    def row() -> dict[str, Any]:
+        return sources(http)["a.json"]
 
-        wait_until(lambda: row()["state"] == "error", DEADLINE)
-        assert (row()["error"], row()["serving_last_good"]) == ("cannot read the file: Permission denied", True)
-        assert http.get("/api/v1/nodes/a").json() == detail(a)
-        locked.chmod(0o644)
-        wait_until(lambda: row()["state"] == "ok", DEADLINE)
-        assert [c["kind"] for c in http.get("/api/v1/changes?since=1").json()["changes"]] == ["error", "recovered"]
+    wait_until(lambda: row()["state"] == "error", DEADLINE)
+    assert (row()["error"], row()["serving_last_good"]) == ("cannot read the file: Permission denied", True)
+    assert http.get("/api/v1/nodes/a").json() == detail(a)
+    locked.chmod(0o644)
+    wait_until(lambda: row()["state"] == "ok", DEADLINE)
+    assert [c["kind"] for c in http.get("/api/v1/changes?since=1").json()["changes"]] == ["error", "recovered"]
+    srv.stop()
     assert "Traceback" not in log_path.read_text()
 
 
@@ -642,7 +562,7 @@ def test_a_node_file_replaced_by_something_else_is_in_error_and_keeps_its_last_g
 
     replace_with(kind, path)
     assert registry.reconcile().revision == 2
-    row = rows(client)["a.json"]
+    row = sources(client)["a.json"]
     assert (row["state"], row["error"], row["content_hash"], row["serving_last_good"]) == ("error", reason, None, True)
     assert client.get("/api/v1/nodes/a").json() == detail(a1)
     assert client.get("/api/v1/nodes/b").json() == detail(b)
@@ -653,14 +573,14 @@ def test_a_node_file_replaced_by_something_else_is_in_error_and_keeps_its_last_g
     write_json(path, a2)
     assert registry.reconcile().revision == 3
     assert client.get("/api/v1/nodes/a").json() == detail(a2)
-    assert rows(client)["a.json"]["state"] == "ok"
+    assert sources(client)["a.json"]["state"] == "ok"
 
     replace_with(kind, path)
     registry.reconcile()
     remove(path)  # the name goes: so does its node
     assert registry.reconcile().revision == 5
     assert client.get("/api/v1/nodes/a").status_code == 404
-    assert list(rows(client)) == ["b.json"]
+    assert list(sources(client)) == ["b.json"]
     assert changes(client, 1) == [
         (2, "error", "a", "a.json"),
         (3, "updated", "a", "a.json"),
@@ -683,15 +603,15 @@ def test_the_watcher_sees_a_node_file_atomically_replaced_by_something_else(
     create(kind, staged, path.name)
     os.replace(staged, path)  # in one step: no moment without a.json
 
-    wait_until(lambda: rows(client)["a.json"]["state"] == "error", DEADLINE)
-    assert (rows(client)["a.json"]["error"], rows(client)["a.json"]["serving_last_good"]) == (reason, True)
+    wait_until(lambda: sources(client)["a.json"]["state"] == "error", DEADLINE)
+    assert (sources(client)["a.json"]["error"], sources(client)["a.json"]["serving_last_good"]) == (reason, True)
     assert client.get("/api/v1/nodes/a").json() == detail(a1)
 
     a2 = node_doc("a", name="A again")
     write_json(staged, a2)
     os.replace(staged, path)
     wait_until(lambda: client.get("/api/v1/nodes/a").json() == detail(a2), DEADLINE)
-    assert rows(client)["a.json"]["state"] == "ok"
+    assert sources(client)["a.json"]["state"] == "ok"
 
 
 def test_a_symlink_loop_fixed_elsewhere_is_seen_on_the_next_pass(assets: Path, client_for: Client) -> None:
@@ -700,7 +620,7 @@ def test_a_symlink_loop_fixed_elsewhere_is_seen_on_the_next_pass(assets: Path, c
     os.symlink("a.json", assets / "hop.lnk")  # a.json -> hop.lnk -> a.json
     client = client_for(assets)
     registry = OnTheWriter(client)
-    assert rows(client)["a.json"]["error"] == "not a regular file (a symbolic link loop)"
+    assert sources(client)["a.json"]["error"] == "not a regular file (a symbolic link loop)"
 
     # a.json itself does not change: only the link it leads to
     target = write_json(assets.parent / "real-a.json", node_doc("a"))
@@ -708,7 +628,7 @@ def test_a_symlink_loop_fixed_elsewhere_is_seen_on_the_next_pass(assets: Path, c
     os.symlink(target, assets / "hop.lnk")
     registry.reconcile()
     assert client.get("/api/v1/nodes/a").json() == detail(node_doc("a"))
-    assert rows(client)["a.json"]["state"] == "ok"
+    assert sources(client)["a.json"]["state"] == "ok"
 
 
 def test_a_dangling_symlink_is_a_removal_and_the_node_returns_with_its_target(
@@ -726,7 +646,7 @@ def test_a_dangling_symlink_is_a_removal_and_the_node_returns_with_its_target(
     a.rename(tmp_path / "configmap" / "a.json.old")
     assert registry.reconcile().counts == {"added": 0, "updated": 0, "removed": 1, "errors": 0}
     assert client.get("/api/v1/nodes/a").status_code == 404
-    assert list(rows(client)) == ["b.json"]
+    assert list(sources(client)) == ["b.json"]
     assert client.get("/health").json()["files_in_error"] == 0
 
     (tmp_path / "configmap" / "a.json.old").rename(a)
@@ -918,13 +838,13 @@ def check_hostile_file(folder: Path, data: bytes, how: str) -> tuple[str, list[s
 
         for document in GOOD.values():  # the good files are always served, exactly
             assert served(registry, document["node_id"]) == {
-                "source": f"{document['node_id']}.json", "node": public(document),
+                "source": f"{document['node_id']}.json", "node": expected_node(document),
             }
         source = registry.sources[HOSTILE]
         state, error = source.state, source.error
         if state == "ok":
             assert served(registry, source.node_id or "") == {
-                "source": HOSTILE, "node": public(orjson.loads(without_bom(data))),
+                "source": HOSTILE, "node": expected_node(orjson.loads(without_bom(data))),
             }
             assert how in ("valid", "field", "bytes")
         elif state == "conflict":
@@ -938,7 +858,7 @@ def check_hostile_file(folder: Path, data: bytes, how: str) -> tuple[str, list[s
             assert not error.startswith("cannot be used: unexpected"), error  # every refusal has its rule
             if how == "deep":
                 assert re.search(f"{TOO_DEEP}( at line \\d+ column \\d+)?$", error), error
-            assert served(registry, "hostile") == {"source": HOSTILE, "node": public(node_doc("hostile"))}
+            assert served(registry, "hostile") == {"source": HOSTILE, "node": expected_node(node_doc("hostile"))}
         # what memory serves is what the database committed
         loaded = Store.open(folder.parent / "registry.db")
         try:

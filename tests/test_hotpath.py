@@ -24,8 +24,9 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from conftest import REAL_NODES, node_doc, wait_until, write_json
 from droq_registry import answers, api
+from support.files import REAL_NODES, node_doc, write_json
+from support.polling import wait_until
 
 Client = Callable[..., TestClient]
 TOKEN = "hot-path-test-token"
@@ -300,7 +301,8 @@ def test_lookup_detail_and_list_have_the_documented_shapes_and_headers(
     for response in (detail, lookup, client.get("/api/v1/nodes")):
         assert response.status_code == 200
         assert [k for k, _ in response.headers.raw] == [
-            b"x-registry-revision", b"cache-control", b"etag", b"content-length", b"content-type"]
+            b"x-registry-revision", b"x-registry-epoch", b"x-registry-content-hash", b"cache-control", b"etag",
+            b"content-length", b"content-type"]
         assert response.headers["x-registry-revision"] == str(revision)
         assert response.headers["cache-control"] == "no-cache"
         assert response.headers["content-type"] == "application/json"
@@ -320,7 +322,8 @@ def test_not_found_answers_are_json_details_with_the_revision(real_assets: Path,
     assert long == "Component '" + "x" * 253 + "...' not found in any executor node"
     for response in (missing, node):
         assert [k for k, _ in response.headers.raw] == [
-            b"x-registry-revision", b"cache-control", b"content-length", b"content-type"]
+            b"x-registry-revision", b"x-registry-epoch", b"x-registry-content-hash", b"cache-control",
+            b"content-length", b"content-type"]
         assert response.headers["x-registry-revision"] == str(revision)
         # a 404 carries no ETag, so If-None-Match never turns it into a 304
         assert client.get(missing.url.path, headers={"If-None-Match": "*"}).status_code == 404
@@ -337,6 +340,8 @@ def test_if_none_match_and_head(real_assets: Path, client_for: Client) -> None:
             assert again.content == b""
             assert [(k, v) for k, v in again.headers.raw] == [
                 (b"x-registry-revision", full.headers["x-registry-revision"].encode()),
+                (b"x-registry-epoch", full.headers["x-registry-epoch"].encode()),
+                (b"x-registry-content-hash", full.headers["x-registry-content-hash"].encode()),
                 (b"cache-control", b"no-cache"), (b"etag", etag.encode())]
         for value in ('"other"', etag[:-1] + '0"', "W/*", ""):
             assert client.get(path, headers={"If-None-Match": value}).content == full.content, value
@@ -546,11 +551,17 @@ def test_real_server_answers_what_starlette_answers_with_auth_304_head_and_metri
         ("GET", lookup, {}),
         ("GET", lookup, {"Authorization": "Bearer wrong"}),
     ]
+    # Two databases are two histories: each side's epoch is its own, everything else is equal.
+    served_epoch = srv.get("/health").json()["epoch"].encode()
+    reference_epoch = starlette.get("/health").json()["epoch"].encode()
+    assert served_epoch != reference_epoch
     statuses = []
     for method, target, headers in requests:
         status, got, body = raw_get(srv.port, method, target, headers)
         want = starlette.request(method, target, headers=headers)
-        assert (status, got) == (want.status_code, list(want.headers.raw)), (method, target, headers)
+        expected = [(k, served_epoch if k == b"x-registry-epoch" and v == reference_epoch else v)
+                    for k, v in want.headers.raw]
+        assert (status, got) == (want.status_code, expected), (method, target, headers)
         assert body == (b"" if method == "HEAD" else want.content), (method, target, headers)
         statuses.append(status)
     assert statuses[:5] == [200, 200, 304, 304, 304]

@@ -21,7 +21,10 @@ import httpx
 import orjson
 import pytest
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
+from support.files import node_doc, save, save_bytes, write_json
+from support.http import sources
+from support.polling import wait_until
+from support.server import ServerProcess, health_or_none, server_env
 from test_limits import connect, descriptors, read_chunks, read_head, read_response
 
 DEADLINE = 10.0
@@ -37,28 +40,7 @@ Server = Callable[..., ServerProcess]
 
 def env_for(assets: Path, db: Path) -> dict[str, str]:
     # RELOAD empty: the default (watch), whatever the calling environment says.
-    return {
-        "REGISTRY_ASSETS_DIR": str(assets),
-        "REGISTRY_DB_PATH": str(db),
-        "REGISTRY_RESYNC_SECONDS": "0",
-        "RELOAD": "",
-        "LOG_FORMAT": "text",
-    }
-
-
-def save_bytes(path: Path, raw: bytes) -> None:
-    """Write atomically (temp file + rename), so the service never reads half a file."""
-    temp = path.with_name("." + path.name + ".tmp")
-    temp.write_bytes(raw)
-    os.replace(temp, path)
-
-
-def save(path: Path, doc: Any) -> None:
-    save_bytes(path, orjson.dumps(doc))
-
-
-def rows_of(srv: ServerProcess) -> dict[str, dict[str, Any]]:
-    return {row["path"]: row for row in srv.get("/api/v1/sources").json()["sources"]}
+    return server_env(assets, db, RELOAD="", LOG_FORMAT="text")
 
 
 def snapshot_of(srv: ServerProcess) -> dict[str, Any]:
@@ -77,14 +59,6 @@ def wait_watching(srv: ServerProcess) -> None:
 def node(srv: ServerProcess, node_id: str) -> tuple[int, Any]:
     response = srv.get(f"/api/v1/nodes/{node_id}")
     return response.status_code, response.json()
-
-
-def health_or_none(srv: ServerProcess) -> dict[str, Any] | None:
-    """/health, or None while the process is not listening yet."""
-    try:
-        return srv.get("/health").json()  # type: ignore[no-any-return]
-    except httpx.TransportError:
-        return None
 
 
 def generate_large_folder(assets: Path, files: int = 300, components: int = 300) -> None:
@@ -120,10 +94,10 @@ def test_restart_on_the_same_database_rewrites_nothing(
     env = env_for(real_assets, tmp_path / "registry.db")
     first = server(env, tmp_path / "first.log")
     save_bytes(real_assets / "went-bad.json", b"{ broken")
-    wait_until(lambda: rows_of(first)["went-bad.json"]["state"] == "error", DEADLINE)
+    wait_until(lambda: sources(first)["went-bad.json"]["state"] == "error", DEADLINE)
     before = snapshot_of(first)
     assert before["ready"] == {"status": "ready", "revision": 2}
-    assert {path: (row["state"], row["serving_last_good"]) for path, row in rows_of(first).items()} == {
+    assert {path: (row["state"], row["serving_last_good"]) for path, row in sources(first).items()} == {
         "dfx-hf-models-node.json": ("ok", False),
         "dfx-math-executor-node.json": ("ok", False),
         "lfx-runtime-executor-node.json": ("ok", False),
@@ -174,7 +148,7 @@ def test_restart_applies_what_changed_while_the_service_was_down(
     assert node(second, "change")[1]["components"] == {"After": "pkg.after"}
     assert node(second, "via-path")[1]["components"] == {"After": "pkg.after"}
     assert node(second, "new")[0] == 200
-    rows = rows_of(second)
+    rows = sources(second)
     assert sorted(rows) == ["change.json", "keep.json", "new.json", "via-path.json"]
     assert rows["keep.json"] == next(row for row in kept if row["path"] == "keep.json")
     assert [m.groups()[1:] for m in RECONCILE_LINE.finditer(second.log())] == [("1", "2", "1", "0")]

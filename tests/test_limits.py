@@ -10,12 +10,9 @@ connection is read from the service's own metrics, so no test depends on timing.
 
 from __future__ import annotations
 
-import os
 import resource
 import select
 import socket
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,8 +21,11 @@ import httpx
 import orjson
 import pytest
 
-from conftest import ROOT, ServerProcess, free_port, node_doc, wait_until, write_json
 from droq_registry.settings import Settings, SettingsError
+from support.files import node_doc, write_json
+from support.http import metric
+from support.polling import wait_until
+from support.server import ServerProcess, server_env
 
 Server = Callable[..., ServerProcess]
 #: Generous bounds for things that happen in about a second (slow machines, no asserts on time).
@@ -33,13 +33,7 @@ DEADLINE = 20.0
 
 
 def env_for(assets: Path, db: Path, **extra: str) -> dict[str, str]:
-    return {
-        "REGISTRY_ASSETS_DIR": str(assets),
-        "REGISTRY_DB_PATH": str(db),
-        "REGISTRY_RESYNC_SECONDS": "0",
-        "LOG_FORMAT": "text",
-        **extra,
-    }
+    return server_env(assets, db, LOG_FORMAT="text", **extra)
 
 
 def connect(port: int) -> socket.socket:
@@ -108,15 +102,8 @@ def closed_by_server(sock: socket.socket) -> bool:
     return True
 
 
-def metric(srv: ServerProcess, name: str, labels: str = "") -> float:
-    for line in srv.get("/metrics").text.splitlines():
-        if line.startswith(f"droq_registry_{name}{labels} "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no metric droq_registry_{name}{labels}")
-
-
 def closed_for(srv: ServerProcess, reason: str) -> float:
-    return metric(srv, "connections_closed_total", f'{{reason="{reason}"}}')
+    return metric(srv, f'droq_registry_connections_closed_total{{reason="{reason}"}}')
 
 
 @pytest.fixture
@@ -252,21 +239,10 @@ def test_after_a_kept_alive_request_the_next_head_has_the_head_timeout(
 # --- the connection cap -----------------------------------------------------------------------------
 
 
-class LimitedServer(ServerProcess):
-    """`droq-registry serve` with at most `nofile` file descriptors (util-linux's prlimit
-    sets the limit and execs the service, so the PID is the service's)."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, nofile: int) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            ["prlimit", f"--nofile={nofile}:{nofile}", sys.executable, "-m", "droq_registry", "serve"],
-            env={**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), **env},
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-        self.http = httpx.Client(base_url=self.url, timeout=10)
+def with_nofile(nofile: int) -> list[str]:
+    """A command prefix that runs the service with at most `nofile` file descriptors
+    (util-linux's prlimit sets the limit and execs it, so the PID is the service's)."""
+    return ["prlimit", f"--nofile={nofile}:{nofile}"]
 
 
 @contextmanager
@@ -310,11 +286,11 @@ def probe(port: int) -> int | str:
 def test_a_flood_of_1000_connections_costs_no_node_file_and_no_probe(tmp_path: Path, real_assets: Path) -> None:
     env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_HEAD_TIMEOUT_SECONDS="60")
     with descriptors(4096):
-        srv = LimitedServer(env, tmp_path / "server.log", nofile=256)
+        srv = ServerProcess(env, tmp_path / "server.log", prefix=with_nofile(256))
         socks: list[socket.socket] = []
         try:
             srv.wait_ready()
-            limit = metric(srv, "connections_limit")
+            limit = metric(srv, "droq_registry_connections_limit")
             assert limit == 256 - 64  # the cap leaves descriptors for files, database, watcher
             socks = flood(srv.port, 1000)
             assert [probe(srv.port) for _ in range(20)] == [200] * 20
@@ -324,7 +300,7 @@ def test_a_flood_of_1000_connections_costs_no_node_file_and_no_probe(tmp_path: P
             wait_until(lambda: srv.get("/api/v1/nodes/during-flood").status_code == 200, DEADLINE)
             sources = srv.get("/api/v1/sources").json()
             assert sources["errors"] == 0, sources
-            assert metric(srv, "connections_open") <= limit
+            assert metric(srv, "droq_registry_connections_open") <= limit
             assert closed_for(srv, "idle_evicted") >= 1000 - limit
         finally:
             for sock in socks:
@@ -363,7 +339,7 @@ def test_when_every_connection_is_a_long_poll_a_new_one_is_served_and_the_oldest
         answers = [read_response(sock) for sock in polls if sock is not released[0]]
         assert [(a[0], orjson.loads(a[2])["revision"]) if a else None for a in answers] == [(200, revision + 1)] * 3
     srv.http = httpx.Client(base_url=srv.url, timeout=10)
-    assert metric(srv, "connections_held_total") == 0
+    assert metric(srv, "droq_registry_connections_held_total") == 0
     assert closed_for(srv, "follower_released") == 1
     assert closed_for(srv, "idle_evicted") >= 1
 
@@ -391,7 +367,7 @@ def test_a_client_that_reads_nothing_of_a_big_answer_is_cut_off_after_the_send_t
             pass
         assert received < size  # cut off, not served whole
     assert srv.get("/health").status_code == 200
-    assert metric(srv, "connections_open") == 1  # only the one /metrics itself came on
+    assert metric(srv, "droq_registry_connections_open") == 1  # only the one /metrics itself came on
 
 
 def test_an_upgrade_request_is_answered_as_http_and_logs_no_warning(limited: Callable[..., ServerProcess]) -> None:
@@ -401,5 +377,5 @@ def test_an_upgrade_request_is_answered_as_http_and_logs_no_warning(limited: Cal
                      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
         answer = read_response(sock)
         assert answer is not None and answer[0] == 200
-    wait_until(lambda: metric(srv, "connections_open") == 1, DEADLINE)  # the gate saw it close
+    wait_until(lambda: metric(srv, "droq_registry_connections_open") == 1, DEADLINE)  # the gate saw it close
     assert "WARNING uvicorn" not in srv.log()

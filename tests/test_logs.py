@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, ServerProcess, node_doc, wait_until, write_json
 from droq_registry.logs import TextFormatter, escape
+from support.files import ROOT, node_doc, write_json
+from support.http import sources
+from support.polling import wait_until
+from support.server import ServerProcess, server_env
 
 DEADLINE = 10.0
 TEXT_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: ")
@@ -53,13 +56,11 @@ def make_hostile_names(assets: Path) -> None:
 
 
 def errors_by_name(srv: ServerProcess) -> dict[str, str]:
-    return {row["path"]: row["error"] for row in srv.get("/api/v1/sources").json()["sources"]
-            if row["state"] == "error"}
+    return {path: row["error"] for path, row in sources(srv).items() if row["state"] == "error"}
 
 
 def env_for(assets: Path, db: Path, **extra: str) -> dict[str, str]:
-    return {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0",
-            "RELOAD": "", "LOG_LEVEL": "info", **extra}
+    return server_env(assets, db, RELOAD="", LOG_LEVEL="info", **extra)
 
 
 def test_text_lines_show_hostile_file_names_escaped_and_never_forge_a_line(

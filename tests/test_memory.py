@@ -16,9 +16,11 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from conftest import make_settings, node_doc, reconcile_now, wait_until, write_json
 from droq_registry.app import create_app
 from droq_registry.server import freeze_after_commit
+from support.files import node_doc, write_json
+from support.http import make_settings, reconcile_now
+from support.polling import wait_until
 
 READS = (
     "/api/v1/components/C00/node", "/api/v1/components/C00/nodes", "/api/v1/components/Nope/node",

@@ -7,8 +7,6 @@ Every rule of the node-file format has a case here, with the exact error a node 
 from __future__ import annotations
 
 import codecs
-import urllib.error
-import urllib.request
 from typing import Any
 
 import orjson
@@ -38,19 +36,6 @@ MISSING_COMPONENTS = 'missing "components" (or "components_json_path"); "compone
 @pytest.fixture(scope="module")
 def schema() -> Schema:
     return Schema.load(Settings().schema_path)
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse (and record) any attempt to fetch a URL: the schema must resolve locally."""
-    attempts: list[str] = []
-
-    def refuse(request: Any, *args: Any, **kwargs: Any) -> Any:
-        attempts.append(getattr(request, "full_url", str(request)))
-        raise urllib.error.URLError("network access is not allowed in this test")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return attempts
 
 
 def doc(**fields: Any) -> dict[str, Any]:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import ServerProcess, node_doc, wait_until, write_json
 from droq_registry.settings import Settings, SettingsError
+from support.files import node_doc, write_json
+from support.polling import wait_until
+from support.server import ServerProcess
 
 TOKEN = "op-secret-token"
 
@@ -43,7 +45,7 @@ def test_text_log_format_is_the_readable_default(
     assert srv.stop() == 0
     log = srv.log()
     assert re.search(r"^\d{4}-\d\d-\d\d [\d:,]+ INFO +droq_registry.reconcile: reconciled revision 1: added=4",
-                     log, re.M)
+                     log, re.MULTILINE)
     # Unset token: said once, at start-up.
     assert log.count("REGISTRY_API_TOKEN is not set") == 1
 
@@ -58,7 +60,7 @@ def test_metrics_expose_state_reconciles_and_requests_by_route(
     text = client.get("/metrics").text
     samples = dict(
         (m.group(1), float(m.group(2)))
-        for m in re.finditer(r"^([a-z_]+(?:\{.*\})?) ([0-9.e+-]+)$", text, re.M)
+        for m in re.finditer(r"^([a-z_]+(?:\{.*\})?) ([0-9.e+-]+)$", text, re.MULTILINE)
     )
     assert samples["droq_registry_revision"] == 1
     assert samples["droq_registry_nodes"] == 4

@@ -21,10 +21,11 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import REAL_NODES, node_doc, wait_until, write_json
 from droq_registry import nodefile
 from droq_registry.search import MAX_RESULTS, SearchCell, SearchIndex
 from droq_registry.snapshot import Snapshot
+from support.files import REAL_NODES, node_doc, write_json
+from support.polling import wait_until
 
 Client = Callable[..., TestClient]
 

@@ -20,24 +20,18 @@ from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import (
-    CORE_DEFAULTS,
-    LEGACY_NODE,
-    ROOT,
-    ServerProcess,
-    free_port,
-    make_settings,
-    node_doc,
-    wait_until,
-    write_json,
-)
 from droq_registry.app import create_app
 from droq_registry.store import SCHEMA_VERSION, StoreError, connect
+from support.db import query
+from support.expect import CORE_DEFAULTS, TIMESTAMP_FORMAT
+from support.files import LEGACY_NODE, ROOT, node_doc, tree, write_json
+from support.http import make_settings
+from support.polling import wait_until
+from support.server import ServerProcess, free_port, health_or_none, server_env
 
 
 def db_of(assets: Path) -> Path:
@@ -50,11 +44,6 @@ def serving(assets: Path) -> Iterator[TestClient]:
     with TestClient(create_app(make_settings(assets))) as client:
         wait_until(lambda: client.get("/ready").status_code == 200)
         yield client
-
-
-def query(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    with closing(sqlite3.connect(db)) as conn:
-        return list(conn.execute(sql, params))
 
 
 def docs_in(folder: Path) -> dict[str, dict[str, Any]]:
@@ -306,30 +295,10 @@ def test_empty_database_file_is_mentioned_in_the_log(real_assets: Path, store_lo
 def start_server(
     server: Callable[..., ServerProcess], assets: Path, log: Path, ready: bool = True, **env: str
 ) -> ServerProcess:
-    base = {
-        "REGISTRY_ASSETS_DIR": str(assets),
-        "REGISTRY_DB_PATH": str(db_of(assets)),
-        "RELOAD": "false",
-        "REGISTRY_RESYNC_SECONDS": "0",
-    }
-    return server({**base, **env}, log, ready=ready)
+    return server(server_env(assets, db_of(assets), RELOAD="false", **env), log, ready=ready)
 
 
 # --- database paths that are refused: nothing is touched -------------------------------------
-
-
-def tree(root: Path) -> dict[str, bytes | str | None]:
-    """Every entry under `root` (hidden ones too): file bytes, link targets, None for folders."""
-    found: dict[str, bytes | str | None] = {}
-    for path in sorted(root.rglob("*")):
-        key = str(path.relative_to(root))
-        if path.is_symlink():
-            found[key] = "-> " + os.readlink(path)
-        elif path.is_dir():
-            found[key] = None
-        else:
-            found[key] = path.read_bytes()
-    return found
 
 
 def serve_once(env: dict[str, str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -484,16 +453,6 @@ def test_the_damaged_page_is_only_found_past_the_header_and_meta(real_assets: Pa
 
 # --- one database, one writer ---------------------------------------------------------------
 
-TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def health_or_none(proc: ServerProcess) -> dict[str, Any] | None:
-    try:
-        return proc.get("/health").json()  # type: ignore[no-any-return]
-    except httpx.TransportError:
-        return None
-
-
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGKILL], ids=["stopped", "killed"])
 def test_a_second_service_on_the_same_database_waits_not_ready_and_takes_over_when_the_first_exits(
     stop: int, server: Callable[..., ServerProcess], real_assets: Path, tmp_path: Path
@@ -511,7 +470,7 @@ def test_a_second_service_on_the_same_database_waits_not_ready_and_takes_over_wh
     ready = second.get("/ready")
     assert (ready.status_code, ready.json()) == (503, {"status": "starting", "detail": waiting})
     health = second.get("/health").json()
-    assert TIMESTAMP.fullmatch(health["database"].pop("failing_since"))
+    assert TIMESTAMP_FORMAT.fullmatch(health["database"].pop("failing_since"))
     assert (health["status"], health["ready"], health["revision"], health["nodes"]) == ("degraded", False, 0, 0)
     assert health["database"] == {"path": str(db), "state": "waiting", "error": waiting}
     assert second.get("/api/v1/nodes").json() == {"nodes": [], "total_nodes": 0}

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
-from conftest import ROOT, ServerProcess, node_doc, write_json
+from support.files import ROOT, node_doc, write_json
+from support.server import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = [
@@ -29,7 +31,7 @@ if not CHROMIUM.exists():
         raise RuntimeError(message)  # never pass CI without the browser tests
     pytest.skip(message, allow_module_level=True)
 
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 
 @pytest.fixture(scope="module")

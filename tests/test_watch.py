@@ -8,13 +8,11 @@ HTTP answers to show the effect. Where a test fakes anything, it replaces the on
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import re
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,76 +24,25 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import (
-    CORE_DEFAULTS,
-    ServerProcess,
-    make_settings,
-    node_doc,
-    reconcile_now,
-    wait_until,
-    write_json,
-)
 from droq_registry import watch
 from droq_registry.app import create_app
 from droq_registry.folder import resolve_components_path
 from droq_registry.nodefile import NodeFileError
 from droq_registry.overflow import LostEvents
+from support.db import query
+from support.expect import TIMESTAMP, detail, sha256
+from support.files import node_doc, write_json
+from support.http import make_settings, reconcile_now, revision, sources
+from support.polling import wait_until
+from support.server import ServerProcess
 
 DEADLINE = 10.0
 BURST_DEADLINE = 30.0
 
 
-
-TIMESTAMP_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-class Timestamp:
-    """Equal to any UTC timestamp the service writes (`2026-01-01T00:00:00.000Z`)."""
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, str) and TIMESTAMP_FORMAT.fullmatch(other) is not None
-
-    def __repr__(self) -> str:
-        return "<timestamp>"
-
-
-TIMESTAMP = Timestamp()
-
-
-def detail(doc: dict[str, Any], components: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The body `GET /api/v1/nodes/{id}` answers for a node file `doc`.
-
-    `components` is the component map when `doc` refers to a components_json_path file.
-    """
-    comps = doc["components"] if components is None else components
-    node = {"node_id": doc["node_id"], "name": doc["name"]}
-    node.update({key: doc.get(key, default) for key, default in CORE_DEFAULTS.items()})
-    node["supported_components"] = sorted(comps)
-    structural = ("components", "supported_components")
-    node.update({k: v for k, v in doc.items() if k not in node and k not in structural})
-    paths = {cls: spec if isinstance(spec, str) else spec["path"] for cls, spec in sorted(comps.items())}
-    return {"node": node, "components": paths}
-
-
-def sha256(raw: bytes) -> str:
-    return "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
 def get_node(client: TestClient, node_id: str) -> tuple[int, Any]:
     response = client.get(f"/api/v1/nodes/{node_id}")
     return response.status_code, response.json()
-
-
-def sources(client: TestClient) -> dict[str, dict[str, Any]]:
-    """/api/v1/sources as {path: row}."""
-    return {row["path"]: row for row in client.get("/api/v1/sources").json()["sources"]}
-
-
-def revision(client: TestClient) -> int:
-    response = client.get("/ready")
-    assert response.status_code == 200
-    assert response.headers["x-registry-revision"] == str(response.json()["revision"])
-    return int(response.json()["revision"])
 
 
 def health(client: TestClient) -> dict[str, Any]:
@@ -108,15 +55,6 @@ def node_is(client: TestClient, node_id: str, expected: Any) -> bool:
 
 def node_gone(client: TestClient, node_id: str) -> bool:
     return get_node(client, node_id)[0] == 404
-
-
-def query(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows from the service's database, through a read-only connection of the test's own."""
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return conn.execute(sql).fetchall()
-    finally:
-        conn.close()
 
 
 def listed_components(client: TestClient) -> list[list[str]]:
@@ -972,7 +910,8 @@ def test_health_reports_the_watcher_and_the_counts(
     os.replace(real_assets / ".broken.json.tmp", real_assets / "broken.json")
     wait_until(lambda: health(client)["files"] == 5, DEADLINE)
 
-    body = health(client)
+    answer = client.get("/health")
+    body = answer.json()
     assert isinstance(body.pop("last_reconcile_ms"), float)
     assert body == {
         "status": "healthy",
@@ -980,6 +919,8 @@ def test_health_reports_the_watcher_and_the_counts(
         "version": "1.0.0",
         "ready": True,
         "revision": before + 1,
+        "epoch": answer.headers["x-registry-epoch"],
+        "content_hash": answer.headers["x-registry-content-hash"],
         "watcher": {"state": "watching", "error": None, "restarts": 0},
         "assets_dir": str(real_assets),
         "assets_dir_present": True,

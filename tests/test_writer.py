@@ -16,11 +16,13 @@ import anyio.lowlevel
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import make_settings, node_doc, reconcile_now, wait_until, write_json
 from droq_registry.app import create_app
 from droq_registry.server import freeze_after_commit
 from droq_registry.store import StorageFault
 from droq_registry.writer import WriterThread
+from support.files import node_doc, write_json
+from support.http import make_settings, reconcile_now
+from support.polling import wait_until
 
 
 def test_steps_asked_for_at_once_run_one_at_a_time_on_one_thread_in_the_order_asked() -> None:

@@ -6,9 +6,10 @@ sent as it is by both ways in: the Starlette endpoints (`api.py`, `explore.py`, 
 two send the same bytes by construction.
 
 - `snapshot_headers(snap)` is the one place that says which headers tie an answer to the
-  state it was built from (today `X-Registry-Revision`). Every answer built here starts
+  state it was built from. Every answer built here starts
   with them: 200s, 304s, 404s and every error, and the 401 of `auth.py`. A header every
-  answer must carry is added there and nowhere else.
+  answer must carry is added there and nowhere else. Today: `X-Registry-Revision`,
+  `X-Registry-Epoch` and `X-Registry-Content-Hash`.
 - `Answers` are the answers of one snapshot. The hot ones (a lookup, a node's detail, a
   node list once built) are kept within a byte budget (`CACHE_BYTES`); a 404 is never
   kept, so what a client can make it hold is bounded by the registry's own classes and
@@ -55,9 +56,20 @@ KEEPALIVE_FRAME = ServerSentEvent(comment="ping").encode()
 
 
 def snapshot_headers(snap: Snapshot | None) -> Headers:
-    """The headers that say which state an answer comes from; every answer carries them first."""
-    revision = 0 if snap is None else snap.revision
-    return ((b"x-registry-revision", str(revision).encode("latin-1")),)
+    """The headers that say which state an answer comes from; every answer carries them first:
+    the revision, the history it counts in (its epoch), and the served content's hash."""
+    if snap is None:  # a placeholder before the first snapshot is asked for; never sent
+        return ((b"x-registry-revision", b"0"),)
+    return (
+        (b"x-registry-revision", str(snap.revision).encode("latin-1")),
+        (b"x-registry-epoch", snap.epoch.encode("latin-1")),
+        (b"x-registry-content-hash", snap.content_hash.encode("latin-1")),
+    )
+
+
+def position(snap: Snapshot) -> dict[str, Any]:
+    """Where `snap` stands, as a body says it: the 410s, the relist event, `/health`."""
+    return {"revision": snap.revision, "epoch": snap.epoch, "content_hash": snap.content_hash}
 
 
 def etag_matches(header: bytes | str | None, etag: str) -> bool:
@@ -164,9 +176,11 @@ class Answers:
         return self.json(status, {"detail": detail})
 
     def gone(self, detail: str) -> Answer:
-        """410: what the client asked for is no longer kept; it re-lists from `revision`."""
+        """410: the client's cursor is not in what this history keeps (another epoch, ahead of
+        the revision, or older than the log); it takes `revision` in `epoch` as its cursor,
+        without re-listing when its own state has `content_hash`, else after re-listing."""
         assert self.snap is not None
-        return self.json(410, {"detail": detail, "revision": self.snap.revision})
+        return self.json(410, {"detail": detail, **position(self.snap)})
 
     def _keep(self, table: dict[str, Answer], key: str, answer: Answer) -> Answer:
         if answer.status != 200:
@@ -273,7 +287,7 @@ def lookup(view: NodeView, component_class: str) -> tuple[bytes, str]:
     body = b"".join(
         (b'{"node":', view.node_json, b',"components":', view.components_json, b',"module_path":', module, b"}")
     )
-    return body, etag_of(b"lookup", view.digest, module)
+    return body, etag_of(b"lookup", view.served_hash, module)
 
 
 def node_list_key(status: str) -> tuple[str, str]:
@@ -331,7 +345,7 @@ def sources(snap: Snapshot) -> tuple[bytes, str]:
 def event_id(snap: Snapshot, revision: int) -> str:
     """The id of the event that closes `revision` in a stream: what a client resumes from
     with Last-Event-ID."""
-    return str(revision)
+    return f"{snap.epoch}:{revision}"
 
 
 def event_frames(snap: Snapshot, since: int) -> bytes:
@@ -355,7 +369,7 @@ def event_frames(snap: Snapshot, since: int) -> bytes:
 
 def relist_frame(snap: Snapshot, detail: str) -> bytes:
     """The `relist` event: what the client had is no longer kept; it lists again."""
-    data = orjson.dumps({"revision": snap.revision, "detail": detail}).decode()
+    data = orjson.dumps({**position(snap), "detail": detail}).decode()
     return ServerSentEvent(data, event="relist", id=event_id(snap, snap.revision)).encode()
 
 

@@ -92,7 +92,7 @@ async def health(request: Request) -> Response:
         "service": SERVICE,
         "version": __version__,
         "ready": status.ready,
-        "revision": snap.revision,
+        **answers.position(snap),
         "watcher": {"state": watcher.state, "error": watcher.error, "restarts": watcher.restarts},
         "assets_dir": str(registry.folder),
         "assets_dir_present": status.folder_present,

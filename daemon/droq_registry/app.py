@@ -141,6 +141,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     metrics.watch_state(
         lambda: api.state_counts(app.state.registry, app.state.watch_status),
         lambda: app.state.watch_status.restarts,
+        lambda: {"epoch": app.state.registry.snapshot.epoch, "content_hash": app.state.registry.snapshot.content_hash},
     )
     return app
 

@@ -28,6 +28,7 @@ from starlette.datastructures import QueryParams
 from . import answers
 from .answers import Answer
 from .feed import Feed, Release, release_of
+from .model import EPOCH_PATTERN
 from .snapshot import Snapshot
 
 #: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
@@ -35,28 +36,54 @@ MAX_WAIT_SECONDS = 60.0
 #: A comment line this often keeps idle streams open through proxies (one shared timer).
 KEEPALIVE_SECONDS = 15.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
+_EPOCH = re.compile(EPOCH_PATTERN)
 
 Scope = MutableMapping[str, Any]
 
 
-def _since(value: str | None, snap: Snapshot, name: str) -> int | str:
-    """The revision a client has seen, or the reason it cannot be used."""
+def _revision(value: str | None, name: str) -> int | str:
+    """A revision number a client sent, or why it is malformed (an answer 400)."""
     if value is None or value == "":
         return 0
     if not _NUMBER.fullmatch(value):
         return f"{name} must be a revision number (a whole number, 0 or more), got {answers.quote(value)}"
-    since = int(value)
+    return int(value)
+
+
+def _epoch(value: str | None, name: str) -> str | None:
+    """Why an epoch a client sent is malformed (an answer 400), or None when it is fine."""
+    if value is None or _EPOCH.fullmatch(value):
+        return None
+    return f"{name} must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got {answers.quote(value)}"
+
+
+def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
+    """A Last-Event-ID: `<epoch>:<revision>`, or a bare revision (an older client's, taken
+    in the current epoch). The reason it is malformed otherwise."""
+    epoch, colon, number = value.rpartition(":")
+    if _NUMBER.fullmatch(number) and (not colon or _EPOCH.fullmatch(epoch)):
+        return int(number), epoch if colon else None
+    return f"{name} must be <epoch>:<revision> or a revision number, got {answers.quote(value)}"
+
+
+def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:
+    """Why `snap` cannot answer a cursor `since` of history `epoch` (an answer 410: the
+    client lists again, or takes the new cursor when it already has the content hash)."""
+    then = (
+        f"list the registry again, unless your state has content hash {snap.content_hash}, and follow "
+        f"changes from revision {snap.revision} of epoch {snap.epoch}"
+    )
+    if epoch is not None and epoch != snap.epoch:
+        return f"epoch {epoch} is another history than this registry's (epoch {snap.epoch}); {then}"
     if since > snap.revision:
-        return f"{name}={since} is ahead of the registry's revision {snap.revision}"
-    return since
-
-
-def _expired(snap: Snapshot, since: int) -> str | None:
+        return (
+            f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another"
+            f" history; {then}"
+        )
     if not snap.changes.kept(since):
         return (
             f"changes after revision {since} are no longer kept (the log starts after revision "
-            f"{snap.changes.floor}); re-list the registry and follow changes from the X-Registry-Revision "
-            "of that answer"
+            f"{snap.changes.floor}); {then}"
         )
     return None
 
@@ -87,7 +114,8 @@ class Follow:
 
 
 class Changes(Follow):
-    """`GET /api/v1/changes?since=N[&wait=S]`: the change log after `since`; with `wait`,
+    """`GET /api/v1/changes?since=N[&epoch=E][&wait=S]`: the change log after `since` (of
+    history `epoch`, when given); with `wait`,
     held until a change commits (or the service stops, or the server releases it: then it
     answers at once with what there is)."""
 
@@ -96,20 +124,22 @@ class Changes(Follow):
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
         query = QueryParams(scope["query_string"])
-        since = _since(query.get("since"), snap, "since")
-        if isinstance(since, str):
-            return await _send_answer(scope, send, answers.of(snap).error(400, since))
+        since = _revision(query.get("since"), "since")
+        epoch = query.get("epoch")
+        malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
         raw_wait = query.get("wait")
         wait = 0.0
-        if raw_wait is not None:
+        if malformed is None and raw_wait is not None:
             try:
                 wait = float(raw_wait)
             except ValueError:
                 wait = -1.0
             if not 0 <= wait <= MAX_WAIT_SECONDS:
-                detail = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
-                return await _send_answer(scope, send, answers.of(snap).error(400, detail))
-        if wait and snap.revision == since and snap.changes.kept(since):
+                malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        if malformed is not None:
+            return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
+        assert isinstance(since, int)
+        if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
             release = release_of(scope)
             if release is not None:
                 await feed.wait_beyond(since, wait, release)
@@ -117,50 +147,60 @@ class Changes(Follow):
                 async with _released(receive) as release:
                     await feed.wait_beyond(since, wait, release)
             snap = registry.snapshot
-        # From here on only `snap` is read: its revision, log and floor belong together.
+        # From here on only `snap` is read: its revision, epoch, log and floor belong together.
         prepared = answers.of(snap)
-        expired = _expired(snap, since)
-        if expired:
-            return await _send_answer(scope, send, prepared.gone(expired))
+        refused = _refused(snap, since, epoch, "since")
+        if refused:
+            return await _send_answer(scope, send, prepared.gone(refused))
         return await _send_answer(scope, send, prepared.changes(since))
 
 
 class Events(Follow):
-    """Server-Sent Events: every change record, `id` = its revision; resumable with
-    Last-Event-ID (or `?since=`)."""
+    """Server-Sent Events: every change record, `id` = `<epoch>:<revision>`; resumable with
+    Last-Event-ID (or `since` and `epoch`). A cursor of another history, or one this log no
+    longer keeps, gets a `relist` event first, then the live events."""
 
     async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
         header = _header(scope, b"last-event-id")
-        raw = header.decode("latin-1") if header else QueryParams(scope["query_string"]).get("since")
-        if raw is None:
-            start: int | str = snap.revision
+        query = QueryParams(scope["query_string"])
+        cursor: tuple[int, str | None] | str
+        if header is not None:
+            cursor = _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
+        elif "since" in query or "epoch" in query:
+            since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
+            cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
         else:
-            start = _since(raw.strip(), snap, "Last-Event-ID" if header else "since")
-        if isinstance(start, str):
-            return await _send_answer(scope, send, answers.of(snap).error(400, start))
+            cursor = (snap.revision, snap.epoch)
+        if isinstance(cursor, str):
+            return await _send_answer(scope, send, answers.of(snap).error(400, cursor))
+        name = "Last-Event-ID" if header is not None else "since"
         await send({"type": "http.response.start", "status": 200, "headers": list(answers.of(snap).stream_headers())})
         if scope["method"] != "HEAD":
             release = release_of(scope)
             if release is not None:
-                await _stream(registry, feed, release, send, start)
+                await _stream(registry, feed, release, send, cursor, name)
             else:
                 async with _released(receive) as release:
-                    await _stream(registry, feed, release, send, start)
+                    await _stream(registry, feed, release, send, cursor, name)
         # Every revision sent so far is whole, so the client resumes with Last-Event-ID.
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         return 200
 
 
-async def _stream(registry: Any, feed: Feed, release: Release, send: Any, last: int) -> None:
-    """Send what commits after `last` until the feed closes or the release is set."""
+async def _stream(
+    registry: Any, feed: Feed, release: Release, send: Any, cursor: tuple[int, str | None], name: str
+) -> None:
+    """Send what commits after the cursor until the feed closes or the release is set. A
+    cursor of another history, or one this log no longer keeps, gets a `relist` event first."""
+    last, epoch = cursor
     while feed.following(release):
-        current = registry.snapshot  # read once per round: revision, log and floor agree
-        expired = _expired(current, last)
-        frames = answers.relist_frame(current, expired) if expired else answers.of(current).frames(last)
-        last = current.revision
+        current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
+        refused = _refused(current, last, epoch, name)
+        frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(last)
+        last, epoch = current.revision, current.epoch
         if frames and not await _send_frames(release, send, frames):
             return
         news = await feed.wait_beyond(last, None, release)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import dbfile
 from .dbfile import StorageFault
-from .tables import SCHEMA, SCHEMA_VERSION, schema_version
+from .tables import SCHEMA, SCHEMA_VERSION, schema_version, start_history
 
 # Its lines are the store's, as operators have always read them.
 log = logging.getLogger("droq_registry.store")
@@ -90,7 +90,11 @@ def _connection_to(path: Path) -> sqlite3.Connection:
 def prepare(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    # FULL: a commit is on disk before its revision is served. With NORMAL, a power loss
+    # could take the last commits back while followers hold their revisions, and the
+    # history (same epoch, store.epoch_of) would go on from an older state. Commits are
+    # one per change of the folder, so the fsync each costs is cheap here.
+    conn.execute("PRAGMA synchronous = FULL")
 
 
 def open_connection(path: Path) -> sqlite3.Connection:
@@ -128,6 +132,7 @@ def _connect_checked(path: Path, existed: bool) -> sqlite3.Connection:
         conn.executescript(SCHEMA)
         if version is None:
             conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        start_history(conn)
     except sqlite3.Error as exc:
         conn.close()
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF

@@ -1,8 +1,9 @@
 """Prometheus metrics with the official client: state read at scrape time, events counted.
 
-State (revision, nodes, components, files in error, watcher restarts) is read from the
-current snapshot when Prometheus scrapes, as the client's custom collectors are meant to
-be used; events (reconciles, HTTP requests) are counted where they happen. Each app has
+State (revision, epoch and content hash, nodes, components, files, files in error, ready,
+watcher up and restarts) is read from the current snapshot when Prometheus scrapes, as the
+client's custom collectors are meant to be used; events (reconciles, HTTP requests) are
+counted where they happen. Each app has
 its own `CollectorRegistry`, so several apps in one process (tests) do not collide.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .dbfile import StorageFault
@@ -25,9 +26,15 @@ METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 class StateCollector(Collector):
     """Gauges derived from the served state, computed on each scrape."""
 
-    def __init__(self, state: Callable[[], dict[str, float]], restarts: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        state: Callable[[], dict[str, float]],
+        restarts: Callable[[], int],
+        position: Callable[[], dict[str, str]],
+    ) -> None:
         self._state = state
         self._restarts = restarts
+        self._position = position
 
     def collect(self) -> Iterator[Metric]:
         state = self._state()
@@ -45,6 +52,10 @@ class StateCollector(Collector):
         yield CounterMetricFamily(
             f"{PREFIX}_watcher_restarts", "Times the file watcher failed and was started again.",
             value=self._restarts(),
+        )
+        # Equal content hashes on every replica: they have converged (whatever their revisions).
+        yield InfoMetricFamily(
+            f"{PREFIX}_state", "The served state's history (epoch) and content hash.", value=self._position(),
         )
 
 
@@ -84,8 +95,13 @@ class Metrics:
         # prometheus-client's labels() costs a lock and a dict lookup; cache the children
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
-    def watch_state(self, state: Callable[[], dict[str, float]], restarts: Callable[[], int]) -> None:
-        self.registry.register(StateCollector(state, restarts))
+    def watch_state(
+        self,
+        state: Callable[[], dict[str, float]],
+        restarts: Callable[[], int],
+        position: Callable[[], dict[str, str]],
+    ) -> None:
+        self.registry.register(StateCollector(state, restarts, position))
 
     def reconciled(self, result: str, seconds: float) -> None:
         self.reconciles.labels(result).inc()

@@ -1,6 +1,7 @@
 """Bytes of a node file -> a `Node`, or a `NodeFileError` that names the file and the place.
 
-Pure: no file system, no clock. Validation uses the JSON Schema in `config/`: fastjsonschema
+Pure: no file system, no clock. Validation uses the node schema (`config/node.schema.json`,
+shipped in the package), given as a `Schema`: fastjsonschema
 compiles it for the common case (every file that is fine), and jsonschema explains a rejection,
 because its errors carry the exact path and the failing sub-schema.
 """

@@ -13,11 +13,16 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import __version__
+from .model import CONTENT_HASH_PATTERN, EPOCH_PATTERN
 from .routes import Doc, Entry
 from .shapes import SCHEMAS
 
 #: The headers `answers.snapshot_headers` puts on every answer built from a snapshot.
-_SNAPSHOT_HEADERS = {"X-Registry-Revision": {"$ref": "#/components/headers/Revision"}}
+_SNAPSHOT_HEADERS = {
+    "X-Registry-Revision": {"$ref": "#/components/headers/Revision"},
+    "X-Registry-Epoch": {"$ref": "#/components/headers/Epoch"},
+    "X-Registry-Content-Hash": {"$ref": "#/components/headers/ContentHash"},
+}
 _ETAG = {"$ref": "#/components/headers/ETag"}
 
 _NOT_MODIFIED = {
@@ -26,7 +31,7 @@ _NOT_MODIFIED = {
 }
 _UNAUTHORIZED = {
     "description": "REGISTRY_API_TOKEN is set and the request has no valid bearer token.",
-    "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    "headers": {**_SNAPSHOT_HEADERS, "WWW-Authenticate": {"schema": {"type": "string"}}},
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
 }
 _IF_NONE_MATCH = {
@@ -82,6 +87,14 @@ def build(table: Iterable[Entry], auth: bool) -> dict[str, Any]:
             "headers": {
                 "Revision": {"description": "The registry revision the answer was built from.",
                              "schema": {"type": "string", "pattern": "^[0-9]+$"}},
+                "Epoch": {"description": "The history the revision counts in: new whenever the registry's "
+                                         "database is created, rebuilt or copied; never shared by two replicas. "
+                                         "A cursor is (epoch, revision).",
+                          "schema": {"type": "string", "pattern": f"^{EPOCH_PATTERN}$"}},
+                "ContentHash": {"description": "Hash of every served node as GET /api/v1/nodes/{node_id} serves "
+                                               "it: equal on every replica serving the same nodes, whatever its "
+                                               "history; changes with any node's answer.",
+                                "schema": {"type": "string", "pattern": f"^{CONTENT_HASH_PATTERN}$"}},
                 "ETag": {"description": "Strong validator of the body; equal on every replica.",
                          "schema": {"type": "string"}},
             },

@@ -25,13 +25,13 @@ from typing import Any
 
 from . import diff, nodefile
 from .dbfile import WriterLock
-from .folder import TransientError, file_sig, list_folder, read_source
-from .model import Failed, Gone, Outcome, Result, Served, Source, Status
+from .folder import TransientError, file_sig, list_folder
+from .model import Result, Served, Source, Status
 from .nodefile import Schema
-from .scan import Seen, SeenFiles, classify
+from .scan import SeenFiles, Stopped, classify, read_moved
 from .settings import Settings
 from .snapshot import ChangeLog, NodeView, Snapshot
-from .store import StorageFault, Store, StoreError
+from .store import StorageFault, Store, StoreError, provisional_epoch
 
 log = logging.getLogger("droq_registry.reconcile")
 
@@ -63,7 +63,7 @@ class Reconciler:
         #: Replaced whole by the writer thread; the event loop only ever reads it.
         self.watch_dirs: frozenset[str] = frozenset()
         self._seen = SeenFiles()
-        self.snapshot = Snapshot.empty(ChangeLog.of((), 0, settings.changes_keep))
+        self.snapshot = Snapshot.empty(provisional_epoch(), ChangeLog.of((), 0, settings.changes_keep))
         if store is not None:
             self.attach(store)
 
@@ -77,7 +77,7 @@ class Reconciler:
             self._claim(source)
         self.watch_dirs = _folders_of(self.sources)
         changes = ChangeLog.of(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
-        self.snapshot = Snapshot.empty(changes).evolve(
+        self.snapshot = Snapshot.empty(loaded.epoch, changes).evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
             (),
@@ -187,6 +187,10 @@ class Reconciler:
         try:
             store.reopen()
             self._write_again(store)
+            # The file is a new one, so its history is new (store.epoch_of): followers are
+            # told so, and take the new cursor without relisting (the content is the same).
+            snap = self.snapshot
+            self.snapshot = snap.evolve(snap.revision, {}, (), {}, (), epoch=store.epoch())
         except StorageFault as exc:
             what = {"deleted": "was deleted", "replaced": "was replaced"}.get(why, f"is {why}")
             raise StorageFault(
@@ -228,37 +232,8 @@ class Reconciler:
             listing = dict(found)
             listing.update({name: None for name in self.sources if name not in found})
 
-        outcomes: dict[str, Outcome] = {}
-        seen_now: dict[str, Seen] = {}
-        dep_seen_now: dict[str, Seen | None] = {}
-        read = 0
-        for name, sig in listing.items():
-            known = self.sources.get(name)
-            if sig is None:
-                if known is not None:
-                    outcomes[name] = Gone()
-                continue
-            if name not in forced and known is not None and self._seen.unchanged(name, sig, known):
-                continue
-            if self._stopping.is_set():
-                raise Stopped("the service is stopping; nothing was written")
-            read_ns = time.time_ns()
-            outcome, dep_sigs = read_source(folder, name, self.schema, known)
-            read += 1
-            seen_now[name] = Seen(sig, read_ns)
-            for dep, dep_sig in dep_sigs.items():
-                dep_seen_now[dep] = None if dep_sig is None else Seen(dep_sig, read_ns)
-            if outcome is None:
-                continue
-            if isinstance(outcome, Gone):
-                if known is not None:
-                    outcomes[name] = outcome
-            elif (
-                known is None
-                or outcome.content_hash != known.content_hash
-                or (isinstance(outcome, Failed) and outcome.error != known.error)
-            ):
-                outcomes[name] = outcome
+        reading = read_moved(folder, listing, forced, self.sources, self._seen, self.schema, self._stopping)
+        outcomes, read = reading.outcomes, reading.read
 
         now = utc_now()
         plan = diff.plan(self.sources, self.claims, self.served, outcomes, now)
@@ -285,7 +260,7 @@ class Reconciler:
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
                 self.snapshot.changes.extend(changes, floor),
             )
-        self._seen.remember(seen_now, dep_seen_now, plan.sources_drop)
+        self._seen.remember(reading.seen, reading.deps_seen, plan.sources_drop)
 
         duration_ms = (time.perf_counter() - started) * 1000
         result_kind = "changed" if plan else "unchanged"
@@ -354,6 +329,3 @@ def _folders_of(sources: dict[str, Source]) -> frozenset[str]:
 class FolderMissing(Exception):
     """The assets folder is not there; nothing was changed."""
 
-
-class Stopped(Exception):
-    """The service is stopping; the pass gave up before writing anything."""

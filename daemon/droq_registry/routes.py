@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 
 from . import api, changes, explore
 from .answers import Answer, Answers
+from .model import EPOCH_PATTERN
 from .search import MAX_QUERY, MAX_RESULTS
 from .vocabulary import COMPONENT_CLASS, NODE_ID
 
@@ -105,13 +106,19 @@ def _error(description: str) -> Doc:
 NODE_ID_PARAM = Param("node_id", "path", NODE_ID, "A node id.", "dfx-math-executor-node")
 CLASS_PARAM = Param("component_class", "path", COMPONENT_CLASS, "A component class name.", "Multiply")
 SINCE = Param("since", "query", {"type": "integer", "minimum": 0},
-              "The revision the client has; records after it are returned (default 0).")
+              "The revision the client has; records after it are returned (default 0). Without `epoch` it is "
+              "only safe against one registry process and one database: a cursor counts in one history.")
+EPOCH = Param("epoch", "query", {"type": "string", "pattern": f"^{EPOCH_PATTERN}$"},
+              "The history `since` counts in (the X-Registry-Epoch of the answer it came from). Another "
+              "history's cursor answers 410 instead of records from this one.", "kqXoPWeNDvVhH0NS")
 STATUS = Param("status", "query", {"enum": list(api.LIST_FILTERS)}, "Which nodes to list (default: active).")
 WAIT = Param("wait", "query", {"type": "number", "minimum": 0, "maximum": changes.MAX_WAIT_SECONDS},
              f"Seconds to hold the request when nothing is newer than `since` (at most {changes.MAX_WAIT_SECONDS:g}).")
 QUERY = Param("q", "query", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY},
               "The text (any case).", "TextInput", required=True)
-LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string"})
+LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string"},
+                      "The id of the last event received, `<epoch>:<revision>` (a bare revision is taken in "
+                      "the current epoch); the stream resumes after it.")
 
 TABLE: tuple[Entry, ...] = (
     Entry("/", api.root, "Service description", Doc("Name, version and purpose.", "Service"),
@@ -147,13 +154,18 @@ TABLE: tuple[Entry, ...] = (
           Doc("Files sorted by path.", "Sources", etag=True)),
     Entry("/api/v1/changes", changes.list_changes, "The change log after a revision (long-poll with wait)",
           Doc("Records after `since`, in order.", "Changes", etag=True),
-          {400: _error("Bad since or wait."),
-           410: Doc("Records after `since` are no longer kept: re-list.", "Expired")},
-          (SINCE, WAIT), follows="wait"),
+          {400: _error("Bad since, epoch or wait."),
+           410: Doc("`since` is not in this history (another epoch, ahead of the revision, or older than the "
+                    "log keeps): take `revision` of `epoch` as the new cursor; re-list first unless your state "
+                    "already has `content_hash`.", "Gone")},
+          (SINCE, EPOCH, WAIT), follows="wait"),
     Entry("/api/v1/events", changes.events, "Server-Sent Events of the change log",
-          Doc("An endless stream: `event: change` records (id = revision), `event: relist` when Last-Event-ID "
-              "is older than what is kept, and keep-alive comments.", {"type": "string"}, "text/event-stream"),
-          {400: _error("Bad Last-Event-ID or since.")}, (SINCE, LAST_EVENT_ID), conditional=False, follows=""),
+          Doc("An endless stream: `event: change` records (id = `<epoch>:<revision>`), `event: relist` (data: "
+              "revision, epoch, content_hash, detail) when Last-Event-ID is of another epoch, ahead of the "
+              "revision or older than what is kept, and keep-alive comments.", {"type": "string"},
+              "text/event-stream"),
+          {400: _error("Bad Last-Event-ID, since or epoch.")}, (SINCE, EPOCH, LAST_EVENT_ID), conditional=False,
+          follows=""),
     Entry("/metrics", api.metrics, "Prometheus metrics",
           Doc("Prometheus text exposition format.", {"type": "string"}, "text/plain"), conditional=False),
     Entry("/ui/", explore.UIFiles(directory=explore.UI_DIR, html=True), "The dashboard (HTML)",

@@ -1,20 +1,24 @@
-"""Which files a pass must read: the watcher's batch classified, and each file's stat
-compared with the one it had when it was last read.
+"""The read step of a pass: which files to read, and what reading them found.
 
-A batch is only a hint of where to look (`classify`); the stat decides (`SeenFiles`). A
-file is read again when its stat moved, when it was read too soon after it was written to
-trust the stat (`RACY_NS`), or when a components file it points to moved.
+A watcher's batch is only a hint of where to look (`classify`); the stat decides
+(`SeenFiles`). A file is read again when its stat moved, when it was read too soon after it
+was written to trust the stat (`RACY_NS`), or when a components file it points to moved.
+`read_moved` reads those files (`folder.read_source`) and keeps the outcomes that differ
+from what is known: what `diff.plan` then turns into a change.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .folder import file_sig, is_node_file, storable
-from .model import FileSig, Source
+from .folder import file_sig, is_node_file, read_source, storable
+from .model import Failed, FileSig, Gone, Outcome, Source
+from .nodefile import Schema
 
 #: A file modified this close to when it was read may change again with the same stat
 #: (file-system clocks tick coarsely), so a rescan reads it again (git's "racy clean").
@@ -96,3 +100,61 @@ def classify(named: set[str] | None, folder: Path, sources: Mapping[str, Source]
         elif path == root or path.startswith(root + os.sep):
             targeted = False  # inside a subfolder: node files may link into it
     return forced, targeted and bool(forced)
+
+
+class Stopped(Exception):
+    """The service is stopping; the pass gave up before writing anything."""
+
+
+@dataclass
+class Reading:
+    """What one pass read: the outcomes that differ from what is known, the stat of every
+    file it read (remembered once the pass commits), and how many files it read."""
+
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    seen: dict[str, Seen] = field(default_factory=dict)
+    deps_seen: dict[str, Seen | None] = field(default_factory=dict)
+    read: int = 0
+
+
+def read_moved(
+    folder: Path,
+    listing: Mapping[str, FileSig | None],
+    forced: set[str],
+    sources: Mapping[str, Source],
+    seen: SeenFiles,
+    schema: Schema,
+    stopping: threading.Event,
+) -> Reading:
+    """Read the node files of `listing` (name -> stat now, None: gone) whose stat moved, or
+    that are `forced`; raises Stopped (before anything is written) once `stopping` is set."""
+    reading = Reading()
+    outcomes = reading.outcomes
+    for name, sig in listing.items():
+        known = sources.get(name)
+        if sig is None:
+            if known is not None:
+                outcomes[name] = Gone()
+            continue
+        if name not in forced and known is not None and seen.unchanged(name, sig, known):
+            continue
+        if stopping.is_set():
+            raise Stopped("the service is stopping; nothing was written")
+        read_ns = time.time_ns()
+        outcome, dep_sigs = read_source(folder, name, schema, known)
+        reading.read += 1
+        reading.seen[name] = Seen(sig, read_ns)
+        for dep, dep_sig in dep_sigs.items():
+            reading.deps_seen[dep] = None if dep_sig is None else Seen(dep_sig, read_ns)
+        if outcome is None:
+            continue
+        if isinstance(outcome, Gone):
+            if known is not None:
+                outcomes[name] = outcome
+        elif (
+            known is None
+            or outcome.content_hash != known.content_hash
+            or (isinstance(outcome, Failed) and outcome.error != known.error)
+        ):
+            outcomes[name] = outcome
+    return reading

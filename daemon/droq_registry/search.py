@@ -25,15 +25,12 @@ import threading
 import zlib
 from array import array
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 
 from . import nodefile
-
-if TYPE_CHECKING:
-    from .model import Source
-    from .snapshot import NodeView, Snapshot
+from .model import Source
 
 MAX_RESULTS = 50
 MAX_QUERY = 200
@@ -46,12 +43,35 @@ SEP = "\0"
 BLOCK = 32
 
 
+class Viewed(Protocol):
+    """What search reads of a node's view (`snapshot.NodeView` is one)."""
+
+    @property
+    def paths(self) -> Mapping[str, str]: ...
+    @property
+    def source(self) -> str: ...
+
+
+class Searched(Protocol):
+    """What search reads of a snapshot (`snapshot.Snapshot` is one, and holds its cell):
+    this module is below the snapshot, which imports it, never the other way round."""
+
+    @property
+    def nodes(self) -> Mapping[str, Viewed]: ...
+    @property
+    def index(self) -> Mapping[str, tuple[str, ...]]: ...
+    @property
+    def sources(self) -> Mapping[str, Source]: ...
+    @property
+    def search(self) -> SearchCell: ...
+
+
 class NodeText:
     """One node's components as search sees them."""
 
     __slots__ = ("classes", "fields", "originals", "starts", "text")
 
-    def __init__(self, view: NodeView, source: Source | None) -> None:
+    def __init__(self, view: Viewed, source: Source | None) -> None:
         infos: dict[str, Mapping[str, Any]] = {}
         if source is not None and source.packed is not None:
             infos = {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
@@ -198,7 +218,7 @@ class SearchCell:
             return SearchCell()
         return SearchCell(base, dirty)
 
-    def index(self, snap: Snapshot) -> SearchIndex:
+    def index(self, snap: Searched) -> SearchIndex:
         """The snapshot's index (blocking: run it in a worker thread)."""
         with self._lock:
             if self._index is None:
@@ -215,7 +235,7 @@ class SearchCell:
             return self._index
 
 
-def search(snap: Snapshot, query: str) -> bytes:
+def search(snap: Searched, query: str) -> bytes:
     """The body of `GET /api/v1/search?q=query` (blocking: run it in a worker thread).
 
     Components whose class, display name or description contains the query (any case),

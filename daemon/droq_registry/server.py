@@ -356,13 +356,13 @@ def freeze_after_commit() -> None:
 
 def run(settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean stop."""
-    # Worker threads (searches, big lists, reconciles) hold the GIL in turns with the event
-    # loop; a shorter switch interval (CPython's default is 5 ms) hands it back to the loop
-    # sooner, so probes and lookups wait less behind them.
     record_stop_signals()  # the commands did already (stopsignal says why); run() alone needs it too
     if stop_requested() is not None:
         log.info("stopped before serving: a stop signal came during start-up")
         return 0
+    # Worker threads (searches, big lists, reconciles) hold the GIL in turns with the event
+    # loop; a shorter switch interval (CPython's default is 5 ms) hands it back to the loop
+    # sooner, so probes and lookups wait less behind them.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     fd_limit = raise_fd_limit()
     limits = Limits(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, get_args
 
-from .model import ChangeKind, SourceState
+from .model import CONTENT_HASH_PATTERN, EPOCH_PATTERN, ChangeKind, SourceState
 from .vocabulary import DEPLOYMENT_LOCATIONS, NODE_ID, STATUSES
 
 
@@ -18,6 +18,8 @@ def _ref(name: str) -> dict[str, str]:
 
 
 _nullable = {"type": ["string", "null"]}
+_EPOCH = {"type": "string", "pattern": f"^{EPOCH_PATTERN}$"}
+_CONTENT_HASH = {"type": "string", "pattern": f"^{CONTENT_HASH_PATTERN}$"}
 _node = {
     "type": "object",
     "description": "A node as its file declares it (defaults filled in), plus the file's extra fields.",
@@ -121,9 +123,10 @@ SCHEMAS: dict[str, Any] = {
                        "changes": {"type": "array", "items": _ref("Change")}},
         "additionalProperties": False,
     },
-    "Expired": {
-        "type": "object", "required": ["detail", "revision"],
-        "properties": {"detail": {"type": "string"}, "revision": {"type": "integer"}},
+    "Gone": {
+        "type": "object", "required": ["detail", "revision", "epoch", "content_hash"],
+        "properties": {"detail": {"type": "string"}, "revision": {"type": "integer", "minimum": 0},
+                       "epoch": _EPOCH, "content_hash": _CONTENT_HASH},
     },
     "Service": {
         "type": "object", "required": ["service", "version", "description"],
@@ -131,12 +134,15 @@ SCHEMAS: dict[str, Any] = {
                        "description": {"type": "string"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "service", "ready", "revision", "watcher"],
+        "type": "object",
+        "required": ["status", "service", "ready", "revision", "epoch", "content_hash", "watcher"],
         "properties": {
             "status": {"enum": ["healthy", "degraded"]},
             "service": {"type": "string"},
             "ready": {"type": "boolean"},
             "revision": {"type": "integer"},
+            "epoch": _EPOCH,
+            "content_hash": _CONTENT_HASH,
             "watcher": {"type": "object", "required": ["state", "error", "restarts"],
                         "properties": {"state": {"type": "string"}, "error": _nullable,
                                        "restarts": {"type": "integer"}}},

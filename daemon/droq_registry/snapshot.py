@@ -31,16 +31,18 @@ def etag_of(*parts: bytes) -> str:
 
 class NodeView:
     """One node, pre-serialised. `node_json` is NODE; `components_json` is {class: module}.
+    `served_hash` is the hash of exactly those two: what is served of the node (its lookups'
+    ETags and its share of the registry's content hash come from it).
 
     The answers made of these pieces are built in `answers.py`."""
 
     __slots__ = (
         "components_json",
-        "digest",
         "node_id",
         "node_json",
         "paths",
         "priority",
+        "served_hash",
         "source",
         "status",
     )
@@ -56,10 +58,28 @@ class NodeView:
         public.update(node.extra)
         self.node_json = _exact(orjson.dumps(public))
         self.components_json = _exact(orjson.dumps(self.paths))
-        digest = hashlib.blake2b(self.node_json, digest_size=16)
-        digest.update(b"\0")
-        digest.update(self.components_json)
-        self.digest = digest.digest()
+        served = hashlib.blake2b(self.node_json, digest_size=16)
+        served.update(b"\0")
+        served.update(self.components_json)
+        self.served_hash = served.digest()
+
+
+#: Content terms are added modulo this (see `content_term`).
+_CONTENT_MODULUS = 1 << 256
+
+
+def content_term(view: NodeView) -> int:
+    """One node's share of the content hash: a 256-bit number from exactly what
+    `GET /api/v1/nodes/{id}` serves of it (its node and components, so status, priority and
+    every module path). The content hash is the sum of the terms, so it is the same for the
+    same served nodes whatever order or history produced them, and a commit updates it with
+    work proportional to the nodes it changed."""
+    return int.from_bytes(hashlib.blake2b(view.served_hash, digest_size=32, person=b"droq-content").digest(), "little")
+
+
+def content_hash_of(total: int) -> str:
+    """The opaque `X-Registry-Content-Hash` of a sum of content terms (32 hex digits)."""
+    return hashlib.blake2b(total.to_bytes(32, "little"), digest_size=16, person=b"droq-state").hexdigest()
 
 
 def _exact(data: bytes) -> bytes:
@@ -82,6 +102,9 @@ class Snapshot:
     """
 
     revision: int
+    #: The history this revision belongs to (see `store.Store.epoch`): a revision number
+    #: only means something together with it.
+    epoch: str
     nodes: Mapping[str, NodeView]
     #: component class -> active nodes that declare it, best first.
     index: Mapping[str, tuple[str, ...]]
@@ -92,11 +115,15 @@ class Snapshot:
     files_in_error: int = 0
     #: How to build this snapshot's search index (see `search.SearchCell`).
     search: SearchCell = field(default_factory=SearchCell)
+    #: The sum of the nodes' `content_term`s (mod 2**256), and its digest, the served
+    #: content's hash: equal on every replica that serves the same nodes.
+    content_total: int = 0
+    content_hash: str = content_hash_of(0)
     cache: dict[Any, Any] = field(default_factory=dict)
 
     @classmethod
-    def empty(cls, changes: ChangeLog | None = None) -> Snapshot:
-        return cls(revision=0, nodes={}, index={}, sources={}, changes=changes or ChangeLog.of((), 0, 1))
+    def empty(cls, epoch: str, changes: ChangeLog | None = None) -> Snapshot:
+        return cls(revision=0, epoch=epoch, nodes={}, index={}, sources={}, changes=changes or ChangeLog.of((), 0, 1))
 
     def evolve(
         self,
@@ -106,18 +133,21 @@ class Snapshot:
         sources_put: Mapping[str, Source],
         sources_drop: Iterable[str],
         changes: ChangeLog | None = None,
+        epoch: str | None = None,
     ) -> Snapshot:
         """The next snapshot: this one with the given nodes and sources replaced (and the
-        change log, when given). The work is proportional to what changed."""
+        change log and epoch, when given). The work is proportional to what changed."""
         nodes = dict(self.nodes)
         index = dict(self.index)
         components = self.components
+        total = self.content_total
         changed = set(nodes_drop) | set(nodes_put)
         for node_id in changed:
             old = nodes.pop(node_id, None)
             if old is None:
                 continue
             components -= len(old.paths)
+            total -= content_term(old)
             if old.status != "active":
                 continue
             for cls in old.paths:
@@ -129,6 +159,7 @@ class Snapshot:
         for node_id, view in nodes_put.items():
             nodes[node_id] = view
             components += len(view.paths)
+            total += content_term(view)
             if view.status != "active":
                 continue
             # Most classes have one candidate: they all share their node's one-element tuple.
@@ -151,8 +182,10 @@ class Snapshot:
             in_error += source.state != "ok"
             changed.add(source.node_id or "")
         changed.discard("")
+        total %= _CONTENT_MODULUS
         return Snapshot(
             revision=revision,
+            epoch=self.epoch if epoch is None else epoch,
             nodes=nodes,
             index=index,
             sources=sources,
@@ -160,6 +193,8 @@ class Snapshot:
             components=components,
             files_in_error=in_error,
             search=self.search.next(changed),
+            content_total=total,
+            content_hash=self.content_hash if total == self.content_total else content_hash_of(total),
         )
 
 

@@ -12,7 +12,10 @@ their rows are `tables.py`'s.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
+import secrets
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -25,17 +28,35 @@ from . import dbfile
 from .dbfile import StorageFault, StoreError
 from .dbopen import check_path, connect, fault, open_connection, set_aside
 from .model import Change, ChangeKind, Node, Served, Source
-from .tables import SCHEMA_VERSION, meta, prune_changes, put_node, put_source, set_meta
+from .tables import HISTORY, SCHEMA_VERSION, meta, prune_changes, put_node, put_source, set_meta
 
 log = logging.getLogger("droq_registry.store")
 
 __all__ = ["SCHEMA_VERSION", "Loaded", "StorageFault", "Store", "StoreError", "Transaction", "check_path", "connect"]
 
 
+def epoch_of(history: str, inode: int) -> str:
+    """The epoch of a database: which history its revision numbers count.
+
+    It names one database file: the random token written when the file was created
+    (`tables.HISTORY`), and the file's inode, so a copy of the file (a replica seeded from
+    another's database, a backup restored over a newer one) is another history too, while
+    a restart on the same file keeps it. 16 characters of `[A-Za-z0-9_-]`."""
+    digest = hashlib.blake2b(f"{history}:{inode}".encode(), digest_size=12, person=b"droq-epoch").digest()
+    return base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def provisional_epoch() -> str:
+    """The epoch of a service that has no database yet (waiting for the writer lock): its
+    own, so no cursor from a real history is ever taken by it."""
+    return epoch_of(secrets.token_urlsafe(16), 0)
+
+
 @dataclass(frozen=True)
 class Loaded:
     """Everything the service needs from the database at start-up."""
 
+    epoch: str
     revision: int
     changes_floor: int
     sources: dict[str, Source]
@@ -154,12 +175,25 @@ class Store:
         finally:
             conn.execute("COMMIT")
         return Loaded(
+            epoch=self._epoch(meta.get(HISTORY)),
             revision=int(meta.get("revision", 0)),
             changes_floor=int(meta.get("changes_floor", 0)),
             sources=sources,
             served=served,
             changes=changes,
         )
+
+    def epoch(self) -> str:
+        """The epoch of the open database file (see `epoch_of`)."""
+        try:
+            return self._epoch(meta(self._connection(), HISTORY, ""))
+        except sqlite3.Error as exc:
+            raise fault(self.path, exc, "cannot read the database's history token") from exc
+
+    def _epoch(self, history: str | None) -> str:
+        if not history:
+            raise StorageFault("damaged", f"{self.path}: the database has no history token (meta {HISTORY!r})")
+        return epoch_of(history, 0 if self._identity is None else self._identity[1])
 
     @contextmanager
     def _writing(self, doing: str) -> Iterator[sqlite3.Connection]:

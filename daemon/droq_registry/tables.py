@@ -6,6 +6,7 @@ Plain SQL on a connection the caller holds (the writer thread's, inside a transa
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 from pathlib import Path
 
@@ -81,6 +82,16 @@ def schema_version(conn: sqlite3.Connection, path: Path) -> str | None:
         return None
     row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     return None if row is None else str(row[0])
+
+
+#: The `meta` key of the database's history token: random, written once when the file is
+#: created (or first opened by a version that had none), never changed (see `store.epoch_of`).
+HISTORY = "history"
+
+
+def start_history(conn: sqlite3.Connection) -> None:
+    """Give a database that has no history token its own (a new one for a new file)."""
+    conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (HISTORY, secrets.token_urlsafe(16)))
 
 
 def meta(conn: sqlite3.Connection, key: str, default: str) -> str:

@@ -29,7 +29,8 @@ import anyio.lowlevel
 
 from .dbfile import WriterLock
 from .model import Result
-from .reconcile import FolderMissing, Reconciler, Stopped, utc_now
+from .reconcile import FolderMissing, Reconciler, utc_now
+from .scan import Stopped
 from .store import StorageFault, Store
 
 log = logging.getLogger("droq_registry.watch")

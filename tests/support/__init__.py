@@ -1,0 +1,12 @@
+"""What the tests (and the benchmarks in bench/) share, one module per concern.
+
+- `files`: where the real node files are, and writing node files as people do;
+- `expect`: the answers the service owes for a node file, derived from the file;
+- `polling`: `wait_until`, the one way to wait;
+- `server`: `droq-registry serve` as a real process (`ServerProcess`) and its environment;
+- `http`: the app in a TestClient, and reading its answers (revision, sources, metrics);
+- `db`: reading the service's SQLite database from outside.
+
+Nothing here imports pytest: the benchmarks use `server`, `polling` and `http` as well.
+The fixtures that use these live in tests/conftest.py.
+"""
