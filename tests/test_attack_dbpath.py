@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from support.files import node_doc, tree, write_json
-from support.server import ServerProcess
+from support.polling import wait_until
+from support.server import ServerProcess, health_or_none
 from test_store import serve_once
 
 
@@ -141,3 +142,47 @@ def test_the_wal_sqlite_left_after_a_kill_is_taken_as_its_own(
     again = server(env, tmp_path / "again.log")
     answer = again.get("/api/v1/nodes/a")
     assert (answer.status_code, answer.headers["x-registry-revision"]) == (200, revision)
+
+
+def test_a_database_with_two_hard_links_stops_start_up_and_is_left_as_it_was(
+    tmp_path: Path, server: Callable[..., ServerProcess]
+) -> None:
+    """Two names for one file would each take a lock of their own (`a.db.lock`, `b.db.lock`)
+    and a WAL of their own: two writers on one file, and one epoch for two histories."""
+    assets = tmp_path / "assets" / "nodes"
+    assets.mkdir(parents=True)
+    write_json(assets / "a.json", node_doc("a"))
+    first = server({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / "a.db")},
+                   tmp_path / "first.log")
+    first.stop()
+    os.link(tmp_path / "a.db", tmp_path / "b.db")
+    before = tree(tmp_path)
+    for name in ("a.db", "b.db"):
+        done = serve_once({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / name)})
+        assert (done.returncode, done.stdout, done.stderr.splitlines()) == (2, "", [
+            f"droq-registry: {tmp_path / name}: has 2 hard links; two names for one database file would let two"
+            " services write it. Give each service its own file"])
+    assert tree(tmp_path) == before
+
+
+def test_two_services_on_one_database_through_a_symbolic_link_share_one_writer_lock(
+    tmp_path: Path, server: Callable[..., ServerProcess]
+) -> None:
+    """SQLite follows a link to the database (its -wal and -shm go beside the file), and so
+    does the writer lock: a service given the link waits for the one given the file."""
+    assets = tmp_path / "assets" / "nodes"
+    assets.mkdir(parents=True)
+    write_json(assets / "a.json", node_doc("a"))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    real, link = tmp_path / "data" / "registry.db", tmp_path / "elsewhere" / "registry.db"
+    link.symlink_to(real)
+    writer = server({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(real)}, tmp_path / "w.log")
+    waiting = server({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(link)}, tmp_path / "l.log",
+                     ready=False)
+    wait_until(lambda: (health_or_none(waiting) or {}).get("database", {}).get("state") == "waiting")
+    assert sorted(os.listdir(tmp_path / "elsewhere")) == ["registry.db"]  # no lock or WAL beside the link
+    epoch = writer.get("/health").json()["epoch"]
+    writer.stop()
+    waiting.wait_ready()
+    assert waiting.get("/health").json()["epoch"] == epoch  # the same file, the same history

@@ -500,7 +500,9 @@ def test_the_writer_lock_names_its_holder_and_is_released_on_exit(
     db = db_of(real_assets)
     proc = start_server(server, real_assets, tmp_path / "server.log")
     lock = db.with_name(db.name + ".lock")
-    assert lock.read_text() == f"pid {proc.proc.pid} on {socket.gethostname()}\n"
+    at = proc.get("/health").json()
+    # ... and how far it served the database's history (a restored older copy is found out by it)
+    assert lock.read_text() == f"pid {proc.proc.pid} on {socket.gethostname()} served {at['epoch']}:{at['revision']}\n"
     with open(lock, "rb") as held:
         with pytest.raises(BlockingIOError):
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -61,9 +61,10 @@ async def root(request: Request) -> Response:
     return respond(request, answer)
 
 
-def state_counts(registry: Any, watcher: Any) -> dict[str, float]:
-    """Counts of the served state, for /health and /metrics."""
-    snap = registry.snapshot
+def state_counts(snap: Snapshot, registry: Any, watcher: Any) -> dict[str, float]:
+    """Counts of the served state `snap` (read once by the caller, with whatever else it
+    says of it: the writer thread may publish the next one between two reads), for
+    /health and /metrics."""
     return {
         "revision": snap.revision,
         "nodes": len(snap.nodes),
@@ -86,7 +87,7 @@ async def health(request: Request) -> Response:
         or status.database != "ok"
         or status.last_error is not None
     )
-    counts = state_counts(registry, watcher)
+    counts = state_counts(snap, registry, watcher)
     body = {
         "status": "degraded" if degraded else "healthy",
         "service": SERVICE,

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from . import api, changes, dbfile, openapi, routes, watch
+from . import answers, api, changes, dbfile, openapi, routes, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
@@ -50,8 +50,8 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.api_token is None:
             log.warning("REGISTRY_API_TOKEN is not set: /api/v1 and /metrics are open to anyone who can reach them")
-        check_path(settings.db_path, settings.assets_dir)  # never harm what is not ours
-        lock = dbfile.WriterLock(settings.db_path)
+        check_path(settings.db_file, settings.assets_dir)  # never harm what is not ours
+        lock = dbfile.WriterLock(settings.db_file)
         # Until this service holds the database's writer lock, it serves nothing (revision
         # 0, not ready): the state is loaded only once it is the one writer.
         registry = Reconciler(settings, None, schema)
@@ -123,7 +123,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
                 await thread.stop()
             lock.release()  # after the close: the next writer finds the database complete
 
-    middleware = [Middleware(MetricsMiddleware, metrics=metrics)]
+    middleware = [Middleware(MetricsMiddleware, metrics=metrics), Middleware(NamingTheState)]
     if settings.api_token is not None:
         middleware.append(Middleware(TokenAuth, token=settings.api_token))
     app = RegistryApp(
@@ -138,11 +138,14 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     app.state.offload = Offload()
     auth = settings.api_token is not None
     app.state.contract = lambda: orjson.dumps(openapi.build(routes.TABLE, auth=auth))
-    metrics.watch_state(
-        lambda: api.state_counts(app.state.registry, app.state.watch_status),
-        lambda: app.state.watch_status.restarts,
-        lambda: {"epoch": app.state.registry.snapshot.epoch, "content_hash": app.state.registry.snapshot.content_hash},
-    )
+
+    def state() -> tuple[dict[str, float], dict[str, str]]:
+        registry = app.state.registry
+        snap = registry.snapshot  # once: the writer thread may publish the next one meanwhile
+        counts = api.state_counts(snap, registry, app.state.watch_status)
+        return counts, {"epoch": snap.epoch, "content_hash": snap.content_hash}
+
+    metrics.watch_state(state, lambda: app.state.watch_status.restarts)
     return app
 
 
@@ -196,6 +199,31 @@ class RegistryApp(Starlette):
                     self._count(route, scope["method"], status, _clock() - started)
                 return
         await super().__call__(scope, receive, send)
+
+
+class NamingTheState:
+    """Middleware: an answer under /api/ that has no state headers gets them
+    (`answers.snapshot_headers`): the few Starlette's router makes itself, past `answers.py`
+    (its redirect of a trailing slash), so every answer under /api/ says where it stands."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        state = scope["app"].state
+
+        async def sending(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", ()))
+                registry = getattr(state, "registry", None)
+                if registry is not None and not any(name == b"x-registry-revision" for name, _ in headers):
+                    message = {**message, "headers": [*answers.snapshot_headers(registry.snapshot), *headers]}
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 async def _load_only(writer: Writer, status: watch.WatchStatus) -> None:

@@ -13,6 +13,12 @@ ready, until the first one exits (a rolling update on a shared volume), and only
 loads the state from the database. A lock file already there must be one this registry
 wrote (empty, or its holder's note): `<db>.lock` may be another program's file, such as
 `poetry.lock` beside `REGISTRY_DB_PATH=poetry`, and taking the lock writes over it.
+
+The lock file also remembers how far the database's history was served (`served`:
+`<epoch>:<revision>`, written after every commit). It lives beside the database but is not
+in it, so a database put back to an older copy of itself (a backup restored with `cp`, which
+keeps the file and its inode) is found out at start-up: its history is older than what was
+served, so it becomes a new one (`reconcile.Reconciler.attach`).
 """
 
 from __future__ import annotations
@@ -120,6 +126,11 @@ def check_file(db_path: Path) -> None:
         if not stat.S_ISREG(st.st_mode):
             raise StorageFault("not_a_database", f"{db_path}: is not a regular file; "
                                "point REGISTRY_DB_PATH at a file")
+        if st.st_nlink > 1:
+            # Another name for the same file would take a lock of its own (`<name>.lock`) and
+            # a WAL of its own: two writers, one damaged file, one epoch for two histories.
+            raise StorageFault("not_a_database", f"{db_path}: has {st.st_nlink} hard links; two names for one "
+                               "database file would let two services write it. Give each service its own file")
         head = _probe_open(db_path, "the database")
         if st.st_size > 0 and head != SQLITE_HEADER:
             raise StorageFault("not_a_database", f"{db_path}: is not a SQLite database "
@@ -173,8 +184,12 @@ def lock_path(db_path: Path) -> Path:
     return db_path.with_name(db_path.name + ".lock")
 
 
-#: What `WriterLock` writes into its lock file; a file holding anything else is not ours.
+#: What `WriterLock` writes into its lock file; a file holding anything else is not ours:
+#: one line, who holds it and how far its holder served the database's history
+#: ("pid 123 on host served <epoch>:<revision>"; a host name has no spaces). One line, so
+#: earlier releases, which take exactly this pattern, take it again after a rollback.
 _NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n)?")
+_SERVED = re.compile(rb" served ([A-Za-z0-9_-]{1,32}):([0-9]{1,20})\n\Z")
 _NOTE_BYTES = 512
 
 
@@ -202,6 +217,11 @@ class WriterLock:
     def __init__(self, db_path: Path) -> None:
         self.path = lock_path(db_path)
         self._fd: int | None = None
+        #: Who holds it, as the note says, once this service wrote it (a lock file of ours).
+        self._holder = b""
+        #: How far the database's history was served, as the lock file said when this
+        #: service took it (and as `served` has said since): (epoch, revision), or None.
+        self.served_to: tuple[str, int] | None = None
 
     def acquire(self) -> bool:
         """Take the lock if it is free; False while another process holds it."""
@@ -221,18 +241,44 @@ class WriterLock:
             raise os_fault(exc, f"{self.path}: cannot lock the database's lock file") from None
         self._fd = fd
         try:
-            if not is_lock_note(os.pread(fd, _NOTE_BYTES, 0)):
+            note = os.pread(fd, _NOTE_BYTES, 0)
+            if not is_lock_note(note):
                 return True  # not ours (put there while running): lock it, write nothing into it
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            served = _SERVED.search(note)
+            if served is not None:
+                self.served_to = (served[1].decode("ascii"), int(served[2]))
+            self._holder = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+            self._write_note()
         except OSError:
             pass  # the note is for people; the lock itself is held
         return True
 
+    def served(self, epoch: str, revision: int) -> None:
+        """Note that revision `revision` of history `epoch` is committed and about to be
+        served (call it after the commit, before publishing). Not synced: after a power loss
+        it says at most what the database holds, never more."""
+        if self._fd is None or not self._holder or self.served_to == (epoch, revision):
+            return  # not locked, or a lock file that is not ours to write into
+        self.served_to = (epoch, revision)
+        try:
+            self._write_note()
+        except OSError:
+            pass  # only the check of a restored backup is lost; the lock itself is held
+
+    def _write_note(self) -> None:
+        assert self._fd is not None
+        note = self._holder
+        if self.served_to is not None:
+            note += f" served {self.served_to[0]}:{self.served_to[1]}".encode()
+        note += b"\n"
+        # Written over the old note, then cut to length: never an empty or torn lock file.
+        os.pwrite(self._fd, note, 0)
+        os.ftruncate(self._fd, len(note))
+
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it ("pid 123 on host"), or "unknown"."""
         try:
-            note = self.path.read_bytes()[:200].decode("utf-8", "replace").strip()
+            note = self.path.read_bytes()[:200].decode("utf-8", "replace").partition(" served ")[0].strip()
         except OSError:
             note = ""
         return note if note.isprintable() and note else "unknown"
@@ -256,3 +302,4 @@ class WriterLock:
         if self._fd is not None:
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
+            self._holder = b""

@@ -28,16 +28,15 @@ class StateCollector(Collector):
 
     def __init__(
         self,
-        state: Callable[[], dict[str, float]],
+        state: Callable[[], tuple[dict[str, float], dict[str, str]]],
         restarts: Callable[[], int],
-        position: Callable[[], dict[str, str]],
     ) -> None:
         self._state = state
         self._restarts = restarts
-        self._position = position
 
     def collect(self) -> Iterator[Metric]:
-        state = self._state()
+        # One call, one read of the snapshot: the gauges, epoch and content hash of one state.
+        state, position = self._state()
         helps = {
             "revision": "Revision of the served registry state.",
             "nodes": "Nodes served (any status).",
@@ -55,7 +54,7 @@ class StateCollector(Collector):
         )
         # Equal content hashes on every replica: they have converged (whatever their revisions).
         yield InfoMetricFamily(
-            f"{PREFIX}_state", "The served state's history (epoch) and content hash.", value=self._position(),
+            f"{PREFIX}_state", "The served state's history (epoch) and content hash.", value=position,
         )
 
 
@@ -97,11 +96,12 @@ class Metrics:
 
     def watch_state(
         self,
-        state: Callable[[], dict[str, float]],
+        state: Callable[[], tuple[dict[str, float], dict[str, str]]],
         restarts: Callable[[], int],
-        position: Callable[[], dict[str, str]],
     ) -> None:
-        self.registry.register(StateCollector(state, restarts, position))
+        """Read `state` at each scrape: the gauges of the served state and its position
+        (epoch, content hash), both from one read of the snapshot."""
+        self.registry.register(StateCollector(state, restarts))
 
     def reconciled(self, result: str, seconds: float) -> None:
         self.reconciles.labels(result).inc()

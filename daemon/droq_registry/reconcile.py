@@ -71,13 +71,15 @@ class Reconciler:
         """Take the committed state from `store` and write to it from now on (called once,
         by the service that holds the database's writer lock, before any reconcile)."""
         loaded = store.load()
+        epoch = self._own_history(store, loaded.epoch, loaded.revision)
         self.sources = loaded.sources
         self.served = loaded.served
         for source in self.sources.values():
             self._claim(source)
         self.watch_dirs = _folders_of(self.sources)
         changes = ChangeLog.of(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
-        self.snapshot = Snapshot.empty(loaded.epoch, changes).evolve(
+        self._served(epoch, loaded.revision)
+        self.snapshot = Snapshot.empty(epoch, changes).evolve(
             loaded.revision,
             {k: self._view(v.owner) for k, v in self.served.items()},
             (),
@@ -86,6 +88,29 @@ class Reconciler:
         )
         self.store = store
         self.note(database="ok", database_error=None)
+
+    def _own_history(self, store: Store, epoch: str, revision: int) -> str:
+        """The epoch to serve the loaded state in: the database's, unless this history was
+        served further than the database holds. Commits are synced before they are served,
+        so only an older copy of the database put back in its place (a restored backup,
+        written into the same file) holds less; its revisions after that point would count
+        again, differently, under the same epoch. It becomes a new history instead."""
+        lock = self.writer_lock
+        served = None if lock is None else lock.served_to
+        if served is None or served[0] != epoch or served[1] <= revision:
+            return epoch
+        new = store.start_new_history()
+        log.warning(
+            "database %s holds revision %d of epoch %s, but revision %d of it was served: it is an older copy"
+            " put back in its place; its state goes on as a new history (epoch %s), and followers list again",
+            store.path, revision, epoch, served[1], new,
+        )
+        return new
+
+    def _served(self, epoch: str, revision: int) -> None:
+        """Note in the lock file how far this history is served (before it is published)."""
+        if self.writer_lock is not None:
+            self.writer_lock.served(epoch, revision)
 
     @property
     def revision(self) -> int:
@@ -190,7 +215,9 @@ class Reconciler:
             # The file is a new one, so its history is new (store.epoch_of): followers are
             # told so, and take the new cursor without relisting (the content is the same).
             snap = self.snapshot
-            self.snapshot = snap.evolve(snap.revision, {}, (), {}, (), epoch=store.epoch())
+            epoch = store.epoch()
+            self._served(epoch, snap.revision)
+            self.snapshot = snap.evolve(snap.revision, {}, (), {}, (), epoch=epoch)
         except StorageFault as exc:
             what = {"deleted": "was deleted", "replaced": "was replaced"}.get(why, f"is {why}")
             raise StorageFault(
@@ -256,6 +283,7 @@ class Reconciler:
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
             self._commit(plan)
+            self._served(self.snapshot.epoch, revision)
             self.snapshot = self.snapshot.evolve(
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
                 self.snapshot.changes.extend(changes, floor),

@@ -150,6 +150,13 @@ class Settings:
             ),
         )
 
+    @property
+    def db_file(self) -> Path:
+        """The database file itself: REGISTRY_DB_PATH with symbolic links followed, as SQLite
+        follows them (its `-wal` and `-shm` files go beside the file, not the link). The writer
+        lock and every check are on it, so two paths to one file take one lock."""
+        return Path(os.path.realpath(self.db_path))
+
     def with_(self, **changes: object) -> Settings:
         """A copy with some values replaced (the tests make their settings with it)."""
         return replace(self, **changes)  # type: ignore[arg-type]

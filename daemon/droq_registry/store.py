@@ -28,7 +28,7 @@ from . import dbfile
 from .dbfile import StorageFault, StoreError
 from .dbopen import check_path, connect, fault, open_connection, set_aside
 from .model import Change, ChangeKind, Node, Served, Source
-from .tables import HISTORY, SCHEMA_VERSION, meta, prune_changes, put_node, put_source, set_meta
+from .tables import HISTORY, SCHEMA_VERSION, meta, new_history, prune_changes, put_node, put_source, set_meta
 
 log = logging.getLogger("droq_registry.store")
 
@@ -189,6 +189,12 @@ class Store:
             return self._epoch(meta(self._connection(), HISTORY, ""))
         except sqlite3.Error as exc:
             raise fault(self.path, exc, "cannot read the database's history token") from exc
+
+    def start_new_history(self) -> str:
+        """Give the database a new history token (one transaction); return its new epoch."""
+        with self._writing("cannot start a new history") as conn:
+            new_history(conn)
+        return self.epoch()
 
     def _epoch(self, history: str | None) -> str:
         if not history:

@@ -94,6 +94,12 @@ def start_history(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (HISTORY, secrets.token_urlsafe(16)))
 
 
+def new_history(conn: sqlite3.Connection) -> None:
+    """Give the database a history token of its own in place of the one it has: its state
+    goes on in a history no cursor of the old one is taken in."""
+    set_meta(conn, HISTORY, secrets.token_urlsafe(16))
+
+
 def meta(conn: sqlite3.Connection, key: str, default: str) -> str:
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return default if row is None else str(row[0])

@@ -141,7 +141,7 @@ class Writer:
         holds its lock, open it (retrying while it cannot be opened), then load the state
         from it. Loading only now means the state is what the previous writer committed last."""
         reconciler = self.reconciler
-        path = reconciler.settings.db_path
+        path = reconciler.settings.db_file
         waited_from = None
         while True:
             try:
