@@ -27,7 +27,7 @@ from starlette.datastructures import QueryParams
 
 from . import answers
 from .answers import Answer
-from .feed import Feed, Release, release_of
+from .feed import Feed, Outlet, Release, release_of
 from .model import EPOCH_PATTERN
 from .snapshot import Snapshot
 
@@ -143,6 +143,7 @@ class Changes(Follow):
             release = release_of(scope)
             if release is not None:
                 await feed.wait_beyond(since, wait, release)
+                feed.hold(release)  # woken by a fan-out: its next request waits until it is over
             else:
                 async with _released(receive) as release:
                     await feed.wait_beyond(since, wait, release)
@@ -194,8 +195,20 @@ async def _stream(
     registry: Any, feed: Feed, release: Release, send: Any, cursor: tuple[int, str | None], name: str
 ) -> None:
     """Send what commits after the cursor until the feed closes or the release is set. A
-    cursor of another history, or one this log no longer keeps, gets a `relist` event first."""
+    cursor of another history, or one this log no longer keeps, gets a `relist` event first.
+
+    On our server (the release has an outlet) the feed writes to the connection itself
+    (`Pushed`) and this task only waits for the end; elsewhere it sends each round itself."""
     last, epoch = cursor
+    if release.outlet is not None:
+        pushed = Pushed(registry, release.outlet, last, epoch, name)
+        pushed.deliver()  # what the cursor has not seen yet; then the feed's commits
+        feed.subscribe(pushed)
+        try:
+            await feed.until_released(release)
+        finally:
+            feed.unsubscribe(pushed)
+        return
     while feed.following(release):
         current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
         refused = _refused(current, last, epoch, name)
@@ -206,6 +219,37 @@ async def _stream(
         news = await feed.wait_beyond(last, None, release)
         if not news and feed.following(release) and not await _send_frames(release, send, answers.KEEPALIVE_FRAME):
             return  # the keep-alive tick, and no room even for its comment
+
+
+class Pushed:
+    """An event stream the feed writes to (`feed.Subscriber`): after each commit, the frames
+    after the revision it had, the same bytes for every stream that had that revision.
+    A stream that lags past its bound is cut by the server (`Outlet.push`), which releases
+    its request."""
+
+    __slots__ = ("epoch", "last", "name", "outlet", "registry")
+
+    def __init__(self, registry: Any, outlet: Outlet, last: int, epoch: str | None, name: str) -> None:
+        self.registry = registry
+        self.outlet = outlet
+        self.last = last
+        self.epoch = epoch
+        self.name = name
+
+    def deliver(self) -> None:
+        """Write what committed after `last` (nothing when it already has this snapshot)."""
+        current = self.registry.snapshot  # read once: revision, epoch, log and floor agree
+        if current.revision == self.last and current.epoch == self.epoch:
+            return
+        refused = _refused(current, self.last, self.epoch, self.name)
+        frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(self.last)
+        self.last, self.epoch = current.revision, current.epoch
+        if frames:
+            self.outlet.push(frames)
+
+    def keep_alive(self) -> None:
+        """Write the keep-alive comment."""
+        self.outlet.push(answers.KEEPALIVE_FRAME)
 
 
 async def _send_frames(release: Release, send: Any, frames: bytes) -> bool:

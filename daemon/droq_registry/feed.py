@@ -7,6 +7,15 @@ keep-alive comes from one shared timer (`keep_alive`), not one per stream. So an
 follower costs a few hundred bytes here, and a slow one cannot hold up the reconciler or
 anyone else: what it has not read waits in its own connection's buffer (`Release.room`).
 
+On our server an event stream does not even wait: it subscribes (`Feed.subscribe`), and a
+commit's fan-out writes its frames to each stream's connection itself (`Subscriber.deliver`,
+through `Outlet.push`), so ten thousand streams cost ten thousand socket writes and no task
+woken. A fan-out goes in turns of the event loop (`Round`): a few milliseconds of writes,
+then a batch of long-polls woken, then the loop reads its sockets, so a probe or a lookup
+waits one turn, not the whole fan-out. A long-poll answered during a fan-out reads its
+client's next request only once the fan-out is over (`Feed.hold`), so those requests do
+not lengthen it.
+
 A follower stops following in two ways, and both take the same path: the service stops
 (`Feed.close`, every follower at once), or the server needs one follower's connection
 back (its `Release`, set by the connection gate when the connection cap is reached, or
@@ -17,6 +26,7 @@ event stream ends as a complete response, which its client resumes with Last-Eve
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
@@ -30,6 +40,26 @@ class Outlet(Protocol):
     def room(self, size: int) -> bool:
         """Whether `size` more bytes may be queued for the client; False: it lags too far
         behind and its connection has been cut (the client resumes with Last-Event-ID)."""
+
+    def push(self, body: bytes) -> bool:
+        """Write `body` as the next piece of the streamed answer in progress, now, without
+        its task; False when it cannot (no room, as `room`; or no answer streaming)."""
+
+    def hold(self) -> None:
+        """Read the client's next request only after `resume` (the answer in progress goes out)."""
+
+    def resume(self) -> None:
+        """Read the client's requests again (after `hold`)."""
+
+
+class Subscriber(Protocol):
+    """An event stream the feed writes to itself (`Feed.subscribe`)."""
+
+    def deliver(self) -> None:
+        """Write what committed since what it had (nothing if nothing did)."""
+
+    def keep_alive(self) -> None:
+        """Write the keep-alive comment."""
 
 
 class Release:
@@ -70,24 +100,66 @@ def release_of(scope: MutableMapping[str, Any]) -> Release | None:
     return release if isinstance(release, Release) else None
 
 
-#: Waiters woken per turn of the event loop: between two batches the loop reads its
-#: sockets, so a lookup or a probe that arrives during a fan-out to ten thousand followers
-#: waits for one batch, not for all of them.
-WAKE_BATCH = 256
-
-
-def _wake(waiters: list[asyncio.Future[bool]], start: int, result: bool) -> None:
-    end = start + WAKE_BATCH
-    for waiter in waiters[start:end]:
-        if not waiter.done():
-            waiter.set_result(result)
-    if end < len(waiters):
-        asyncio.get_running_loop().call_soon(_wake, waiters, end, result)
+#: Long-polls woken per turn of the event loop (each then runs its request's task, some
+#: 30-60 µs), and the time a turn may spend writing to event streams: between two turns the
+#: loop reads its sockets, so a probe or a lookup waits about one turn, not the fan-out.
+WAKE_BATCH = 128
+PUSH_SECONDS = 0.004
+#: Connections held by a fan-out (`Feed.hold`) that read again per turn once it is over:
+#: each then reads its client's next request in the turn after.
+RESUME_BATCH = 256
+_clock = time.perf_counter
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:
     if not waiter.done():
         waiter.set_result(False)
+
+
+class Round:
+    """One fan-out: the subscribed streams written to (`deliver`, or `keep_alive` for the
+    tick), then the waiters woken with `result`, in turns of the event loop; then the
+    connections held meanwhile read again."""
+
+    __slots__ = ("feed", "keepalive", "result", "streams", "waiters")
+
+    def __init__(self, feed: Feed, streams: list[Subscriber], waiters: list[asyncio.Future[bool]],
+                 result: bool, keepalive: bool = False) -> None:
+        self.feed = feed
+        self.streams = streams
+        self.waiters = waiters
+        self.result = result
+        self.keepalive = keepalive
+
+    def start(self) -> None:
+        """The first turn now (on the event loop), the others in the loop's next turns."""
+        self.feed._rounds += 1
+        self.turn(0, 0)
+
+    def turn(self, pushed: int, woken: int) -> None:
+        loop = asyncio.get_running_loop()
+        streams, subscribed = self.streams, self.feed._streams
+        deadline = _clock() + PUSH_SECONDS
+        while pushed < len(streams):
+            stream = streams[pushed]
+            pushed += 1
+            if stream in subscribed:  # not one that ended since the round began
+                if self.keepalive:
+                    stream.keep_alive()
+                else:
+                    stream.deliver()
+            if not pushed % 16 and _clock() >= deadline:
+                loop.call_soon(self.turn, pushed, woken)
+                return
+        end = woken + WAKE_BATCH
+        for waiter in self.waiters[woken:end]:
+            if not waiter.done():
+                waiter.set_result(self.result)
+        if end < len(self.waiters):
+            loop.call_soon(self.turn, pushed, end)
+        else:
+            # After the last waiters' tasks, which run in the next turn before this.
+            loop.call_soon(self.feed._round_over)
 
 
 class Feed:
@@ -97,32 +169,86 @@ class Feed:
         self._revision = revision
         #: Every wait in progress (long-polls and streams), resolved True by a commit.
         self._waiters: set[asyncio.Future[bool]] = set()
-        #: The streams' waits, resolved False by the keep-alive tick.
+        #: The waits of streams not subscribed (another server's), resolved False by the tick.
         self._idle: set[asyncio.Future[bool]] = set()
+        #: The subscribed streams, oldest first, and the waits of their requests.
+        self._streams: dict[Subscriber, None] = {}
+        self._open: set[asyncio.Future[bool]] = set()
+        #: Fan-outs in progress, and the connections they hold (`hold`).
+        self._rounds = 0
+        self._held: list[Outlet] = []
         self.closed = False
 
     @property
     def waiting(self) -> int:
-        """How many waits are in progress now."""
-        return len(self._waiters)
+        """How many followers wait now (long-polls and streams, subscribed or not)."""
+        return len(self._waiters) + len(self._streams)
 
     def notify(self) -> None:
-        """Wake everyone waiting (call on the event loop after a commit)."""
+        """Tell everyone following (call on the event loop after a commit): subscribed
+        streams get the news written to them, waiters wake."""
         waiters, self._waiters = self._waiters, set()
         self._idle = set()
-        if waiters:
-            _wake(list(waiters), 0, True)
+        if waiters or self._streams:
+            Round(self, list(self._streams), list(waiters), True).start()
 
     def close(self) -> None:
-        """The service is stopping: wake every waiter for good."""
+        """The service is stopping: wake every waiter and every subscribed stream for good."""
         self.closed = True
         self.notify()
+        held, self._open = self._open, set()
+        for waiter in held:
+            if not waiter.done():
+                waiter.set_result(False)
 
     def tick(self) -> None:
-        """The keep-alive: every stream waiting now wakes with nothing new (and says so)."""
+        """The keep-alive: subscribed streams get its comment, and every other stream
+        waiting now wakes with nothing new (and says so)."""
         idle, self._idle = self._idle, set()
-        if idle:
-            _wake(list(idle), 0, False)
+        if idle or self._streams:
+            Round(self, list(self._streams), list(idle), False, keepalive=True).start()
+
+    def subscribe(self, stream: Subscriber) -> None:
+        """Write each commit's news to `stream` from now on, until `unsubscribe`."""
+        self._streams[stream] = None
+
+    def unsubscribe(self, stream: Subscriber) -> None:
+        """No more writes to `stream` (idempotent)."""
+        self._streams.pop(stream, None)
+
+    async def until_released(self, release: Release) -> None:
+        """Wait, holding no more than one future, until the service stops or `release` is set."""
+        if not self.following(release):
+            return
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._open.add(waiter)
+        release._waiting = waiter
+        try:
+            await waiter
+        finally:
+            self._open.discard(waiter)
+            release._waiting = None
+
+    def hold(self, release: Release | None) -> None:
+        """A long-poll woken by a fan-out answers now: its connection reads the client's
+        next request once the fan-out is over, so those requests do not lengthen it."""
+        outlet = release.outlet if release is not None else None
+        if outlet is not None and self._rounds:
+            outlet.hold()
+            self._held.append(outlet)
+
+    def _round_over(self) -> None:
+        self._rounds -= 1
+        if not self._rounds and self._held:
+            held, self._held = self._held, []
+            self._resume(held, 0)
+
+    def _resume(self, held: list[Outlet], start: int) -> None:
+        end = start + RESUME_BATCH
+        for outlet in held[start:end]:
+            outlet.resume()
+        if end < len(held):
+            asyncio.get_running_loop().call_soon(self._resume, held, end)
 
     async def keep_alive(self, seconds: float) -> None:
         """Tick every `seconds` until cancelled (run it in the service's task group)."""

@@ -125,6 +125,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.send_timer: asyncio.TimerHandle | None = None
         self.unsent = 0
         self.follower: Release | None = None  # the follower request in progress, if any
+        self.holding = False  # a fan-out holds the next request (`hold`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -189,6 +190,8 @@ class LimitedProtocol(HttpToolsProtocol):
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
             self.gate.idle_again(self)
+        if self.holding and not self.transport.is_closing():
+            self.flow.pause_reading()  # uvicorn resumed it: the next request waits for `resume`
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -234,6 +237,29 @@ class LimitedProtocol(HttpToolsProtocol):
         self.gate.counted("follower_lagging")
         self.transport.abort()
         return False
+
+    def push(self, body: bytes) -> bool:
+        """Write `body` as the next chunk of the streamed answer in progress, as uvicorn's
+        `send` would, but now and without waking the request's task (feed.Outlet): the
+        feed's fan-out writes each event stream's frames this way. False when there is no
+        room (`room` has cut the connection) or no streamed answer in progress."""
+        cycle = self.cycle
+        streaming = cycle is not None and cycle.response_started and not cycle.response_complete
+        if not (streaming and cycle.chunked_encoding) or not self.room(len(body)):
+            return False
+        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    def hold(self) -> None:
+        """Read no next request once the answer in progress is complete, until `resume`."""
+        self.holding = True
+
+    def resume(self) -> None:
+        """Read the client's requests again (after `hold`)."""
+        if self.holding:
+            self.holding = False
+            if not self.transport.is_closing():
+                self.flow.resume_reading()
 
     def _unsupported_upgrade_warning(self) -> None:
         # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
