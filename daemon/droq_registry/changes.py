@@ -17,6 +17,7 @@ Last-Event-ID and loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
@@ -141,7 +142,17 @@ class Changes(Follow):
         assert isinstance(since, int)
         if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
             release = release_of(scope)
-            if release is not None:
+            if release is not None and release.outlet is not None and scope["method"] == "GET":
+                # On our server the feed's fan-out answers it itself (`Polled`).
+                polled = Polled(registry, feed, release, since, epoch, answers.if_none_match(scope["headers"]))
+                feed.subscribe(polled)
+                try:
+                    await feed.until_released(release, polled.waiter, wait)
+                finally:
+                    feed.unsubscribe(polled)
+                if polled.status:
+                    return polled.status
+            elif release is not None:
                 await feed.wait_beyond(since, wait, release)
                 feed.hold(release)  # woken by a fan-out: its next request waits until it is over
             else:
@@ -205,7 +216,7 @@ async def _stream(
         pushed.deliver()  # what the cursor has not seen yet; then the feed's commits
         feed.subscribe(pushed)
         try:
-            await feed.until_released(release)
+            await feed.until_released(release, feed.opened(release))
         finally:
             feed.unsubscribe(pushed)
         return
@@ -250,6 +261,45 @@ class Pushed:
     def keep_alive(self) -> None:
         """Write the keep-alive comment."""
         self.outlet.push(answers.KEEPALIVE_FRAME)
+
+
+class Polled:
+    """A long-poll the feed answers (`feed.Subscriber`): once the revision is above `since`,
+    the same prepared answer for every long-poll that had `since`, written to its
+    connection whole; its request's task then only ends. `status` is what it answered
+    (0: not answered by the feed; the request answers itself, as after a timeout)."""
+
+    __slots__ = ("epoch", "feed", "inm", "registry", "release", "since", "status", "waiter")
+
+    def __init__(self, registry: Any, feed: Feed, release: Release, since: int, epoch: str | None,
+                 inm: bytes | None) -> None:
+        self.registry = registry
+        self.feed = feed
+        self.release = release
+        self.since = since
+        self.epoch = epoch
+        self.inm = inm
+        self.status = 0
+        self.waiter = feed.opened(release)
+
+    def deliver(self) -> asyncio.Future[bool] | None:
+        """Answer, if a revision above `since` has committed and the request still waits."""
+        current = self.registry.snapshot
+        if current.revision <= self.since or self.waiter.done():
+            return None  # nothing new yet, or its task answers (its timeout, its release)
+        prepared = answers.of(current)
+        refused = _refused(current, self.since, self.epoch, "since")
+        status, headers, body = (prepared.gone(refused) if refused else prepared.changes(self.since)).reply(self.inm)
+        outlet = self.release.outlet
+        assert outlet is not None
+        self.feed.hold(self.release)  # its next request is read once the fan-out is over
+        if not outlet.answer(status, headers, body):
+            return None  # the client has gone: its release ends the request
+        self.status = status
+        return self.waiter
+
+    def keep_alive(self) -> None:
+        """A long-poll has no keep-alive."""
 
 
 async def _send_frames(release: Release, send: Any, frames: bytes) -> bool:

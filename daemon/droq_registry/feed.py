@@ -45,6 +45,10 @@ class Outlet(Protocol):
         """Write `body` as the next piece of the streamed answer in progress, now, without
         its task; False when it cannot (no room, as `room`; or no answer streaming)."""
 
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """Send the whole answer of the request in progress now, without its task; False
+        when it cannot (an answer was started, or the client has gone)."""
+
     def hold(self) -> None:
         """Read the client's next request only after `resume` (the answer in progress goes out)."""
 
@@ -53,10 +57,13 @@ class Outlet(Protocol):
 
 
 class Subscriber(Protocol):
-    """An event stream the feed writes to itself (`Feed.subscribe`)."""
+    """A follower the feed writes to itself (`Feed.subscribe`): an event stream, or a
+    long-poll it answers."""
 
-    def deliver(self) -> None:
-        """Write what committed since what it had (nothing if nothing did)."""
+    def deliver(self) -> asyncio.Future[bool] | None:
+        """Write what committed since what it had (nothing if nothing did). A follower that
+        is done (a long-poll answered) returns its request's wait: the round unsubscribes
+        it and resolves that (True) once its writes are out, and the request's task ends."""
 
     def keep_alive(self) -> None:
         """Write the keep-alive comment."""
@@ -147,7 +154,10 @@ class Round:
                 if self.keepalive:
                     stream.keep_alive()
                 else:
-                    stream.deliver()
+                    done = stream.deliver()
+                    if done is not None:
+                        del subscribed[stream]
+                        self.waiters.append(done)  # its task ends after every write is out
             if not pushed % 16 and _clock() >= deadline:
                 loop.call_soon(self.turn, pushed, woken)
                 return
@@ -216,18 +226,30 @@ class Feed:
         """No more writes to `stream` (idempotent)."""
         self._streams.pop(stream, None)
 
-    async def until_released(self, release: Release) -> None:
-        """Wait, holding no more than one future, until the service stops or `release` is set."""
-        if not self.following(release):
-            return
+    def opened(self, release: Release) -> asyncio.Future[bool]:
+        """The wait of a subscribed follower's request (`until_released`): resolved False
+        when the service stops, `release` is set or its timeout passes; True by the round
+        that has answered it (`Subscriber.deliver`)."""
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self.following(release):
+            waiter.set_result(False)
+        return waiter
+
+    async def until_released(self, release: Release, waiter: asyncio.Future[bool],
+                             timeout: float | None = None) -> bool:
+        """Wait on `waiter` (from `opened`), one future and at most one timer, until it is
+        resolved; what it was resolved with."""
+        loop = asyncio.get_running_loop()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
         self._open.add(waiter)
         release._waiting = waiter
         try:
-            await waiter
+            return await waiter
         finally:
             self._open.discard(waiter)
             release._waiting = None
+            if timer is not None:
+                timer.cancel()
 
     def hold(self, release: Release | None) -> None:
         """A long-poll woken by a fan-out answers now: its connection reads the client's

@@ -42,7 +42,8 @@ import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from .app import create_app
@@ -248,6 +249,36 @@ class LimitedProtocol(HttpToolsProtocol):
         if not (streaming and cycle.chunked_encoding) or not self.room(len(body)):
             return False
         self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """Send the whole answer of the request in progress in one write, as uvicorn's two
+        `send` calls would (its default headers, its access log line, `connection: close`
+        when the connection is not kept alive), without waking the request's task
+        (feed.Outlet): the feed's fan-out answers each long-poll this way. Our headers
+        are our own, valid by construction, so they skip uvicorn's checks of each one.
+        False when an answer was started, or the client has gone."""
+        cycle = self.cycle
+        if cycle is None or cycle.response_started or cycle.disconnected or self.transport.is_closing():
+            return False
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        if cycle.access_log:
+            cycle.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
+                get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
+            )
+        lines = [STATUS_LINE[status]]
+        lines += [b"%s: %s\r\n" % pair for pair in (*cycle.default_headers, *headers)]
+        if not cycle.keep_alive:
+            lines.append(b"connection: close\r\n")
+        lines += (b"\r\n", body)
+        self.transport.write(b"".join(lines))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
         return True
 
     def hold(self) -> None:
