@@ -10,6 +10,7 @@ resumes with the Last-Event-ID it had and misses nothing.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -237,3 +238,167 @@ def test_resuming_after_being_cut_loses_nothing(stuck_run: dict[str, Any]) -> No
     assert resumed[0]["revision"] == run["last_id"] + 1
     complete = [r for r in had if r["revision"] <= run["last_id"]]
     assert complete + resumed == run["log"]
+
+
+# --- long-polls the fan-out answers itself ------------------------------------------------
+
+POLLS = 40
+
+
+class _Conn:
+    """A kept-alive raw connection whose answers (with Content-Length) are read in order,
+    so pipelined answers are told apart: each is its raw head and its body."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        self.buf = b""
+
+    def _more(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError(f"closed; unread: {self.buf[:200]!r}")
+        self.buf += chunk
+
+    def ask(self, *paths: str, version: str = "1.1") -> None:
+        self.sock.sendall(b"".join(f"GET {p} HTTP/{version}\r\nHost: x\r\n\r\n".encode() for p in paths))
+
+    def answer(self) -> tuple[bytes, bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, _, rest = self.buf.partition(b"\r\n\r\n")
+        found = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
+        assert found is not None, head
+        size = int(found.group(1))
+        self.buf = rest
+        while len(self.buf) < size:
+            self._more()
+        body, self.buf = self.buf[:size], self.buf[size:]
+        return head, body
+
+    def closed(self) -> bool:
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def _without_date(head: bytes) -> list[bytes]:
+    return [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
+
+
+@pytest.fixture
+def following_server(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
+    return server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    """The test's raw sockets, closed after it whatever happens."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
+
+
+def _commit(srv: ServerProcess, assets: Path, name: str) -> int:
+    before = int(srv.get("/health").json()["revision"])
+    write_json(assets / f"{name}.json", node_doc(name))
+    wait_until(lambda: int(srv.get("/health").json()["revision"]) > before, timeout=DEADLINE)
+    return before + 1
+
+
+def test_long_polls_answered_by_the_fan_out_get_the_answer_a_plain_request_gets_and_their_next_request_is_read(
+    following_server: ServerProcess, real_assets: Path, sockets: list[socket.socket]
+) -> None:
+    srv = following_server
+    start = int(srv.get("/health").json()["revision"])
+    polls = [_Conn(srv.port) for _ in range(POLLS)]
+    streams = [Stream(srv.port) for _ in range(POLLS)]
+    sockets += [c.sock for c in polls] + [s.sock for s in streams]
+    for conn in polls:
+        conn.ask(f"/api/v1/changes?since={start}&wait=30")
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 2 * POLLS, timeout=DEADLINE)
+
+    first = _commit(srv, real_assets, "fanned-1")
+    plain = _Conn(srv.port)  # the same question without a wait: answered by its own task
+    sockets.append(plain.sock)
+    plain.ask(f"/api/v1/changes?since={start}")
+    plain_head, plain_body = plain.answer()
+    assert plain_head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert [(c["kind"], c["node_id"]) for c in orjson.loads(plain_body)["changes"]] == [("added", "fanned-1")]
+    for conn in polls:
+        head, body = conn.answer()
+        assert (_without_date(head), body) == (_without_date(plain_head), plain_body)
+    # Each asks again on the same connection: held during the fan-out, read after it.
+    for conn in polls:
+        conn.ask(f"/api/v1/changes?since={first}&wait=30")
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 2 * POLLS, timeout=DEADLINE)
+    second = _commit(srv, real_assets, "fanned-2")
+    for conn in polls:
+        _, body = conn.answer()
+        assert (orjson.loads(body)["revision"], [c["node_id"] for c in orjson.loads(body)["changes"]]) == (
+            second, ["fanned-2"],
+        )
+    log = srv.get(f"/api/v1/changes?since={start}").json()["changes"]
+    for stream in streams:
+        stream.read_until_id(second)
+        assert records(stream.events()) == log
+
+
+def test_a_long_poll_pipelined_with_a_lookup_gets_both_answers_in_order_after_the_commit(
+    following_server: ServerProcess, real_assets: Path, sockets: list[socket.socket]
+) -> None:
+    srv = following_server
+    start = int(srv.get("/health").json()["revision"])
+    lookup = "/api/v1/components/TextInputComponent/node"
+    expected = srv.get(lookup)
+    conn = _Conn(srv.port)
+    sockets.append(conn.sock)
+    conn.ask(f"/api/v1/changes?since={start}&wait=30", lookup)
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
+    revision = _commit(srv, real_assets, "piped")
+    head, body = conn.answer()
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert (orjson.loads(body)["revision"], [c["node_id"] for c in orjson.loads(body)["changes"]]) == (
+        revision, ["piped"],
+    )
+    head, body = conn.answer()
+    assert (head.split(b"\r\n")[0], orjson.loads(body)) == (b"HTTP/1.1 200 OK", expected.json())
+
+
+def test_an_http_1_0_long_poll_answered_by_the_fan_out_says_connection_close_and_is_closed(
+    following_server: ServerProcess, real_assets: Path, sockets: list[socket.socket]
+) -> None:
+    srv = following_server
+    start = int(srv.get("/health").json()["revision"])
+    conn = _Conn(srv.port)
+    sockets.append(conn.sock)
+    conn.ask(f"/api/v1/changes?since={start}&wait=30", version="1.0")
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
+    revision = _commit(srv, real_assets, "old-client")
+    head, body = conn.answer()
+    lines = head.split(b"\r\n")
+    assert (lines[0], lines[-1], orjson.loads(body)["revision"]) == (
+        b"HTTP/1.1 200 OK", b"connection: close", revision,
+    )
+    assert conn.closed()
+
+
+def test_an_event_stream_with_a_request_pipelined_behind_it_still_gets_each_commit(
+    following_server: ServerProcess, real_assets: Path, sockets: list[socket.socket]
+) -> None:
+    srv = following_server
+    start = int(srv.get("/health").json()["revision"])
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE)
+    sockets.append(sock)
+    sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    stream = Stream.__new__(Stream)
+    stream.sock, stream._rest, stream.text, stream.ended = sock, b"", "", False
+    while b"\r\n\r\n" not in stream._rest:
+        stream._rest += sock.recv(4096)
+    head, _, stream._rest = stream._rest.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+    wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
+    revision = _commit(srv, real_assets, "behind")
+    stream.read_until_id(revision)
+    assert records(stream.events()) == srv.get(f"/api/v1/changes?since={start}").json()["changes"]

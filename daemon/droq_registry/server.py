@@ -42,7 +42,7 @@ import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
@@ -172,7 +172,9 @@ class LimitedProtocol(HttpToolsProtocol):
         # run, has not read it: a follower gets its release before its handler starts.
         scope = self.scope
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
-            self.follower = Release.attach(scope, self)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
+            outlet = FollowerOutlet(self, self.cycle)
+            self.follower = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
             # uvicorn waits for the client to drain above the high-water mark; a follower's
             # bound is checked before each send instead (`room`), so it never waits there.
@@ -239,27 +241,26 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.abort()
         return False
 
-    def push(self, body: bytes) -> bool:
-        """Write `body` as the next chunk of the streamed answer in progress, as uvicorn's
-        `send` would, but now and without waking the request's task (feed.Outlet): the
+    def push(self, cycle: RequestResponseCycle, body: bytes) -> bool:
+        """Write `body` as the next chunk of `cycle`'s streamed answer, as uvicorn's `send`
+        would, but now and without waking the request's task (`FollowerOutlet`): the
         feed's fan-out writes each event stream's frames this way. False when there is no
         room (`room` has cut the connection) or no streamed answer in progress."""
-        cycle = self.cycle
-        streaming = cycle is not None and cycle.response_started and not cycle.response_complete
-        if not (streaming and cycle.chunked_encoding) or not self.room(len(body)):
+        streaming = cycle.response_started and not cycle.response_complete and cycle.chunked_encoding
+        if not streaming or not self.room(len(body)):
             return False
         self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
         return True
 
-    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
-        """Send the whole answer of the request in progress in one write, as uvicorn's two
-        `send` calls would (its default headers, its access log line, `connection: close`
-        when the connection is not kept alive), without waking the request's task
-        (feed.Outlet): the feed's fan-out answers each long-poll this way. Our headers
+    def answer(self, cycle: RequestResponseCycle, status: int, headers: tuple[tuple[bytes, bytes], ...],
+               body: bytes) -> bool:
+        """Send `cycle`'s whole answer in one write, as uvicorn's two `send` calls would
+        (its default headers, its access log line, `connection: close` when the
+        connection is not kept alive), without waking the request's task
+        (`FollowerOutlet`): the feed's fan-out answers each long-poll this way. Our headers
         are our own, valid by construction, so they skip uvicorn's checks of each one.
         False when an answer was started, or the client has gone."""
-        cycle = self.cycle
-        if cycle is None or cycle.response_started or cycle.disconnected or self.transport.is_closing():
+        if cycle.response_started or cycle.disconnected or self.transport.is_closing():
             return False
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
@@ -321,6 +322,38 @@ class LimitedProtocol(HttpToolsProtocol):
                 b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
             )
         self.transport.close()
+
+
+class FollowerOutlet:
+    """What a follower request may do to its connection (feed.Outlet): its own request's
+    cycle and the protocol, so the feed writes to the right answer even when the client
+    has pipelined another request behind it."""
+
+    __slots__ = ("cycle", "protocol")
+
+    def __init__(self, protocol: LimitedProtocol, cycle: RequestResponseCycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    def room(self, size: int) -> bool:
+        """See `LimitedProtocol.room`."""
+        return self.protocol.room(size)
+
+    def push(self, body: bytes) -> bool:
+        """See `LimitedProtocol.push`."""
+        return self.protocol.push(self.cycle, body)
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """See `LimitedProtocol.answer`."""
+        return self.protocol.answer(self.cycle, status, headers, body)
+
+    def hold(self) -> None:
+        """See `LimitedProtocol.hold`."""
+        self.protocol.hold()
+
+    def resume(self) -> None:
+        """See `LimitedProtocol.resume`."""
+        self.protocol.resume()
 
 
 class RegistryServer(uvicorn.Server):
