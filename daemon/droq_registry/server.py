@@ -269,12 +269,13 @@ class LimitedProtocol(HttpToolsProtocol):
                 '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
                 get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
             )
-        lines = [STATUS_LINE[status]]
-        lines += [b"%s: %s\r\n" % pair for pair in (*cycle.default_headers, *headers)]
-        if not cycle.keep_alive:
-            lines.append(b"connection: close\r\n")
-        lines += (b"\r\n", body)
-        self.transport.write(b"".join(lines))
+        # The date is now's (uvicorn's current default headers); a fan-out's answers share
+        # it and their headers, so the head is encoded once for them (`_head`).
+        head = _head(status, self.server_state.default_headers, headers)
+        if cycle.keep_alive:
+            self.transport.write(head + b"\r\n" + body)
+        else:
+            self.transport.write(head + b"connection: close\r\n\r\n" + body)
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
@@ -322,6 +323,21 @@ class LimitedProtocol(HttpToolsProtocol):
                 b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
             )
         self.transport.close()
+
+
+_last_head: tuple[int, object, object, bytes] = (0, None, None, b"")
+
+
+def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The status line and header lines of an answer, the last one's again when it is asked
+    with the same objects (the long-polls of one fan-out, within the same second)."""
+    global _last_head
+    last = _last_head
+    if last[0] == status and last[1] is default and last[2] is headers:
+        return last[3]
+    head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
+    _last_head = (status, default, headers, head)
+    return head
 
 
 class FollowerOutlet:
