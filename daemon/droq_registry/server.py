@@ -264,7 +264,7 @@ class LimitedProtocol(HttpToolsProtocol):
             return False
         cycle.response_started = True
         cycle.waiting_for_100_continue = False
-        if cycle.access_log:
+        if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):  # its arguments cost
             cycle.access_logger.info(
                 '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
                 get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
