@@ -111,6 +111,18 @@ class Follow:
         await self.serve(scope, receive, send)
 
     async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+        """Answer the request; the status it answered."""
+        try:
+            return await self.answer(scope, receive, send)
+        finally:
+            release = release_of(scope)
+            if release is not None:
+                # The scope holds the release, whose outlet holds the request's cycle, which
+                # holds the scope: a reference cycle, which the collector alone would free,
+                # and which `server.freeze_after_commit` could freeze for good. Cut it.
+                release.outlet = None
+
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
         raise NotImplementedError
 
 
@@ -120,7 +132,7 @@ class Changes(Follow):
     held until a change commits (or the service stops, or the server releases it: then it
     answers at once with what there is)."""
 
-    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
@@ -172,7 +184,7 @@ class Events(Follow):
     Last-Event-ID (or `since` and `epoch`). A cursor of another history, or one this log no
     longer keeps, gets a `relist` event first, then the live events."""
 
-    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
