@@ -47,6 +47,8 @@ import common
 import gen_nodes
 
 REAL_NODE = "lfx-runtime-executor-node"
+#: The registry size the memory target is stated for (nodes, components per node).
+TARGET_SIZE = (1000, 350)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -152,7 +154,16 @@ def big_registry(args: argparse.Namespace, report: common.Report, workdir: Path)
                  f"{held['used'] / received:.2f}"],
             ],
         )
-        report.check("memory after the listing, x the JSON received", held["listed"] / received, 1.5, "x")
+        if args.nodes >= TARGET_SIZE[0] and args.components >= TARGET_SIZE[1]:
+            report.check("memory after the listing, x the JSON received", held["listed"] / received, 1.5, "x")
+        else:
+            # The client's fixed cost (its thread, event loop, HTTP client and the modules
+            # they import on first use: about 3 MB) is most of what a small registry's
+            # figure shows: 3.4 MB for 0.3 MB of JSON (12x) at 50 x 20.
+            report.note(
+                f"Memory target not checked: it is stated for {TARGET_SIZE[0]} nodes x {TARGET_SIZE[1]} components "
+                f"(this run: {args.nodes} x {args.components})."
+            )
 
         started = time.perf_counter()
         with RegistryClient(server.base, startup_timeout=600) as client:

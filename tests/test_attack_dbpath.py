@@ -159,9 +159,9 @@ def test_a_database_with_two_hard_links_stops_start_up_and_is_left_as_it_was(
     before = tree(tmp_path)
     for name in ("a.db", "b.db"):
         done = serve_once({"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(tmp_path / name)})
-        assert (done.returncode, done.stdout, done.stderr.splitlines()) == (2, "", [
-            f"droq-registry: {tmp_path / name}: has 2 hard links; two names for one database file would let two"
-            " services write it. Give each service its own file"])
+        refusal = (f"droq-registry: {tmp_path / name}: has 2 hard links; two names for one database file would"
+                   " let two services write it. Give each service its own file")
+        assert (done.returncode, done.stdout, done.stderr.splitlines()) == (2, "", [refusal])
     assert tree(tmp_path) == before
 
 

@@ -13,52 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 from starlette.testclient import TestClient
 
+from droq_registry.app import create_app
 from droq_registry.nodefile import build_node
 from droq_registry.snapshot import NodeView, Snapshot
 from support.files import node_doc, write_json
+from support.histories import has_node, other_epoch, position, replica, where
+from support.http import make_settings
 from support.polling import wait_until
-from support.server import ServerProcess
-
-
-def replica(server: Callable[..., ServerProcess], assets: Path, db: Path, **env: str) -> ServerProcess:
-    """A `droq-registry serve` process on `assets` with the database `db`."""
-    return server(
-        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
-        db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
-    )
-
-
-def position(response: httpx.Response) -> dict[str, Any]:
-    """Where an answer's headers say it stands."""
-    return {
-        "revision": int(response.headers["x-registry-revision"]),
-        "epoch": response.headers["x-registry-epoch"],
-        "content_hash": response.headers["x-registry-content-hash"],
-    }
-
-
-def where(srv: ServerProcess) -> dict[str, Any]:
-    return position(srv.get("/api/v1/nodes?status=all"))
-
-
-def then(pos: dict[str, Any]) -> str:
-    return (
-        f"list the registry again, unless your state has content hash {pos['content_hash']}, and follow "
-        f"changes from revision {pos['revision']} of epoch {pos['epoch']}"
-    )
-
-
-def other_epoch(asked: str, pos: dict[str, Any]) -> dict[str, Any]:
-    """The 410 body for a cursor of epoch `asked` on a registry at `pos`."""
-    return {"detail": f"epoch {asked} is another history than this registry's (epoch {pos['epoch']}); {then(pos)}",
-            **pos}
-
-
-def has_node(srv: ServerProcess, node_id: str) -> bool:
-    return srv.get(f"/api/v1/nodes/{node_id}").status_code == 200
+from support.server import ServerProcess, health_or_none
 
 
 def add(srv: ServerProcess, assets: Path, name: str) -> dict[str, Any]:
@@ -218,3 +182,69 @@ def test_the_lock_file_left_behind_is_one_the_previous_release_takes_again(
     note = db.with_name(db.name + ".lock").read_bytes()
     assert note == f"pid {srv.pid} on {socket.gethostname()} served {pos['epoch']}:{pos['revision']}\n".encode()
     assert PREVIOUS_RELEASES_NOTE.fullmatch(note)
+
+
+# --- a writer that takes its lock back after another one wrote ------------------------------------
+
+
+def test_a_writer_that_takes_its_lock_back_after_another_wrote_goes_on_in_a_new_history(
+    real_assets: Path, server: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """The lock file is deleted under a running writer (someone cleans the volume): the
+    replica waiting for it takes a new one and writes two revisions, y then z, and exits.
+    The first writer takes its lock back and writes its own, older state into the database
+    again, then adds y and z in one revision. Those revision numbers counted other states
+    in the other writer's history: under the same epoch a follower that saw the other's
+    y-only revision would be answered "nothing changed" and never see z."""
+    db = tmp_path / "r.db"
+    first = replica(server, real_assets, db)
+    second = replica(server, real_assets, db, ready=False)
+    wait_until(lambda: (health_or_none(second) or {}).get("database", {}).get("state") == "waiting")
+    # The first one's start-up rescan is done: it has no pass to make until a file changes,
+    # so the waiting one is the first to find the lock file gone.
+    wait_until(lambda: 'droq_registry_reconciles_total{result="unchanged"} 1.0' in first.get("/metrics").text)
+    before = where(first)
+    db.with_name(db.name + ".lock").unlink()
+    second.wait_ready()  # it made a new lock file and took it
+    assert where(second) == before  # the same database, the same history so far
+    saw_y = add(second, real_assets, "y")
+    add(second, real_assets, "z")
+    assert saw_y["epoch"] == before["epoch"]
+    second.stop()
+
+    first.wait_ready()  # its lock back, and its state written into the database again
+    wait_until(lambda: has_node(first, "z"))
+    now = where(first)
+    answer = first.get("/api/v1/changes", params={"since": saw_y["revision"], "epoch": saw_y["epoch"]})
+    assert (answer.status_code, answer.json()) == (410, other_epoch(saw_y["epoch"], now))
+    assert now["epoch"] != before["epoch"]
+
+
+# --- an answer that fails inside the app -------------------------------------------------------
+
+
+class FailingOffload:
+    """The app's worker threads, failing every build (the one seam an answer that is too big
+    for the event loop is built at): the handler raises, and Starlette answers 500."""
+
+    async def once(self, *args: Any) -> Any:
+        raise RuntimeError("injected: the worker threads are gone")
+
+    async def run(self, *args: Any) -> Any:
+        raise RuntimeError("injected: the worker threads are gone")
+
+
+def test_an_answer_that_fails_inside_the_app_says_where_the_registry_stands_and_why(
+    real_assets: Path, tmp_path: Path
+) -> None:
+    """Starlette's ServerErrorMiddleware answers an exception from a handler outside every
+    user middleware, so the 500 had neither the state's headers nor a JSON body."""
+    with TestClient(create_app(make_settings(real_assets)), raise_server_exceptions=False) as client:
+        wait_until(lambda: client.get("/ready").status_code == 200)
+        pos = position(client.get("/api/v1/nodes?status=all"))
+        client.app.state.offload = FailingOffload()  # type: ignore[attr-defined]
+        answer = client.get("/api/v1/sources")
+        assert (answer.status_code, answer.headers["content-type"], answer.json()) == (
+            500, "application/json", {"detail": "internal error (RuntimeError); the service logged it, and keeps serving"}
+        )
+        assert position(answer) == pos

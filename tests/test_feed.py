@@ -28,6 +28,7 @@ from starlette.testclient import TestClient
 from droq_registry.changes import KEEPALIVE_SECONDS
 from support.events import AsyncEvents, Events
 from support.files import node_doc, write_json
+from support.histories import ahead, expired, position
 from support.http import make_settings, open_client, reconcile_now, sources
 from support.http import revision as current_revision
 from support.polling import wait_until
@@ -441,7 +442,7 @@ def test_two_servers_on_the_same_folder_give_identical_etags(
 def test_every_api_answer_carries_the_revision(real_assets: Path, client_for: Callable[..., TestClient]) -> None:
     client = client_for(real_assets)
     revision = current_revision(client)
-    node_id = sorted(orjson.loads(p.read_bytes())["node_id"] for p in real_assets.glob("*.json"))[0]
+    node_id = min(orjson.loads(p.read_bytes())["node_id"] for p in real_assets.glob("*.json"))
     answers = {
         ("GET", "/"): client.get("/"),
         ("GET", "/health"): client.get("/health"),
@@ -510,30 +511,6 @@ def test_events_answers_400_for_a_bad_last_event_id(
     )
 
 
-def position_of(response: httpx.Response) -> dict[str, Any]:
-    """The revision, epoch and content hash an answer's headers give."""
-    return {
-        "revision": revision_of(response),
-        "epoch": response.headers["x-registry-epoch"],
-        "content_hash": response.headers["x-registry-content-hash"],
-    }
-
-
-def _then(position: dict[str, Any]) -> str:
-    return (
-        f"list the registry again, unless your state has content hash {position['content_hash']}, and follow "
-        f"changes from revision {position['revision']} of epoch {position['epoch']}"
-    )
-
-
-def _gone(since: int, floor: int, position: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "detail": f"changes after revision {since} are no longer kept (the log starts after revision "
-        f"{floor}); {_then(position)}",
-        **position,
-    }
-
-
 def test_change_log_keeps_at_most_n_records_dropping_whole_revisions_and_410s_older_since(
     assets: Path, client_for: Callable[..., TestClient]
 ) -> None:
@@ -566,7 +543,7 @@ def test_change_log_keeps_at_most_n_records_dropping_whole_revisions_and_410s_ol
         gone = client.get(f"/api/v1/changes?since={since}")
         assert (gone.status_code, gone.json(), revision_of(gone)) == (
             410,
-            _gone(since, floor, position_of(gone)),
+            expired(since, floor, position(gone)),
             start + 5,
         )
     assert client.get(f"/api/v1/changes?since={floor - 1}&wait=5").status_code == 410
@@ -757,7 +734,7 @@ def test_event_stream_sends_relist_when_last_event_id_is_no_longer_kept(
         start = current_revision(http)
         for name in ("a", "b", "c"):
             write_json(assets / f"{name}.json", node_doc(name))
-            wait_until(lambda: http.get(f"/api/v1/nodes/{name}").status_code == 200)
+            wait_until(lambda node_id=name: http.get(f"/api/v1/nodes/{node_id}").status_code == 200)
         assert current_revision(http) == start + 3
         gone = http.get(f"/api/v1/changes?since={start}")
         assert gone.status_code == 410
@@ -917,15 +894,11 @@ def test_a_change_log_answer_comes_from_one_snapshot_even_while_the_log_is_trimm
             response = client.get(f"/api/v1/changes?since={since}")
             snap = next(s for s in snapshots if s.revision == revision_of(response))
             log = snap.changes
-            position = {"revision": snap.revision, "epoch": snap.epoch, "content_hash": snap.content_hash}
+            state = {"revision": snap.revision, "epoch": snap.epoch, "content_hash": snap.content_hash}
             if since > snap.revision:
-                assert (response.status_code, response.json()) == (410, {
-                    "detail": f"since={since} is ahead of this registry's revision {snap.revision}, so it counts"
-                              f" in another history; {_then(position)}",
-                    **position,
-                })
+                assert (response.status_code, response.json()) == (410, ahead(since, state))
             elif since < log.floor:
-                assert (response.status_code, response.json()) == (410, _gone(since, log.floor, position))
+                assert (response.status_code, response.json()) == (410, expired(since, log.floor, state))
             else:
                 expected = [orjson.loads(r) for r, v in zip(log.encoded, log.revisions) if since < v <= snap.revision]
                 assert (response.status_code, response.json()) == (200, {"revision": snap.revision,

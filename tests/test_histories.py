@@ -29,6 +29,7 @@ from droq_registry.snapshot import NodeView, Snapshot
 from droq_registry.store import epoch_of
 from support.events import Events
 from support.files import REAL_NODES, node_doc, write_json
+from support.histories import ahead, has_node, other_epoch, position, records, replica, where
 from support.polling import wait_until
 from support.server import ServerProcess
 
@@ -36,57 +37,20 @@ EPOCH = re.compile(r"[A-Za-z0-9_-]{16}")
 CONTENT_HASH = re.compile(r"[0-9a-f]{32}")
 
 
-def replica(server: Callable[..., ServerProcess], assets: Path, db: Path, **env: str) -> ServerProcess:
-    """A `droq-registry serve` process on `assets` with the database `db`."""
-    return server(
-        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
-        db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
-    )
 
 
-def position(response: httpx.Response) -> dict[str, Any]:
-    """Where an answer's headers say it stands."""
-    return {
-        "revision": int(response.headers["x-registry-revision"]),
-        "epoch": response.headers["x-registry-epoch"],
-        "content_hash": response.headers["x-registry-content-hash"],
-    }
 
 
-def where(srv: ServerProcess) -> dict[str, Any]:
-    return position(srv.get("/api/v1/nodes?status=all"))
 
 
-def then(pos: dict[str, Any]) -> str:
-    return (
-        f"list the registry again, unless your state has content hash {pos['content_hash']}, and follow "
-        f"changes from revision {pos['revision']} of epoch {pos['epoch']}"
-    )
 
 
-def other_epoch(asked: str, pos: dict[str, Any]) -> dict[str, Any]:
-    """The 410 body for a cursor of epoch `asked` on a registry at `pos`."""
-    return {"detail": f"epoch {asked} is another history than this registry's (epoch {pos['epoch']}); {then(pos)}",
-            **pos}
 
 
-def ahead(since: int, pos: dict[str, Any], name: str = "since") -> dict[str, Any]:
-    """The 410 body for a cursor `since` ahead of the revision of a registry at `pos`."""
-    return {
-        "detail": f"{name}={since} is ahead of this registry's revision {pos['revision']}, so it counts in "
-                  f"another history; {then(pos)}",
-        **pos,
-    }
 
 
-def records(response: httpx.Response) -> list[dict[str, Any]]:
-    """The change records of a 200 answer, without their times."""
-    assert response.status_code == 200, response.text
-    return [{k: v for k, v in c.items() if k != "at"} for c in response.json()["changes"]]
 
 
-def has_node(srv: ServerProcess, node_id: str) -> bool:
-    return srv.get(f"/api/v1/nodes/{node_id}").status_code == 200
 
 
 def copy_assets(tmp_path: Path, name: str) -> Path:

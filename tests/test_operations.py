@@ -58,10 +58,10 @@ def test_metrics_expose_state_reconciles_and_requests_by_route(
     client.get("/api/v1/nodes/no-such-node")
     client.get("/api/v1/components/Multiply/node")
     text = client.get("/metrics").text
-    samples = dict(
-        (m.group(1), float(m.group(2)))
+    samples = {
+        m.group(1): float(m.group(2))
         for m in re.finditer(r"^([a-z_]+(?:\{.*\})?) ([0-9.e+-]+)$", text, re.MULTILINE)
-    )
+    }
     assert samples["droq_registry_revision"] == 1
     assert samples["droq_registry_nodes"] == 4
     assert samples["droq_registry_components"] == client.get("/health").json()["components"]

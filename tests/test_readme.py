@@ -31,7 +31,7 @@ def test_executor_example_caches_with_etag_and_follows_changes(
                  tmp_path / "server.log")
     code = example_code().replace('"http://localhost:8002"', repr(srv.url))
     namespace: dict[str, Any] = {}
-    exec(compile(code, "README.md", "exec"), namespace)  # runs the example's own last lines too
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102  # the README's own code, its last lines too
 
     with httpx.Client(base_url=srv.url) as client:
         first = namespace["node_for"](client, "Multiply")
@@ -69,7 +69,7 @@ def _follow_once(namespace: dict[str, Any], url: str, polling: threading.Event) 
     with _Client(polling, base_url=url) as client:
         try:
             namespace["follow"](client)
-        except Exception:  # the server stops at the end of the test
+        except Exception:  # noqa: BLE001, S110  # the server stops at the end of the test
             pass
 
 
@@ -142,7 +142,7 @@ def test_follow_example_moved_between_two_replicas_misses_no_change(
     assert _revision(a.url) == _revision(b.url) + 2
 
     namespace: dict[str, Any] = {}
-    exec(compile(example_code().replace('"http://localhost:8002"', repr(a.url)), "README.md", "exec"), namespace)
+    exec(compile(example_code().replace('"http://localhost:8002"', repr(a.url)), "README.md", "exec"), namespace)  # noqa: S102
     cache, node_for = namespace["cache"], namespace["node_for"]
     lookups = httpx.Client(base_url=a.url)
     assert node_for(lookups, "Multiply")["node"]["node_id"] == "dfx-math-executor-node"
@@ -189,5 +189,5 @@ def test_follow_example_moved_between_two_replicas_misses_no_change(
 def _run(follow: Callable[[httpx.Client], None], client: httpx.Client) -> None:
     try:
         follow(client)
-    except Exception:  # the servers stop at the end of the test
+    except Exception:  # noqa: BLE001, S110  # the servers stop at the end of the test
         pass

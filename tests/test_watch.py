@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import orjson
@@ -94,7 +94,7 @@ class Poller:
                 response = self.client.get(self.path)
                 self.seen.append((response.status_code, response.json()))
                 time.sleep(0.001)
-        except BaseException as exc:  # surfaced in the test's thread by __exit__
+        except BaseException as exc:  # noqa: BLE001  # surfaced in the test's thread by __exit__
             self._error = exc
 
     def more(self, count: int = 20) -> None:
@@ -102,7 +102,7 @@ class Poller:
         target = len(self.seen) + count
         wait_until(lambda: len(self.seen) >= target or self._error, DEADLINE)
 
-    def __enter__(self) -> Poller:
+    def __enter__(self) -> Self:
         self._thread.start()
         self.more(5)
         return self
@@ -825,7 +825,7 @@ def test_assets_folder_replaced_in_one_go_is_watched_again(
         assets.mkdir()
         write_json(assets / f"copied-{attempt}.json", node_doc(f"copied-{attempt}"))
         reused = os.stat(assets).st_ino == inode
-        wait_until(lambda: get_node(client, f"copied-{attempt}")[0] == 200, DEADLINE)
+        wait_until(lambda n=attempt: get_node(client, f"copied-{n}")[0] == 200, DEADLINE)
         if reused:
             break
     else:

@@ -85,13 +85,17 @@ def _fsync_folder(folder: Path) -> None:
 def load(path: Path) -> Cached | None:
     """The cached state, None if there is no file; CacheError if it cannot be used."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # Split on "\n" alone, never with splitlines(): JSON leaves U+2028, U+2029 and U+0085
+        # unescaped inside strings, and splitlines() would cut a node's text there.
+        lines = path.read_bytes().decode("utf-8").split("\n")
     except FileNotFoundError:
         return None
     except OSError as exc:
         raise CacheError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise CacheError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if lines[-1] == "":
+        lines.pop()  # after the last line's newline
     if not lines:
         raise CacheError(f"{path}: empty file")
     header = _line(path, lines, 0)

@@ -32,7 +32,9 @@ def _http(options: Options) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         headers=headers,
         timeout=options.timeout,
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        # Idle connections are closed before the registry would close them (its keep-alive
+        # is 5 s by default), so a request rarely meets a connection closing under it.
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections, keepalive_expiry=2.0),
     )
 
 
@@ -79,7 +81,8 @@ class RegistryClient(_Configured):
 
     - `token`: sent as `Authorization: Bearer` on every request, the long-poll included.
     - `poll_wait` (15 s): how long one long-poll of the feed waits for a change.
-    - `timeout` (5 s): connect/read timeout of every other request.
+    - `timeout` (5 s): connect/read timeout of every request (a long-poll's read after its
+      wait); a whole answer must arrive within `wait + 2 x timeout`.
     - `resync_interval` (300 s; 0 turns it off): a full relisting, revalidated with ETags,
       as a safety net against anything missed.
     - `backoff_initial` / `backoff_max` (0.25 s / 15 s): the wait after every replica has

@@ -107,7 +107,8 @@ class Core:
             fresh = node_id not in down
             down[node_id] = now + ttl
             self.down = down
-            self._panic_logged = set()
+            if fresh:  # another node down: panic mode may begin for other classes, say so once more
+                self._panic_logged = set()
         if fresh:
             LOG.warning("node %r reported unreachable: answering with other candidates for %g s", node_id, ttl)
 

@@ -12,9 +12,11 @@ as a task in the caller's loop: one implementation of the protocol for both.
   the registry sends `X-Registry-Epoch`); each answer names the nodes to fetch again.
 - A cursor is trusted only where it is known to mean the same history: on the process that
   gave it (no failure since), or on any replica when the answers carry the same epoch.
-  Otherwise the follower relists. A 410 whose content hash equals the state's own takes the
-  new cursor without relisting; any other 410, a `400` for a cursor ahead of the registry's
-  revision, a lower revision or another epoch means another history: relist.
+  Otherwise the follower relists. The registry answers a cursor of another history (another
+  epoch, or a revision ahead of its own) with `410 {detail, revision, epoch, content_hash}`:
+  when that content hash equals the state's own the follower takes the new cursor without
+  relisting, else it relists. A registry without epochs (older than issue 12) is listed
+  again after every reconnect or replica switch.
 - A failure never changes the state: lookups keep answering from it, marked stale. The
   follower rotates to the next replica at once, and once every replica has failed, waits
   with exponential backoff and jitter before the next round.
@@ -120,12 +122,8 @@ class Follower:
         # cursor is confirmed, or refused, at once rather than at the end of a long-poll.
         resuming = self.session != url
         wait = 0.0 if resuming else max(0.0, min(self.options.poll_wait, self.next_resync - time.monotonic()))
-        response = await self._get(
-            url,
-            wire.CHANGES,
-            params=wire.changes_params(state.revision, state.epoch, wait),
-            timeout=httpx.Timeout(self.options.timeout, read=wait + self.options.timeout),
-        )
+        response = await self._get(url, wire.CHANGES, params=wire.changes_params(state.revision, state.epoch, wait),
+                                   wait=wait)
         position = self._meta(response)
         status = response.status_code
         if status == 200:
@@ -146,8 +144,12 @@ class Follower:
             self.session = url
             return []
         if status == 410:
-            gone = wire.gone(response, position)
-            if gone.content_hash is not None and gone.content_hash == state.content_hash and gone.revision is not None:
+            # A registry still loading answers for an empty state (revision 0): its hash
+            # would differ from any real state's and cost a needless relist.
+            await self._ready(url)
+            gone = wire.gone(response)
+            same = gone.content_hash is not None and gone.content_hash == state.content_hash
+            if same and gone.epoch is not None and gone.revision is not None:
                 # The same content in another history (another replica, a rebuilt database):
                 # take its cursor, nothing to fetch.
                 self._publish(state.at(gone.epoch, gone.revision, gone.content_hash))
@@ -160,13 +162,7 @@ class Follower:
                 )
                 return []
             return await self._relist(url, f"{url} answered 410: {gone.detail}")
-        if status == 400 and position.revision < state.revision:
-            return await self._relist(
-                url,
-                f"the cursor (revision {state.revision}) is ahead of {url}'s revision {position.revision}: "
-                "another history",
-            )
-        raise Failure(f"GET {url}{wire.CHANGES} answered {status}: {wire.detail_of(response)}")
+        raise Failure(wire.refusal(response))
 
     # --- listing -----------------------------------------------------------------------
 
@@ -175,7 +171,7 @@ class Follower:
         await self._ready(url)
         response = await self._get(url, wire.NODES, params={"status": "all"})
         if response.status_code != 200:
-            raise Failure(f"GET {url}{wire.NODES} answered {response.status_code}: {wire.detail_of(response)}")
+            raise Failure(wire.refusal(response))
         position = self._meta(response)
         ids = self._parse(wire.node_ids, response)
         if position.revision == 0 and not ids:
@@ -269,22 +265,42 @@ class Follower:
             return node_id, known, position.revision
         if status == 404:
             return node_id, None, position.revision
-        raise Failure(
-            f"GET {url}{wire.detail_path(node_id)} answered {status}: {wire.detail_of(response)}"
-        )
+        raise Failure(wire.refusal(response))
 
     # --- HTTP ----------------------------------------------------------------------------
 
-    async def _get(self, url: str, path: str, **kwargs: Any) -> httpx.Response:
+    async def _get(
+        self,
+        url: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        wait: float = 0.0,
+    ) -> httpx.Response:
+        """One request. `timeout` bounds the connect and every read (after the `wait` of a
+        long-poll); the whole answer must also arrive within `wait + 2 x timeout`, so a
+        replica that trickles its answer a byte at a time is given up like a frozen one."""
+        timeout = self.options.timeout
+        whole = wait + 2 * timeout
+        limits = httpx.Timeout(timeout, read=wait + timeout)
         try:
-            response = await self.http.get(url + path, **kwargs)
+            async with asyncio.timeout(whole):
+                try:
+                    response = await self.http.get(url + path, params=params, headers=headers, timeout=limits)
+                except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+                    # A kept-alive connection the server closed just as it was reused: the
+                    # request never arrived. A GET is safe to send again, once, on a new one.
+                    LOG.debug("GET %s%s again after %s: %s", url, path, type(exc).__name__, _why(exc))
+                    response = await self.http.get(url + path, params=params, headers=headers, timeout=limits)
         except httpx.HTTPError as exc:
-            raise Failure(f"GET {url}{path}: {type(exc).__name__}: {exc or 'no detail'}") from None
+            raise Failure(f"GET {_url_of(exc, url + path)}: {type(exc).__name__}: {_why(exc)}") from None
+        except TimeoutError:
+            bound = f"wait {wait:g} s + 2 x timeout" if wait else "2 x timeout"
+            where = httpx.URL(url + path, params=params)
+            raise Failure(f"GET {where}: the whole answer took longer than {whole:g} s ({bound})") from None
         if response.status_code in (401, 403):
-            raise Failure(
-                f"GET {response.request.url} answered {response.status_code}: {wire.detail_of(response)}; "
-                "check the token"
-            )
+            raise Failure(f"{wire.refusal(response)}; check the token")
         return response
 
     @staticmethod
@@ -382,3 +398,20 @@ class Follower:
 
     def _to_save(self) -> tuple[State | None, str | None, float | None]:
         return self.core.state, self.core.url, self.core.confirmed_at
+
+
+def _url_of(exc: httpx.HTTPError, fallback: str) -> str:
+    try:
+        return str(exc.request.url)
+    except RuntimeError:  # an error raised before the request was made
+        return fallback
+
+
+def _why(exc: BaseException) -> str:
+    """The first message along the exception's causes (httpx's own are often empty)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if str(seen):
+            return str(seen) if seen is exc else f"{type(seen).__name__}: {seen}"
+        seen = seen.__cause__ or seen.__context__
+    return "no detail"

@@ -52,6 +52,9 @@ class Meta:
 def meta(response: httpx.Response) -> Meta:
     """The revision (required), epoch and content hash of an answer."""
     raw = response.headers.get(REVISION)
+    if (raw is None or not raw.isdigit()) and response.status_code >= 400:
+        # Not the registry's answer: a proxy's (502 while the registry is down) or a gateway's.
+        raise ProtocolError(refusal(response))
     if raw is None or not raw.isdigit():
         raise ProtocolError(
             f"{_where(response)} answered {response.status_code} without a valid {REVISION} header "
@@ -131,7 +134,8 @@ def changes(response: httpx.Response) -> Changes:
 
 @dataclass(frozen=True, slots=True)
 class Gone:
-    """A 410 of `GET /api/v1/changes`: the cursor cannot be used; where the registry is now."""
+    """A 410 of `GET /api/v1/changes`: the cursor is not in this registry's history; where
+    the registry stands instead (None where the body does not say: then the client relists)."""
 
     detail: str
     revision: int | None
@@ -139,28 +143,27 @@ class Gone:
     content_hash: str | None
 
 
-def gone(response: httpx.Response, position: Meta) -> Gone:
-    """The 410's body (`detail`, `revision`, and from issue 12 `epoch`, `content_hash`),
-    completed from the headers where the body is silent."""
+def gone(response: httpx.Response) -> Gone:
+    """The 410's body: `detail`, and this registry's `revision`, `epoch` and `content_hash`.
+    A body that is not that (a proxy's page) says nothing the client can resume from."""
     try:
         data = body(response)
     except ProtocolError:
-        data = {}
+        data = None
     if not isinstance(data, dict):
         data = {}
-    revision = data.get("revision")
-    epoch = data.get("epoch")
-    content_hash = data.get("content_hash")
+    revision, epoch, content_hash = data.get("revision"), data.get("epoch"), data.get("content_hash")
     return Gone(
-        detail=str(data.get("detail") or "410 Gone"),
-        revision=revision if isinstance(revision, int) else position.revision,
-        epoch=epoch if isinstance(epoch, str) and _EPOCH.fullmatch(epoch) else position.epoch,
-        content_hash=(
-            content_hash
-            if isinstance(content_hash, str) and _HASH.fullmatch(content_hash)
-            else position.content_hash
-        ),
+        detail=str(data.get("detail") or "410 Gone")[:500],
+        revision=revision if type(revision) is int and revision >= 0 else None,
+        epoch=epoch if isinstance(epoch, str) and _EPOCH.fullmatch(epoch) else None,
+        content_hash=content_hash if isinstance(content_hash, str) and _HASH.fullmatch(content_hash) else None,
     )
+
+
+def refusal(response: httpx.Response) -> str:
+    """What an answer other than the one asked for says: `GET <url> answered <status>: <detail>`."""
+    return f"{_where(response)} answered {response.status_code}: {detail_of(response)}"
 
 
 def detail_of(response: httpx.Response) -> str:
@@ -168,10 +171,10 @@ def detail_of(response: httpx.Response) -> str:
     try:
         data = json.loads(response.content)
     except ValueError:
-        return response.text[:200]
+        return response.text.strip()[:200]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):
         return str(data["detail"])[:500]
-    return response.text[:200]
+    return response.text.strip()[:200]
 
 
 def _where(response: httpx.Response) -> str:

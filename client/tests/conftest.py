@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -38,6 +39,24 @@ SHARED = ROOT.parent / "shared" / "fixtures" / "droq-nodes"
 #: The real node files (the shipped copies in assets/nodes are the same four files).
 REAL_NODES = SHARED if SHARED.is_dir() else ROOT / "assets" / "nodes"
 SERVER_PYTHON = os.environ.get("DROQ_REGISTRY_PYTHON") or sys.executable
+REQUESTS = re.compile(
+    r'droq_registry_http_requests_total\{method="GET",route="(?P<route>[^"]+)",status="(?P<status>\d+)"\} '
+    r"(?P<count>[0-9.e+]+)"
+)
+
+
+def unavailable(reason: str) -> None:
+    """What a test cannot have here (root's tmpfs, the git history): skipped on a
+    developer's machine, a failure in CI (`.ci/run` sets CI), where it must run."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def requests_since(reg: Registry, before: dict[tuple[str, str], int]) -> dict[tuple[str, str], int]:
+    """The requests `reg` answered since `before` (a `reg.requests()`), without zeros."""
+    now = reg.requests()
+    return {key: count - before.get(key, 0) for key, count in now.items() if count != before.get(key, 0)}
 
 
 def wait_until(condition: Callable[[], Any], timeout: float = 15.0, interval: float = 0.01) -> Any:
@@ -81,7 +100,7 @@ class Registry:
         self.folder = folder
         self.db_path = db_path
         self.log_path = log_path
-        self.env = env
+        self.env = env  # laid over the service's settings (PYTHONPATH runs another version of it)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -92,6 +111,8 @@ class Registry:
         return {"authorization": f"Bearer {token}"} if token else {}
 
     def start(self, ready: bool = True) -> Registry:
+        #: The requests this object made itself to the new process (not the client's).
+        self.own: dict[tuple[str, str], int] = {}
         env = {
             key: value
             for key, value in os.environ.items()
@@ -125,9 +146,12 @@ class Registry:
             if self.proc.poll() is not None:
                 raise AssertionError(f"registry exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                return self.http.get("/ready").status_code == 200
+                status = self.http.get("/ready").status_code
             except httpx.TransportError:
                 return False
+            key = ("/ready", str(status))
+            self.own[key] = self.own.get(key, 0) + 1
+            return status == 200
 
         wait_until(ready, timeout=timeout, interval=0.05)
         # On a shared machine another process can take the port while ours is down.
@@ -140,6 +164,12 @@ class Registry:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait: a graceful stop (pending long-polls are answered first)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -158,6 +188,23 @@ class Registry:
 
     def revision(self) -> int:
         return int(self.http.get("/api/v1/nodes?status=all").headers["x-registry-revision"])
+
+    def position(self) -> tuple[int, str, str]:
+        """(revision, epoch, content hash) as `/health` reports them."""
+        health = self.get("/health")
+        return health["revision"], health["epoch"], health["content_hash"]
+
+    def requests(self) -> dict[tuple[str, str], int]:
+        """{(route template, status): count} of the requests this process has answered but
+        this object's own, from the process's /metrics (the counters start at 0 with every
+        process)."""
+        counts: dict[tuple[str, str], int] = {}
+        for line in self.http.get("/metrics").text.splitlines():
+            found = REQUESTS.fullmatch(line)
+            if found and found["route"] not in ("/metrics", "/health"):
+                key = (found["route"], found["status"])
+                counts[key] = int(float(found["count"])) - self.own.get(key, 0)
+        return {key: count for key, count in counts.items() if count}
 
     def get(self, path: str) -> Any:
         response = self.http.get(path)
@@ -199,6 +246,25 @@ def registry(tmp_path: Path) -> Iterator[Callable[..., Registry]]:
     yield start
     for reg in started:
         reg.close()
+
+
+@pytest.fixture(scope="session")
+def before_epochs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment that runs the registry as it was before issue 12 (no epochs, no
+    content hash, 400 for a cursor ahead): its code from this repository's history, on
+    PYTHONPATH. Pass it as `registry(env=...)`."""
+    git = ["git", "-C", str(ROOT)]
+    found = subprocess.run(
+        [*git, "log", "--format=%H", "--reverse", "-S", "x-registry-epoch", "--", "daemon/droq_registry/answers.py"],
+        capture_output=True, text=True, check=False,
+    )
+    if found.returncode != 0 or not found.stdout.split():
+        unavailable(f"no git history of the registry here: {found.stderr.strip()}")
+    before = f"{found.stdout.split()[0]}^"
+    code = tmp_path_factory.mktemp("registry-before-epochs")
+    archive = subprocess.run([*git, "archive", before, "daemon", "config"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(code)], input=archive, check=True)
+    return {"PYTHONPATH": str(code / "daemon")}
 
 
 class AsyncDriver:
@@ -280,11 +346,11 @@ def make_client(kind: str) -> Iterator[Callable[..., Client]]:
 
 
 class ProxyProcess:
-    """tests/registry_proxy.py as a real process; `url` stays the same across restarts."""
+    """tests/registry_proxy.py as a real process: a reverse proxy in front of registries
+    (502 while its upstream cannot be reached); `url` stays the same across switches."""
 
-    def __init__(self, upstream: str, epoch: str | None, log_path: Path) -> None:
+    def __init__(self, upstream: str, log_path: Path) -> None:
         self.upstream = upstream
-        self.epoch = epoch
         self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -293,8 +359,6 @@ class ProxyProcess:
 
     def start(self) -> ProxyProcess:
         argv = [SERVER_PYTHON, str(HERE / "registry_proxy.py"), "--port", str(self.port), "--upstream", self.upstream]
-        if self.epoch is not None:
-            argv += ["--epoch", self.epoch]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
 
@@ -303,28 +367,17 @@ class ProxyProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"proxy exited:\n{self.log_path.read_text()}")
             try:
-                return self.http.get("/_proxy/log").status_code == 200
+                return self.http.get("/_proxy/upstream").json() == {"upstream": self.upstream}
             except httpx.TransportError:
                 return False
 
         wait_until(up, interval=0.05)
         return self
 
-    def restart(self, epoch: str | None) -> None:
-        """Kill it and start it again on the same port, speaking for another epoch."""
-        self.kill()
-        self.epoch = epoch
-        self.start()
-
     def switch(self, upstream: str) -> None:
+        """Send the next requests to another registry, keeping the client's connection."""
         self.upstream = upstream
         assert self.http.post("/_proxy/upstream", content=upstream).status_code == 200
-
-    def requests(self) -> list[dict[str, Any]]:
-        return list(self.http.get("/_proxy/log").json())
-
-    def clear(self) -> None:
-        self.http.delete("/_proxy/log")
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -338,11 +391,11 @@ class ProxyProcess:
 
 @pytest.fixture
 def proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
-    """`proxy(upstream_url, epoch=None)` -> a started ProxyProcess; killed after the test."""
+    """`proxy(upstream_url)` -> a started ProxyProcess; killed after the test."""
     started: list[ProxyProcess] = []
 
-    def start(upstream: str, epoch: str | None = None) -> ProxyProcess:
-        made = ProxyProcess(upstream, epoch, tmp_path / f"proxy-{len(started)}.log")
+    def start(upstream: str) -> ProxyProcess:
+        made = ProxyProcess(upstream, tmp_path / f"proxy-{len(started)}.log")
         started.append(made)
         return made.start()
 

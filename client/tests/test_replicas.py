@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Client, Events, Registry, node_doc, wait_until, write_node
+from conftest import Client, Events, Registry, node_doc, unavailable, wait_until, write_node
 from droq_registry_client import ComponentNotFound, RegistryClient
 from droq_registry_client.cache import CacheError, load
 from test_lookups import FAST, client_view, every_class, server_view
@@ -148,7 +148,7 @@ def test_a_full_disk_keeps_the_previous_cache_file_whole(
     done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+        unavailable(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
         reg = registry(real=False)
         write_node(reg.folder, "small.json", node_doc("small", {"Small": "small.mod"}))

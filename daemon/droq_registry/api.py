@@ -203,3 +203,12 @@ async def http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and wrong methods answer JSON too, with the snapshot's headers."""
     assert isinstance(exc, HTTPException)
     return respond(request, answers_of(request).json(exc.status_code, {"detail": exc.detail}, exc.headers))
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    """A handler that raised (a bug): Starlette's ServerErrorMiddleware answers it outside
+    every middleware, so the answer is JSON with the snapshot's headers here, as every other
+    answer is. The exception goes on to the server, which logs its traceback."""
+    detail = f"internal error ({type(exc).__name__}); the service logged it, and keeps serving"
+    return respond(request, answers_of(request).error(500, detail))
+

@@ -50,7 +50,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.api_token is None:
             log.warning("REGISTRY_API_TOKEN is not set: /api/v1 and /metrics are open to anyone who can reach them")
-        check_path(settings.db_file, settings.assets_dir)  # never harm what is not ours
+        check_path(settings.db_path, settings.assets_dir)  # never harm what is not ours
         lock = dbfile.WriterLock(settings.db_file)
         # Until this service holds the database's writer lock, it serves nothing (revision
         # 0, not ready): the state is loaded only once it is the one writer.
@@ -132,7 +132,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
         routes=routes.starlette_routes(),
         lifespan=lifespan,
         middleware=middleware,
-        exception_handlers={HTTPException: api.http_error},
+        exception_handlers={HTTPException: api.http_error, Exception: api.server_error},
     )
     app.state.metrics = metrics
     app.state.offload = Offload()

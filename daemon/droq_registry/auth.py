@@ -18,7 +18,7 @@ REALM = "droq-registry"
 
 
 def protected(path: str) -> bool:
-    return path.startswith("/api/") or path == "/api" or path == "/metrics" or path.startswith("/metrics/")
+    return path.startswith(("/api/", "/metrics/")) or path in ("/api", "/metrics")
 
 
 class TokenAuth:

@@ -77,7 +77,7 @@ def serve() -> int:
     configure_logging(settings)
     try:
         Schema.load(settings.schema_path)
-        check_path(settings.db_file, settings.assets_dir)
+        check_path(settings.db_path, settings.assets_dir)
     except (SettingsError, StoreError) as exc:
         startup_failure(settings.log_format, str(exc))
         return 2

@@ -63,9 +63,12 @@ def check(db_path: Path, assets_dir: Path) -> None:
         if os.path.commonpath([mine, theirs]) == theirs:
             raise StoreError(f"REGISTRY_DB_PATH={str(db_path)!r} lies inside the assets folder {assets}; "
                              "point it at a file outside that folder")
-    check_file(db_path)
-    check_side_files(db_path)
-    lock = lock_path(db_path)
+    # The rest is about the file itself: SQLite follows a symbolic link (its -wal and -shm go
+    # beside the file), and so does the lock (`Settings.db_file`).
+    db_file = Path(os.path.realpath(db_path))
+    check_file(db_file)
+    check_side_files(db_file)
+    lock = lock_path(db_file)
     if os.path.lexists(lock):
         st = _stat(lock, "its lock file")
         if not stat.S_ISREG(st.st_mode):

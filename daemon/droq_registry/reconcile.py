@@ -212,8 +212,8 @@ class Reconciler:
         try:
             store.reopen()
             self._write_again(store)
-            # The file is a new one, so its history is new (store.epoch_of): followers are
-            # told so, and take the new cursor without relisting (the content is the same).
+            # Its history is new (store.rewrite): followers are told so, and take the new
+            # cursor without relisting when their content is the same.
             snap = self.snapshot
             epoch = store.epoch()
             self._served(epoch, snap.revision)

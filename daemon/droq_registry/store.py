@@ -244,8 +244,15 @@ class Store:
     ) -> None:
         """Make the database hold exactly this state, in one transaction: what the service
         serves, written again into a database that was deleted, replaced or damaged.
-        `nodes` are (node_id, owning file, node)."""
+        `nodes` are (node_id, owning file, node).
+
+        The state goes on in a new history (a new token): the file held something else, and
+        whatever it held may have been served under the file's epoch. A file overwritten in
+        place keeps its inode and token, so without a new token an older copy's revisions, or
+        another writer's (one that took the lock while this service's lock file was deleted),
+        would count again, differently, under one epoch."""
         with self._writing(f"cannot write revision {revision} again") as conn:
+            new_history(conn)
             for table in ("components", "nodes", "sources", "changes"):
                 conn.execute(f"DELETE FROM {table}")
             for source in sources:

@@ -114,7 +114,7 @@ async def _watch_loop(
             wait = max(0.0, undecodable_at + POLL_SECONDS - time.monotonic())
             undecodable_at = time.monotonic() + wait
             await anyio.sleep(wait)
-        except Exception as exc:  # the watcher itself failed: say so and poll meanwhile
+        except Exception as exc:  # noqa: BLE001  # the watcher itself failed (any cause): say so and poll meanwhile
             if time.monotonic() - started >= STABLE_SECONDS:
                 backoff = POLL_SECONDS  # it had run well: this failure is not one of a series
             status.state = "polling"
