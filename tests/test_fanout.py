@@ -10,8 +10,10 @@ resumes with the Last-Event-ID it had and misses nothing.
 
 from __future__ import annotations
 
+import gc
 import re
 import socket
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from droq_registry import answers
+from droq_registry.feed import Release
 from support.files import node_doc, write_json
 from support.http import metric
 from support.polling import wait_until
@@ -402,3 +405,67 @@ def test_an_event_stream_with_a_request_pipelined_behind_it_still_gets_each_comm
     revision = _commit(srv, real_assets, "behind")
     stream.read_until_id(revision)
     assert records(stream.events()) == srv.get(f"/api/v1/changes?since={start}").json()["changes"]
+
+
+class _Outlet:
+    """A connection's outlet as the app sees it (`feed.Outlet`), holding its request's scope
+    as the server's does (through the request's cycle): what it was asked to write."""
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        self.scope = scope
+        self.answers: list[tuple[int, bytes]] = []
+
+    def room(self, size: int) -> bool:
+        return True
+
+    def push(self, body: bytes) -> bool:
+        return False
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        self.answers.append((status, body))
+        return True
+
+    def hold(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+def test_a_long_poll_the_feed_answers_is_answered_once_and_leaves_no_reference_cycle(
+    assets: Path, client_for: Callable[..., TestClient]
+) -> None:
+    client = client_for(assets, reload=True)
+    app: Any = client.app
+    start = app.state.registry.revision
+    sent: list[dict[str, Any]] = []
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async def receive() -> dict[str, Any]:
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = _scope("/api/v1/changes", b"since=%d&wait=30" % start)
+        outlet = _Outlet(scope)
+        release = Release.attach(scope, outlet)
+        with anyio.fail_after(DEADLINE):
+            async with anyio.create_task_group() as group:
+                group.start_soon(app, scope, receive, send)
+                while app.state.feed.waiting < 1:
+                    await anyio.sleep(0.01)
+                await anyio.to_thread.run_sync(write_json, assets / "new.json", node_doc("new"))
+        seen.update(answers=outlet.answers, outlet=release.outlet, ref=weakref.ref(outlet))
+
+    assert client.portal is not None
+    gc.disable()  # what frees the request's objects below is reference counting alone
+    try:
+        client.portal.call(main)
+        gone = seen.pop("ref")() is None
+    finally:
+        gc.enable()
+    plain = client.get(f"/api/v1/changes?since={start}")
+    assert (seen, sent, gone) == ({"answers": [(200, plain.content)], "outlet": None}, [], True)
