@@ -15,12 +15,15 @@ N synthetic nodes of M components from gen_nodes.py, moved in after start by chu
   404      GET /api/v1/components/NoSuchComponent/node
   304      the lookup with If-None-Match: <its ETag> (a wrk Lua script sets the header)
 
-As the reference, bench/reference_app.py (same uvicorn options) serves a constant body of
-the same bytes as each 200 endpoint, and the 404 body for 404 and 304 ("small body"); each
-of our runs is followed by its reference's run, so both see the same machine.
-Reports req/s, p50, p99 and the ratios ours/reference, with the targets: lookup, detail and
-list >= 80% of the reference's req/s and p99 <= 2x the reference's; 404 and 304 >= 90% of
-the small-body reference's req/s. --profile also samples the server with py-spy during an
+Two references, each a process of bench/reference_app.py on uvicorn with the options
+`droq_registry serve` gives it: bare Starlette serving a constant body of the same bytes as
+each 200 endpoint (the 404 body for 404 and 304, "small body"), and a bare ASGI callable
+sending exactly the endpoint's answer (its status, headers in their order, and body): the
+server's own cost. Each of our runs is followed by the bare ASGI run and the Starlette
+run, so all see the same machine. Reports req/s, p50, p99 and the ratios ours/reference,
+with the targets of issue 14: lookup, detail and list >= 90% of the bare ASGI callable's
+req/s and p99 <= 1.2x its p99; 404 and 304 >= 90% of theirs; and, against bare Starlette,
+lookup, detail and list >= 80% of its req/s and p99 <= 2x, 404 and 304 >= 90%. --profile also samples the server with py-spy during an
 extra (unmeasured) run per endpoint, and the reference likewise, and prints where the time
 goes and the GIL time per request by package for both.
 """
@@ -31,13 +34,16 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import common
 import gen_nodes
 
 REAL_NODE = "lfx-runtime-executor-node"
+#: Issue 14: the registry adds at most 10% to the server's own cost, and p99 at most 1.2x.
+BARE_MIN_RPS = 0.9
+BARE_MAX_P99 = 1.2
 PREFERRED_CLASS = "TextInputComponent"
 MISSING_CLASS = "NoSuchComponent"
 
@@ -52,8 +58,11 @@ class Endpoint:
     max_p99_ratio: float | None
     headers: dict[str, str] | None = None
     body: bytes = b""
+    #: The answer's headers as the registry sent them, in order (the bare reference sends these).
+    answer_headers: list[tuple[str, str]] = field(default_factory=list)
     ours: common.WrkResult | None = None
     ref_result: common.WrkResult | None = None
+    bare_result: common.WrkResult | None = None
 
 
 def pick_class(folder: Path) -> str:
@@ -106,11 +115,20 @@ def probe(server: common.Server, endpoints: list[Endpoint]) -> bytes:
         if status != e.expect:
             raise SystemExit(f"{e.path}: expected {e.expect}, got {status}: {body[:200]!r}")
         e.body = body
+        e.answer_headers = list(headers.items())
         if e.expect == 404:
             small = body
     if not small:
         _, _, small = common.get(server.port, f"/api/v1/components/{MISSING_CLASS}/node")
     return small
+
+
+def _answers(port: int) -> bool:
+    try:
+        common.get(port, "/", timeout=2.0)
+    except OSError:
+        return False
+    return True
 
 
 def measure(url: str, args: argparse.Namespace, headers: dict[str, str] | None = None) -> common.WrkResult:
@@ -279,19 +297,33 @@ def main(argv: list[str] | None = None) -> int:
                 body_file = workdir / f"ref-{key}.json"
                 body_file.write_bytes(bodies[key])
                 refs[key] = common.reference_server(body_file).start()
+            bares: dict[str, common.Server] = {}
+            for e in endpoints:
+                (workdir / f"bare-{e.key}.body").write_bytes(e.body)
+                (workdir / f"bare-{e.key}.headers.json").write_text(json.dumps(e.answer_headers))
+                bares[e.key] = common.Server(argv=[
+                    common.PYTHON, str(common.BENCH / "reference_app.py"), "--bare", "--status", str(e.expect),
+                    "--body-file", str(workdir / f"bare-{e.key}.body"),
+                    "--headers-file", str(workdir / f"bare-{e.key}.headers.json"),
+                ]).start()
+                refs[f"bare-{e.key}"] = bares[e.key]
             for ref in refs.values():
-                ref.wait_ready(30, path="/")
+                # a bare reference answers its endpoint's status (404, 304) to any path
+                ref.wait_until(lambda ref=ref: _answers(ref.port), 30)
             # Each endpoint: our run, then its reference's run, back to back (and again with
             # --repeat), so both see the same machine; the median run (by req/s) counts.
             for e in endpoints:
-                ours_runs, ref_runs = [], []
+                ours_runs, bare_runs, ref_runs = [], [], []
                 for _ in range(args.repeat):
                     ours_runs.append(measure(server.base + e.path, args, e.headers))
+                    bare_runs.append(measure(bares[e.key].base + e.path, args))
                     ref_runs.append(measure(refs[e.ref].base + e.path, args))
                 e.ours, e.ref_result = median_run(ours_runs), median_run(ref_runs)
+                e.bare_result = median_run(bare_runs)
                 print(
                     f"  {e.key:7} ours {e.ours.rps:7.0f} req/s p99 {e.ours.p99:6.2f} ms | "
-                    f"ref {e.ref_result.rps:7.0f} req/s p99 {e.ref_result.p99:6.2f} ms "
+                    f"bare ASGI {e.bare_result.rps:7.0f} req/s p99 {e.bare_result.p99:6.2f} ms | "
+                    f"Starlette {e.ref_result.rps:7.0f} req/s p99 {e.ref_result.p99:6.2f} ms "
                     f"({len(bodies[e.ref])} B)",
                     flush=True,
                 )
@@ -305,6 +337,26 @@ def main(argv: list[str] | None = None) -> int:
                 ref.stop()
                 ref.cleanup()
 
+        bare_rows = []
+        for e in endpoints:
+            assert e.ours is not None and e.bare_result is not None
+            bare = e.bare_result
+            rps_ratio = e.ours.rps / bare.rps
+            p99_ratio = e.ours.p99 / bare.p99 if bare.p99 else float("inf")
+            verdicts = [report.check(
+                f"{e.key}: req/s vs bare ASGI", rps_ratio * 100, BARE_MIN_RPS * 100, "%", higher=True
+            ).verdict()]
+            if e.max_p99_ratio:
+                verdicts.append(report.check(f"{e.key}: p99 vs bare ASGI", p99_ratio, BARE_MAX_P99, "x").verdict())
+            bare_rows.append([
+                e.key, e.expect, len(e.body),
+                common.fmt(e.ours.rps, 0), common.fmt(e.ours.p99, 2),
+                common.fmt(bare.rps, 0), common.fmt(bare.p99, 2),
+                f"{rps_ratio:.2f}", f"{p99_ratio:.2f}", " / ".join(verdicts),
+            ])
+            report.figures[f"{e.key}_bare"] = {
+                "bare_rps": bare.rps, "bare_p99_ms": bare.p99, "rps_ratio": rps_ratio, "p99_ratio": p99_ratio,
+            }
         rows = []
         for e in endpoints:
             assert e.ours is not None and e.ref_result is not None
@@ -390,6 +442,13 @@ def main(argv: list[str] | None = None) -> int:
                 "verdict",
             ],
             rows,
+        )
+        report.table(
+            "Against the bare ASGI callable (the server's own cost: the same status, headers and body "
+            f"from two `send` calls), median of {args.repeat} run(s) each",
+            ["endpoint", "status", "body B", "req/s", "p99 ms", "bare req/s", "bare p99 ms", "req/s ratio",
+             "p99 ratio", "verdict (>= 90% req/s, p99 <= 1.2x)"],
+            bare_rows,
         )
         report.note(
             "Ratios are ours / reference. The reference is bench/reference_app.py (bare Starlette, "

@@ -38,7 +38,7 @@ run() {  # run NAME SECONDS SCRIPT ARGS...
 # Read: real files, then the same lookups on a registry of 1,000 x 350 more. Each run
 # against its reference, three times alternating; the median counts (other work on the
 # machine moves single runs by 10-20%).
-run read 240 bench/read.py --duration 4 --warmup 1 --repeat 3
+run read 360 bench/read.py --duration 4 --warmup 1 --repeat 3
 run read_1000x350 330 bench/read.py --duration 4 --warmup 1 --repeat 3 --nodes 1000 --components 350
 # Start-up: a first load of 1,000 x 350 (about 93 MB of JSON), then restarts on its database.
 run startup 180 bench/startup.py --nodes 1000 --components 350 --restarts 3 --timeout 60
@@ -54,6 +54,8 @@ run client 480 bench/client.py
 # Soak, short: 1,000 effective commits under readers, a searcher, long-polls and streams
 # (the README's row is the full run: `bench/soak.py`, 10,000 commits, about an hour; soak.md).
 run soak_1000 600 bench/soak.py --commits 1000 --name soak_1000
+# Issue 14: 1,000 / 5,000 / 10,000 followers (half event streams, half long-polls), a file renamed.
+run fanout 900 bench/fanout.py --followers 1000,5000,10000 --rounds 8
 # The container image (needs podman, runc and mmdebstrap; skipped without podman).
 if command -v podman >/dev/null 2>&1; then
     run container 1800 bench/container.py --runs 5 --changes 50

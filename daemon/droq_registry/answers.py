@@ -16,6 +16,11 @@ two send the same bytes by construction.
   nodes. `of(snap)` gives the snapshot's `Answers` (on the event loop only).
 - The body builders below (`node_list`, `candidates`, `sources`, `changes_body`) walk the
   snapshot; the big ones run in a worker thread (`offload.py`), the caller decides.
+- Followers get their bytes here too, once per snapshot for all of them: the long-poll's
+  answer after a revision (`Answers.changes`) and the event stream's frames after it
+  (`Answers.frames`). When a commit wakes ten thousand followers that all had the
+  previous revision, the answer and the frames are encoded once and the same bytes are
+  sent to each.
 
 Header order is Starlette's: the answer's own headers (revision, cache-control, ETag),
 then content-length, then content-type; a 304 has no body, so neither of the last two.
@@ -27,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
+from sse_starlette import ServerSentEvent
 
 from .snapshot import NodeView, Snapshot, etag_of
 
@@ -40,6 +46,13 @@ ENTRY_COST = 512
 
 CACHE_CONTROL = (b"cache-control", b"no-cache")
 CONTENT_TYPE = (b"content-type", b"application/json")
+#: An event stream's own headers, after the snapshot's and cache-control (no proxy buffering).
+STREAM_HEADERS: Headers = ((b"x-accel-buffering", b"no"), (b"content-type", b"text/event-stream; charset=utf-8"))
+#: Follower answers kept per snapshot, by the revision they follow from: the fan-out after a
+#: commit needs one (the previous revision); resumes from older cursors add a few.
+FOLLOWER_KEYS = 64
+#: The event stream's keep-alive: a comment line, which clients ignore.
+KEEPALIVE_FRAME = ServerSentEvent(comment="ping").encode()
 
 
 def snapshot_headers(snap: Snapshot | None) -> Headers:
@@ -109,7 +122,7 @@ class Answer:
 class Answers:
     """The answers of one snapshot; the hot ones are kept within `CACHE_BYTES`."""
 
-    __slots__ = ("base", "details", "lists", "lookups", "snap", "used")
+    __slots__ = ("base", "details", "followed", "framed", "lists", "lookups", "snap", "used")
 
     def __init__(self, snap: Snapshot | None) -> None:
         self.snap = snap
@@ -117,11 +130,36 @@ class Answers:
         self.lookups: dict[str, Answer] = {}
         self.details: dict[str, Answer] = {}
         self.lists: dict[str, Answer] = {}
+        self.followed: dict[int, Answer] = {}
+        self.framed: dict[int, bytes] = {}
         self.used = 0
 
-    def text_headers(self) -> dict[str, str]:
-        """The base headers as a Starlette response takes them (the event stream's)."""
-        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.base}
+    def stream_headers(self) -> Headers:
+        """The headers of an event stream (no content-length: the server frames its chunks)."""
+        return (*self.base, *STREAM_HEADERS)
+
+    def changes(self, since: int) -> Answer:
+        """`GET /api/v1/changes?since=...` for a revision the log keeps: the same prepared
+        answer for every follower that had `since`."""
+        answer = self.followed.get(since)
+        if answer is None:
+            assert self.snap is not None
+            body = changes_body(self.snap, since)
+            answer = self.ok(body, etag_of(body))
+            if len(self.followed) < FOLLOWER_KEYS:
+                self.followed[since] = answer
+        return answer
+
+    def frames(self, since: int) -> bytes:
+        """The event stream's frames of every record after `since` (a revision the log
+        keeps), b"" when there is none: the same bytes for every stream that had `since`."""
+        frames = self.framed.get(since)
+        if frames is None:
+            assert self.snap is not None
+            frames = event_frames(self.snap, since)
+            if len(self.framed) < FOLLOWER_KEYS:
+                self.framed[since] = frames
+        return frames
 
     def ok(self, body: bytes, etag: str) -> Answer:
         """200 with `body` (304 for a client that has `etag`)."""
@@ -302,6 +340,37 @@ def sources(snap: Snapshot) -> tuple[bytes, str]:
         {"sources": rows, "total_sources": len(rows), "errors": sum(1 for r in rows if r["state"] != "ok")}
     )
     return body, etag_of(body)
+
+
+def event_id(snap: Snapshot, revision: int) -> str:
+    """The id of the event that closes `revision` in a stream: what a client resumes from
+    with Last-Event-ID."""
+    return f"{snap.epoch}:{revision}"
+
+
+def event_frames(snap: Snapshot, since: int) -> bytes:
+    """The `change` events of the records after `since` (a revision the log keeps).
+
+    Only a revision's last record carries the id: a client cut off in the middle of a
+    revision resumes from the one before and gets all of it again."""
+    log = snap.changes
+    span = log.span(since, snap.revision)
+    revisions, encoded = log.revisions[span], log.encoded[span]
+    last = len(revisions) - 1
+    return b"".join(
+        ServerSentEvent(
+            record.decode(),
+            event="change",
+            id=event_id(snap, revisions[i]) if i == last or revisions[i + 1] != revisions[i] else None,
+        ).encode()
+        for i, record in enumerate(encoded)
+    )
+
+
+def relist_frame(snap: Snapshot, detail: str) -> bytes:
+    """The `relist` event: what the client had is no longer kept; it lists again."""
+    data = orjson.dumps({**position(snap), "detail": detail}).decode()
+    return ServerSentEvent(data, event="relist", id=event_id(snap, snap.revision)).encode()
 
 
 def changes_body(snap: Snapshot, since: int) -> bytes:

@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 
-from . import answers, api, dbfile, openapi, routes, watch
+from . import answers, api, changes, dbfile, openapi, routes, watch
 from .auth import TokenAuth
 from .feed import Feed
 from .hotpath import HotPath
@@ -96,6 +96,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
             stopping = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(write_and_watch)
+                tg.start_soon(feed.keep_alive, changes.KEEPALIVE_SECONDS)  # one timer for every stream
                 # Serve once the committed state is loaded, so the first answer already carries
                 # the database's revision (a follower's cursor from before a restart is not
                 # "ahead" of a revision 0 that was only not loaded yet). Only a service that
@@ -172,6 +173,16 @@ class RegistryApp(Starlette):
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             started = _clock()
+            follower = self.hot.follower(scope)
+            if follower is not None:
+                # A long-poll or an event stream, held open in its own small coroutine.
+                scope["app"] = self
+                status = 500
+                try:
+                    status = await follower.serve(scope, receive, send)
+                finally:
+                    self._count(scope["path"], scope["method"], status, _clock() - started)
+                return
             try:
                 answer = self._answer(scope)
             except Exception:  # a bug here must not cost the answer: Starlette gives it

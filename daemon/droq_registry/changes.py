@@ -1,31 +1,45 @@
 """Following the change log: `GET /api/v1/changes` (with long-poll) and the event stream.
 
+Both are plain ASGI apps, so a follower held open costs its connection, one coroutine and
+one future in the feed (`feed.Feed`), and nothing of Starlette: `app.RegistryApp` calls
+them first, as it calls the fast path, and Starlette's router reaches the same apps (a
+route whose endpoint is not a function is mounted as it is) when a request goes that way.
+
 Each answer is read from one snapshot, whose revision, change log and floor belong
-together, and sent as `answers.py` prepares it; a waiting request holds no thread and
-is woken by `feed.Feed` when a revision commits, and answers early (as at shutdown)
-when the server releases it to make room for a new connection (`feed.Release`).
+together, and sent as `answers.py` prepares it, once per snapshot for every follower
+that had the same revision (`Answers.changes`, `Answers.frames`). A waiting request holds
+no thread and is woken by the feed when a revision commits, and answers early (as at
+shutdown) when the server releases it: to make room for a new connection, or because its
+client has gone (`feed.Release`). An event stream that falls further behind than its
+connection may buffer is cut by the server (`Release.room`); its client resumes with
+Last-Event-ID and loses nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, MutableMapping
+from contextlib import asynccontextmanager
+from typing import Any
 
-import orjson
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.requests import Request
-from starlette.responses import Response
+import anyio
+from starlette.datastructures import QueryParams
 
 from . import answers
-from .api import respond
-from .feed import release_of
+from .answers import Answer
+from .feed import Feed, Outlet, Release, release_of
 from .model import EPOCH_PATTERN
-from .snapshot import Snapshot, etag_of
+from .snapshot import Snapshot
 
 #: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
 MAX_WAIT_SECONDS = 60.0
+#: A comment line this often keeps idle streams open through proxies (one shared timer).
+KEEPALIVE_SECONDS = 15.0
 _NUMBER = re.compile(r"[0-9]{1,64}")
 _EPOCH = re.compile(EPOCH_PATTERN)
+
+Scope = MutableMapping[str, Any]
 
 
 def _revision(value: str | None, name: str) -> int | str:
@@ -75,103 +89,259 @@ def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | 
     return None
 
 
-async def list_changes(request: Request) -> Response:
-    """The change log after `since` (of history `epoch`, when given); with `wait`, held
-    until a change commits (or the service stops, or the server releases it: then it
-    answers at once with what there is)."""
-    registry = request.app.state.registry
-    snap = registry.snapshot
-    params = request.query_params
-    since = _revision(params.get("since"), "since")
-    epoch = params.get("epoch")
-    malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
-    raw_wait = params.get("wait")
-    wait = 0.0
-    if malformed is None and raw_wait is not None:
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
+    status, headers, body = answer.reply(answers.if_none_match(scope["headers"]))
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+class Follow:
+    """An ASGI app of the change log. `serve` returns the status it answered, for the
+    metrics of the caller that counts it (`app.RegistryApp`)."""
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        await self.serve(scope, receive, send)
+
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
+        """Answer the request; the status it answered."""
         try:
-            wait = float(raw_wait)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
-    if malformed is not None:
-        return respond(request, answers.of(snap).error(400, malformed))
-    assert isinstance(since, int)
-    if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
-        await request.app.state.feed.wait_beyond(since, wait, release_of(request.scope))
+            return await self.answer(scope, receive, send)
+        finally:
+            release = release_of(scope)
+            if release is not None:
+                # The scope holds the release, whose outlet holds the request's cycle, which
+                # holds the scope: a reference cycle, which the collector alone would free,
+                # and which `server.freeze_after_commit` could freeze for good. Cut it.
+                release.outlet = None
+
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
+        raise NotImplementedError
+
+
+class Changes(Follow):
+    """`GET /api/v1/changes?since=N[&epoch=E][&wait=S]`: the change log after `since` (of
+    history `epoch`, when given); with `wait`,
+    held until a change commits (or the service stops, or the server releases it: then it
+    answers at once with what there is)."""
+
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
+        state = scope["app"].state
+        registry, feed = state.registry, state.feed
         snap = registry.snapshot
-    # From here on only `snap` is read: its revision, epoch, log and floor belong together.
-    prepared = answers.of(snap)
-    refused = _refused(snap, since, epoch, "since")
-    if refused:
-        return respond(request, prepared.gone(refused))
-    body = answers.changes_body(snap, since)
-    return respond(request, prepared.ok(body, etag_of(body)))
+        query = QueryParams(scope["query_string"])
+        since = _revision(query.get("since"), "since")
+        epoch = query.get("epoch")
+        malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
+        raw_wait = query.get("wait")
+        wait = 0.0
+        if malformed is None and raw_wait is not None:
+            try:
+                wait = float(raw_wait)
+            except ValueError:
+                wait = -1.0
+            if not 0 <= wait <= MAX_WAIT_SECONDS:
+                malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        if malformed is not None:
+            return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
+        assert isinstance(since, int)
+        if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
+            release = release_of(scope)
+            if release is not None and release.outlet is not None and scope["method"] == "GET":
+                # On our server the feed's fan-out answers it itself (`Polled`).
+                polled = Polled(registry, feed, release, since, epoch, answers.if_none_match(scope["headers"]))
+                feed.subscribe(polled)
+                try:
+                    await feed.until_released(release, polled.waiter, wait)
+                finally:
+                    feed.unsubscribe(polled)
+                if polled.status:
+                    return polled.status
+            elif release is not None:
+                await feed.wait_beyond(since, wait, release)
+                feed.hold(release)  # woken by a fan-out: its next request waits until it is over
+            else:
+                async with _released(receive) as release:
+                    await feed.wait_beyond(since, wait, release)
+            snap = registry.snapshot
+        # From here on only `snap` is read: its revision, epoch, log and floor belong together.
+        prepared = answers.of(snap)
+        refused = _refused(snap, since, epoch, "since")
+        if refused:
+            return await _send_answer(scope, send, prepared.gone(refused))
+        return await _send_answer(scope, send, prepared.changes(since))
 
 
-async def events(request: Request) -> Response:
+class Events(Follow):
     """Server-Sent Events: every change record, `id` = `<epoch>:<revision>`; resumable with
     Last-Event-ID (or `since` and `epoch`). A cursor of another history, or one this log no
     longer keeps, gets a `relist` event first, then the live events."""
-    registry = request.app.state.registry
-    feed = request.app.state.feed
-    release = release_of(request.scope)
-    snap = registry.snapshot
-    header = request.headers.get("last-event-id")
-    cursor: tuple[int, str | None] | str
-    if header is not None:
-        cursor = _event_id(header.strip(), "Last-Event-ID")
-    elif "since" in request.query_params or "epoch" in request.query_params:
-        since, epoch = _revision(request.query_params.get("since"), "since"), request.query_params.get("epoch")
-        cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
-    else:
-        cursor = (snap.revision, snap.epoch)
-    if isinstance(cursor, str):
-        return respond(request, answers.of(snap).error(400, cursor))
-    name = "Last-Event-ID" if header is not None else "since"
 
-    async def stream() -> AsyncIterator[ServerSentEvent]:
-        last, epoch = cursor
-        while feed.following(release):
-            current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
-            refused = _refused(current, last, epoch, name)
-            if refused:
-                yield ServerSentEvent(
-                    orjson.dumps({**answers.position(current), "detail": refused}).decode(),
-                    event="relist",
-                    id=f"{current.epoch}:{current.revision}",
-                )
-                last = current.revision
-            epoch = current.epoch
-            log = current.changes
-            span = log.span(last, current.revision)
-            revisions, encoded = log.revisions[span], log.encoded[span]
-            for i, record in enumerate(encoded):
-                # Only a revision's last record carries the id: a client cut off in the middle
-                # of a revision resumes from the one before and gets all of it again.
-                complete = i + 1 == len(revisions) or revisions[i + 1] != revisions[i]
-                yield ServerSentEvent(
-                    record.decode(),
-                    event="change",
-                    id=f"{epoch}:{revisions[i]}" if complete else None,
-                )
-            last = current.revision
-            await feed.wait_beyond(last, KEEPALIVE_SECONDS, release)
-
-    # A stream ends when the feed closes, which the server does first thing when it stops
-    # (RegistryApp.stop_following), or when the server releases it for room (the same
-    # end: every revision sent so far is whole, so the client resumes with Last-Event-ID). sse-starlette also watches for the stop signal; its
-    # grace period lets the stream end on its own, as a complete response, instead of
-    # being cut (which uvicorn logs as an error).
-    return EventSourceResponse(
-        stream(),
-        headers=answers.of(snap).text_headers(),
-        ping=KEEPALIVE_SECONDS,
-        shutdown_grace_period=STREAM_GRACE_SECONDS,
-    )
+    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
+        state = scope["app"].state
+        registry, feed = state.registry, state.feed
+        snap = registry.snapshot
+        header = _header(scope, b"last-event-id")
+        query = QueryParams(scope["query_string"])
+        cursor: tuple[int, str | None] | str
+        if header is not None:
+            cursor = _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
+        elif "since" in query or "epoch" in query:
+            since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
+            cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
+        else:
+            cursor = (snap.revision, snap.epoch)
+        if isinstance(cursor, str):
+            return await _send_answer(scope, send, answers.of(snap).error(400, cursor))
+        name = "Last-Event-ID" if header is not None else "since"
+        await send({"type": "http.response.start", "status": 200, "headers": list(answers.of(snap).stream_headers())})
+        if scope["method"] != "HEAD":
+            release = release_of(scope)
+            if release is not None:
+                await _stream(registry, feed, release, send, cursor, name)
+            else:
+                async with _released(receive) as release:
+                    await _stream(registry, feed, release, send, cursor, name)
+        # Every revision sent so far is whole, so the client resumes with Last-Event-ID.
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        return 200
 
 
-#: A comment line this often keeps idle streams open through proxies.
-KEEPALIVE_SECONDS = 15.0
-#: How long a stream may take to end on its own at shutdown before it is cut.
-STREAM_GRACE_SECONDS = 1.0
+async def _stream(
+    registry: Any, feed: Feed, release: Release, send: Any, cursor: tuple[int, str | None], name: str
+) -> None:
+    """Send what commits after the cursor until the feed closes or the release is set. A
+    cursor of another history, or one this log no longer keeps, gets a `relist` event first.
+
+    On our server (the release has an outlet) the feed writes to the connection itself
+    (`Pushed`) and this task only waits for the end; elsewhere it sends each round itself."""
+    last, epoch = cursor
+    if release.outlet is not None:
+        pushed = Pushed(registry, release.outlet, last, epoch, name)
+        pushed.deliver()  # what the cursor has not seen yet; then the feed's commits
+        feed.subscribe(pushed)
+        try:
+            await feed.until_released(release, feed.opened(release))
+        finally:
+            feed.unsubscribe(pushed)
+        return
+    while feed.following(release):
+        current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
+        refused = _refused(current, last, epoch, name)
+        frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(last)
+        last, epoch = current.revision, current.epoch
+        if frames and not await _send_frames(release, send, frames):
+            return
+        news = await feed.wait_beyond(last, None, release)
+        if not news and feed.following(release) and not await _send_frames(release, send, answers.KEEPALIVE_FRAME):
+            return  # the keep-alive tick, and no room even for its comment
+
+
+class Pushed:
+    """An event stream the feed writes to (`feed.Subscriber`): after each commit, the frames
+    after the revision it had, the same bytes for every stream that had that revision.
+    A stream that lags past its bound is cut by the server (`Outlet.push`), which releases
+    its request."""
+
+    __slots__ = ("epoch", "last", "name", "outlet", "registry")
+
+    def __init__(self, registry: Any, outlet: Outlet, last: int, epoch: str | None, name: str) -> None:
+        self.registry = registry
+        self.outlet = outlet
+        self.last = last
+        self.epoch = epoch
+        self.name = name
+
+    def deliver(self) -> None:
+        """Write what committed after `last` (nothing when it already has this snapshot)."""
+        current = self.registry.snapshot  # read once: revision, epoch, log and floor agree
+        if current.revision == self.last and current.epoch == self.epoch:
+            return
+        refused = _refused(current, self.last, self.epoch, self.name)
+        frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(self.last)
+        self.last, self.epoch = current.revision, current.epoch
+        if frames:
+            self.outlet.push(frames)
+
+    def keep_alive(self) -> None:
+        """Write the keep-alive comment."""
+        self.outlet.push(answers.KEEPALIVE_FRAME)
+
+
+class Polled:
+    """A long-poll the feed answers (`feed.Subscriber`): once the revision is above `since`,
+    the same prepared answer for every long-poll that had `since`, written to its
+    connection whole; its request's task then only ends. `status` is what it answered
+    (0: not answered by the feed; the request answers itself, as after a timeout)."""
+
+    __slots__ = ("epoch", "feed", "inm", "registry", "release", "since", "status", "waiter")
+
+    def __init__(self, registry: Any, feed: Feed, release: Release, since: int, epoch: str | None,
+                 inm: bytes | None) -> None:
+        self.registry = registry
+        self.feed = feed
+        self.release = release
+        self.since = since
+        self.epoch = epoch
+        self.inm = inm
+        self.status = 0
+        self.waiter = feed.opened(release)
+
+    def deliver(self) -> asyncio.Future[bool] | None:
+        """Answer, if a revision above `since` has committed and the request still waits."""
+        current = self.registry.snapshot
+        if current.revision <= self.since or self.waiter.done():
+            return None  # nothing new yet, or its task answers (its timeout, its release)
+        prepared = answers.of(current)
+        refused = _refused(current, self.since, self.epoch, "since")
+        status, headers, body = (prepared.gone(refused) if refused else prepared.changes(self.since)).reply(self.inm)
+        outlet = self.release.outlet
+        assert outlet is not None
+        self.feed.hold(self.release)  # its next request is read once the fan-out is over
+        if not outlet.answer(status, headers, body):
+            return None  # the client has gone: its release ends the request
+        self.status = status
+        return self.waiter
+
+    def keep_alive(self) -> None:
+        """A long-poll has no keep-alive."""
+
+
+async def _send_frames(release: Release, send: Any, frames: bytes) -> bool:
+    """Send `frames` unless the connection has no room for them (then the server has cut it)."""
+    if not release.room(len(frames)):
+        return False
+    await send({"type": "http.response.body", "body": frames, "more_body": True})
+    return True
+
+
+@asynccontextmanager
+async def _released(receive: Any) -> AsyncIterator[Release]:
+    """A release for a follower the server gave none (another server than ours, such as
+    the tests' client): set by a task that watches for the client's disconnect. Ours
+    sets the release it attached itself when the client goes, and needs no such task."""
+    own = Release()
+
+    async def watch() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        own.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            yield own
+        finally:
+            group.cancel_scope.cancel()
+
+
+#: The route table's handlers (`routes.TABLE`).
+list_changes = Changes()
+events = Events()

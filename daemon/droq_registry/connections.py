@@ -33,7 +33,7 @@ from typing import Any, Protocol
 log = logging.getLogger("droq_registry.connections")
 
 #: Why the service closed a connection itself (the keys of `Gate.closed_by_us`).
-REASONS = ("idle_evicted", "follower_released", "head_timeout", "head_too_large", "send_stalled")
+REASONS = ("idle_evicted", "follower_released", "follower_lagging", "head_timeout", "head_too_large", "send_stalled")
 #: accept() errors that mean "no descriptor or memory right now": wait and try again.
 _SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _RETRY_SECONDS = 0.1

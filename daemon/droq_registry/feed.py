@@ -1,51 +1,104 @@
 """Waking readers when a revision commits: long-polls and event streams wait here.
 
-One `anyio.Event` is shared by every waiter and replaced on each commit, so a waiter
-holds no thread, no database connection and no queue: idle subscribers cost a task each,
-and a slow one cannot hold up the reconciler or anyone else.
+A waiter is one future in the feed's set, and nothing else: no task of its own, no
+thread, no database connection, no queue. A commit (`notify`) resolves every future at
+once; a long-poll's timeout is one timer handle on the event loop; the event streams'
+keep-alive comes from one shared timer (`keep_alive`), not one per stream. So an idle
+follower costs a few hundred bytes here, and a slow one cannot hold up the reconciler or
+anyone else: what it has not read waits in its own connection's buffer (`Release.room`).
+
+On our server an event stream does not even wait: it subscribes (`Feed.subscribe`), and a
+commit's fan-out writes its frames to each stream's connection itself (`Subscriber.deliver`,
+through `Outlet.push`), so ten thousand streams cost ten thousand socket writes and no task
+woken. A fan-out goes in turns of the event loop (`Round`): a few milliseconds of writes,
+then a batch of long-polls woken, then the loop reads its sockets, so a probe or a lookup
+waits one turn, not the whole fan-out. A long-poll answered during a fan-out reads its
+client's next request only once the fan-out is over (`Feed.hold`), so those requests do
+not lengthen it.
 
 A follower stops following in two ways, and both take the same path: the service stops
 (`Feed.close`, every follower at once), or the server needs one follower's connection
-back (its `Release`, set by the connection gate when the connection cap is reached). A
-long-poll then answers at once with what it has, and an event stream ends as a complete
-response, which its client resumes with Last-Event-ID.
+back (its `Release`, set by the connection gate when the connection cap is reached, or
+when the client has gone). A long-poll then answers at once with what it has, and an
+event stream ends as a complete response, which its client resumes with Last-Event-ID.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable, MutableMapping
-from typing import Any
-
-import anyio
+from typing import Any, Protocol
 
 #: The key of a follower request's `Release` in its ASGI scope's "extensions".
 RELEASE = "droq_registry.release"
 
 
+class Outlet(Protocol):
+    """What the server lets a follower know of its connection (server.LimitedProtocol)."""
+
+    def room(self, size: int) -> bool:
+        """Whether `size` more bytes may be queued for the client; False: it lags too far
+        behind and its connection has been cut (the client resumes with Last-Event-ID)."""
+
+    def push(self, body: bytes) -> bool:
+        """Write `body` as the next piece of the streamed answer in progress, now, without
+        its task; False when it cannot (no room, as `room`; or no answer streaming)."""
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """Send the whole answer of the request in progress now, without its task; False
+        when it cannot (an answer was started, or the client has gone)."""
+
+    def hold(self) -> None:
+        """Read the client's next request only after `resume` (the answer in progress goes out)."""
+
+    def resume(self) -> None:
+        """Read the client's requests again (after `hold`)."""
+
+
+class Subscriber(Protocol):
+    """A follower the feed writes to itself (`Feed.subscribe`): an event stream, or a
+    long-poll it answers."""
+
+    def deliver(self) -> asyncio.Future[bool] | None:
+        """Write what committed since what it had (nothing if nothing did). A follower that
+        is done (a long-poll answered) returns its request's wait: the round unsubscribes
+        it and resolves that (True) once its writes are out, and the request's task ends."""
+
+    def keep_alive(self) -> None:
+        """Write the keep-alive comment."""
+
+
 class Release:
     """One follower request's way out, put in its scope by the server (`attach`).
 
-    `set` wakes only this request's wait (it cancels that wait's own cancel scope), so
-    releasing one follower costs nothing to the others; it holds no task and no event."""
+    `set` wakes only this request's wait, so releasing one follower costs nothing to the
+    others; it holds no task and no event of its own."""
 
-    __slots__ = ("_waiting", "is_set")
+    __slots__ = ("_waiting", "is_set", "outlet")
 
-    def __init__(self) -> None:
+    def __init__(self, outlet: Outlet | None = None) -> None:
         self.is_set = False
-        self._waiting: anyio.CancelScope | None = None
+        self.outlet = outlet
+        self._waiting: asyncio.Future[bool] | None = None
 
     @classmethod
-    def attach(cls, scope: MutableMapping[str, Any]) -> Release:
+    def attach(cls, scope: MutableMapping[str, Any], outlet: Outlet | None = None) -> Release:
         """A new release, reachable from the request's ASGI `scope`."""
-        release = cls()
+        release = cls(outlet)
         scope["extensions"] = {**(scope.get("extensions") or {}), RELEASE: release}
         return release
 
     def set(self) -> None:
         """Stop following: the request's wait ends now, or as soon as it starts."""
         self.is_set = True
-        if self._waiting is not None:
-            self._waiting.cancel()
+        waiting = self._waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(False)
+
+    def room(self, size: int) -> bool:
+        """Whether `size` more bytes may be sent now (see `Outlet.room`; True without one)."""
+        return self.outlet is None or self.outlet.room(size)
 
 
 def release_of(scope: MutableMapping[str, Any]) -> Release | None:
@@ -54,40 +107,212 @@ def release_of(scope: MutableMapping[str, Any]) -> Release | None:
     return release if isinstance(release, Release) else None
 
 
+#: Long-polls woken per turn of the event loop (each then runs its request's task, some
+#: 30-60 µs), and the time a turn may spend writing to event streams: between two turns the
+#: loop reads its sockets, so a probe or a lookup waits about one turn, not the fan-out.
+WAKE_BATCH = 128
+PUSH_SECONDS = 0.004
+#: Connections held by a fan-out (`Feed.hold`) that read again per turn once it is over:
+#: each then reads its client's next request in the turn after (some 50 µs each), so a
+#: lookup waits a few ms behind them, not the 5,000 long-polls' next requests at once.
+RESUME_BATCH = 64
+_clock = time.perf_counter
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
+class Round:
+    """One fan-out: the subscribed streams written to (`deliver`, or `keep_alive` for the
+    tick), then the waiters woken with `result`, in turns of the event loop; then the
+    connections held meanwhile read again."""
+
+    __slots__ = ("feed", "keepalive", "result", "streams", "waiters")
+
+    def __init__(self, feed: Feed, streams: list[Subscriber], waiters: list[asyncio.Future[bool]],
+                 result: bool, keepalive: bool = False) -> None:
+        self.feed = feed
+        self.streams = streams
+        self.waiters = waiters
+        self.result = result
+        self.keepalive = keepalive
+
+    def start(self) -> None:
+        """The first turn now (on the event loop), the others in the loop's next turns."""
+        self.feed._rounds += 1
+        self.turn(0, 0)
+
+    def turn(self, pushed: int, woken: int) -> None:
+        loop = asyncio.get_running_loop()
+        streams, subscribed = self.streams, self.feed._streams
+        deadline = _clock() + PUSH_SECONDS
+        while pushed < len(streams):
+            stream = streams[pushed]
+            pushed += 1
+            if stream in subscribed:  # not one that ended since the round began
+                if self.keepalive:
+                    stream.keep_alive()
+                else:
+                    done = stream.deliver()
+                    if done is not None:
+                        del subscribed[stream]
+                        self.waiters.append(done)  # its task ends after every write is out
+            if not pushed % 16 and _clock() >= deadline:
+                loop.call_soon(self.turn, pushed, woken)
+                return
+        end = woken + WAKE_BATCH
+        for waiter in self.waiters[woken:end]:
+            if not waiter.done():
+                waiter.set_result(self.result)
+        if end < len(self.waiters):
+            loop.call_soon(self.turn, pushed, end)
+        else:
+            # After the last waiters' tasks, which run in the next turn before this.
+            loop.call_soon(self.feed._round_over)
+
+
 class Feed:
     """Tells waiters that the registry's revision moved."""
 
     def __init__(self, revision: Callable[[], int]) -> None:
         self._revision = revision
-        self._event = anyio.Event()
-        self.closed = anyio.Event()
+        #: Every wait in progress (long-polls and streams), resolved True by a commit.
+        self._waiters: set[asyncio.Future[bool]] = set()
+        #: The waits of streams not subscribed (another server's), resolved False by the tick.
+        self._idle: set[asyncio.Future[bool]] = set()
+        #: The subscribed streams, oldest first, and the waits of their requests.
+        self._streams: dict[Subscriber, None] = {}
+        self._open: set[asyncio.Future[bool]] = set()
+        #: Fan-outs in progress, and the connections they hold (`hold`).
+        self._rounds = 0
+        self._held: list[Outlet] = []
+        self.closed = False
+
+    @property
+    def waiting(self) -> int:
+        """How many followers wait now (long-polls and streams, subscribed or not)."""
+        return len(self._waiters) + len(self._streams)
 
     def notify(self) -> None:
-        """Wake everyone waiting (call on the event loop after a commit)."""
-        event, self._event = self._event, anyio.Event()
-        event.set()
+        """Tell everyone following (call on the event loop after a commit): subscribed
+        streams get the news written to them, waiters wake."""
+        waiters, self._waiters = self._waiters, set()
+        self._idle = set()
+        if waiters or self._streams:
+            Round(self, list(self._streams), list(waiters), True).start()
 
     def close(self) -> None:
-        """The service is stopping: wake every waiter for good."""
-        self.closed.set()
+        """The service is stopping: wake every waiter and every subscribed stream for good."""
+        self.closed = True
         self.notify()
+        held, self._open = self._open, set()
+        for waiter in held:
+            if not waiter.done():
+                waiter.set_result(False)
+
+    def tick(self) -> None:
+        """The keep-alive: subscribed streams get its comment, and every other stream
+        waiting now wakes with nothing new (and says so)."""
+        idle, self._idle = self._idle, set()
+        if idle or self._streams:
+            Round(self, list(self._streams), list(idle), False, keepalive=True).start()
+
+    def subscribe(self, stream: Subscriber) -> None:
+        """Write each commit's news to `stream` from now on, until `unsubscribe`."""
+        self._streams[stream] = None
+
+    def unsubscribe(self, stream: Subscriber) -> None:
+        """No more writes to `stream` (idempotent)."""
+        self._streams.pop(stream, None)
+
+    def opened(self, release: Release) -> asyncio.Future[bool]:
+        """The wait of a subscribed follower's request (`until_released`): resolved False
+        when the service stops, `release` is set or its timeout passes; True by the round
+        that has answered it (`Subscriber.deliver`)."""
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if not self.following(release):
+            waiter.set_result(False)
+        return waiter
+
+    async def until_released(self, release: Release, waiter: asyncio.Future[bool],
+                             timeout: float | None = None) -> bool:
+        """Wait on `waiter` (from `opened`), one future and at most one timer, until it is
+        resolved; what it was resolved with."""
+        loop = asyncio.get_running_loop()
+        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        self._open.add(waiter)
+        release._waiting = waiter
+        try:
+            return await waiter
+        finally:
+            self._open.discard(waiter)
+            release._waiting = None
+            if timer is not None:
+                timer.cancel()
+
+    def hold(self, release: Release | None) -> None:
+        """A long-poll woken by a fan-out answers now: its connection reads the client's
+        next request once the fan-out is over, so those requests do not lengthen it."""
+        outlet = release.outlet if release is not None else None
+        if outlet is not None and self._rounds:
+            outlet.hold()
+            self._held.append(outlet)
+
+    def _round_over(self) -> None:
+        self._rounds -= 1
+        if not self._rounds and self._held:
+            held, self._held = self._held, []
+            self._resume(held, 0)
+
+    def _resume(self, held: list[Outlet], start: int) -> None:
+        end = start + RESUME_BATCH
+        for outlet in held[start:end]:
+            outlet.resume()
+        if end < len(held):
+            asyncio.get_running_loop().call_soon(self._resume, held, end)
+
+    async def keep_alive(self, seconds: float) -> None:
+        """Tick every `seconds` until cancelled (run it in the service's task group)."""
+        while True:
+            await asyncio.sleep(seconds)
+            self.tick()
 
     def following(self, release: Release | None = None) -> bool:
         """Whether a follower should go on waiting: the service runs, and it is not released."""
-        return not self.closed.is_set() and not (release is not None and release.is_set)
+        return not self.closed and not (release is not None and release.is_set)
 
-    async def wait_beyond(self, revision: int, timeout: float, release: Release | None = None) -> bool:
-        """Wait until the revision is above `revision`, at most `timeout` seconds, and
-        only while `following(release)`.
+    async def wait_beyond(self, revision: int, timeout: float | None, release: Release | None = None) -> bool:
+        """Wait until the revision is above `revision`, only while `following(release)`,
+        at most `timeout` seconds (None: until the next keep-alive tick).
 
-        Returns whether it is (False on timeout, shutdown or release)."""
-        with anyio.move_on_after(timeout) as waiting:
-            if release is not None:
-                release._waiting = waiting
-            try:
-                while self._revision() <= revision and self.following(release):
-                    await self._event.wait()
-            finally:
+        Returns whether it is (False on timeout, tick, shutdown or release)."""
+        loop = asyncio.get_running_loop()
+        timer = None
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while self._revision() <= revision and self.following(release):
+                waiter: asyncio.Future[bool] = loop.create_future()
+                self._waiters.add(waiter)
+                if deadline is None:
+                    self._idle.add(waiter)
+                elif timer is None:
+                    timer = loop.call_at(deadline, _expire, waiter)
+                else:  # woken by a commit that did not move the revision: the same deadline
+                    timer.cancel()
+                    timer = loop.call_at(deadline, _expire, waiter)
                 if release is not None:
-                    release._waiting = None
+                    release._waiting = waiter
+                try:
+                    if not await waiter:
+                        break  # the timeout, the tick, or the release
+                finally:
+                    self._waiters.discard(waiter)
+                    self._idle.discard(waiter)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if release is not None:
+                release._waiting = None
         return self._revision() > revision

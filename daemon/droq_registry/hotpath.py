@@ -8,6 +8,10 @@ matched against their templates with a few string checks, answered by the same
 two ways in send the same bytes by construction; this module only decides whether it may
 answer, and counts what it answered in the metrics, by the entry's template.
 
+The followers (the routes whose entry `follows`: the long-poll and the event stream) are
+ASGI apps of their own (`changes.py`); `follower` hands them their request on the same
+terms, so a held request never waits inside Starlette.
+
 It declines (returns None, and the request goes through Starlette untouched) whenever it
 is not sure: another method, a path or query the table does not match exactly, a
 `root_path`, a missing or wrong bearer token when one is configured (Starlette's
@@ -40,7 +44,11 @@ class HotPath:
         #: Routes without a path parameter, by path; routes with one, as (prefix, suffix).
         self.exact: dict[str, tuple[str, Fast]] = {}
         self.templated: list[tuple[str, str, str, Fast]] = []
+        #: The follower routes' ASGI apps, by path (they have no path parameter).
+        self.followers: dict[str, Any] = {}
         for entry in table:
+            if entry.follows is not None and hasattr(entry.handler, "serve"):
+                self.followers[entry.template] = entry.handler
             if entry.fast is None:
                 continue
             if "{" in entry.template:
@@ -63,6 +71,24 @@ class HotPath:
                     return template, fast, key
         return None
 
+    def authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """Whether a request with these headers may be answered here (the token, if one is set)."""
+        if self.token is None:
+            return True
+        for name, value in headers:
+            if name == b"authorization":
+                return bearer_matches(value, self.token)
+        return False  # Starlette's TokenAuth answers the 401
+
+    def follower(self, scope: dict[str, Any]) -> Any:
+        """The follower app that serves this HTTP scope here, or None (Starlette's router will)."""
+        app = self.followers.get(scope["path"])
+        if app is None or self.registry is None or scope.get("root_path"):
+            return None
+        if scope["method"] not in ("GET", "HEAD") or not self.authorized(scope["headers"]):
+            return None
+        return app
+
     def answer(self, scope: dict[str, Any]) -> Reply | None:
         """Status, headers, body and route template of the answer to an HTTP scope, or None.
 
@@ -76,14 +102,8 @@ class HotPath:
         if matched is None or registry is None or scope.get("root_path"):
             return None
         headers = scope["headers"]
-        if self.token is not None:
-            auth = None
-            for name, value in headers:
-                if name == b"authorization":
-                    auth = value
-                    break
-            if auth is None or not bearer_matches(auth, self.token):
-                return None  # Starlette's TokenAuth answers the 401
+        if self.token is not None and not self.authorized(headers):
+            return None  # Starlette's TokenAuth answers the 401
         template, fast, key = matched
         snap = registry.snapshot  # the one read of the snapshot for this answer
         served = self.served

@@ -12,7 +12,9 @@ and it accepts connections until the process runs out of file descriptors (its
   `max_head_bytes` (it counts the bytes as they arrive, so a head is never buffered whole).
   A client that takes nothing of an answer for `send_timeout` seconds while the unsent
   part waits (its socket buffers are full) is cut off, so it keeps neither the
-  connection nor those bytes for ever.
+  connection nor those bytes for ever. An event stream whose unsent bytes would grow past
+  `follower_buffer` is cut at once (`LimitedProtocol.room`): its client resumes with
+  Last-Event-ID, and it cost nobody else anything.
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or releasing the oldest follower (a
   long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
@@ -40,7 +42,8 @@ import uvicorn
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from uvicorn.config import STARTUP_FAILURE, Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from .app import create_app
@@ -58,8 +61,10 @@ log = logging.getLogger("droq_registry.server")
 RESERVED_FDS = 64
 #: How long a thread may hold the GIL while another waits for it.
 SWITCH_INTERVAL_SECONDS = 0.001
-#: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides).
-DEFAULT_MAX_CONNECTIONS = 4096
+#: The connection cap when there are descriptors enough (REGISTRY_MAX_CONNECTIONS overrides):
+#: room for ten thousand followers and their probes; an idle follower costs a few KiB, so
+#: the cap's worth of them stays within about 100 MiB.
+DEFAULT_MAX_CONNECTIONS = 16384
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,7 @@ class Limits:
     send_timeout: float
     max_head_bytes: int
     max_connections: int
+    follower_buffer: int = 256 * 1024
 
 
 def raise_fd_limit() -> int:
@@ -120,6 +126,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.send_timer: asyncio.TimerHandle | None = None
         self.unsent = 0
         self.follower: Release | None = None  # the follower request in progress, if any
+        self.holding = False  # a fan-out holds the next request (`hold`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -132,6 +139,8 @@ class LimitedProtocol(HttpToolsProtocol):
             self.send_timer.cancel()
         self.gate.closed(self)
         super().connection_lost(exc)
+        if self.follower is not None:
+            self.follower.set()  # its client has gone: the follower stops waiting now
 
     def data_received(self, data: bytes) -> None:
         if not self.in_head:
@@ -163,8 +172,13 @@ class LimitedProtocol(HttpToolsProtocol):
         # run, has not read it: a follower gets its release before its handler starts.
         scope = self.scope
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
-            self.follower = Release.attach(scope)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
+            outlet = FollowerOutlet(self, self.cycle)
+            self.follower = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
+            # uvicorn waits for the client to drain above the high-water mark; a follower's
+            # bound is checked before each send instead (`room`), so it never waits there.
+            self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -172,11 +186,15 @@ class LimitedProtocol(HttpToolsProtocol):
         self.head_bytes = 0
 
     def on_response_complete(self) -> None:
-        self.follower = None
+        if self.follower is not None:
+            self.follower = None
+            self.transport.set_write_buffer_limits()
         pipelined = bool(self.pipeline)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
             self.gate.idle_again(self)
+        if self.holding and not self.transport.is_closing():
+            self.flow.pause_reading()  # uvicorn resumed it: the next request waits for `resume`
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -211,6 +229,71 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.follower is not None:
             self.follower.set()
 
+    def room(self, size: int) -> bool:
+        """Whether a follower may queue `size` more bytes (feed.Outlet). A stream whose
+        unsent bytes would pass `follower_buffer` lags too far behind: it is cut now, so
+        what it has not read never grows beyond that bound, and it costs nobody else a
+        wait. A connection with nothing unsent always takes the next send whole."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0 or unsent + size <= self.limits.follower_buffer:
+            return not self.transport.is_closing()
+        self.gate.counted("follower_lagging")
+        self.transport.abort()
+        return False
+
+    def push(self, cycle: RequestResponseCycle, body: bytes) -> bool:
+        """Write `body` as the next chunk of `cycle`'s streamed answer, as uvicorn's `send`
+        would, but now and without waking the request's task (`FollowerOutlet`): the
+        feed's fan-out writes each event stream's frames this way. False when there is no
+        room (`room` has cut the connection) or no streamed answer in progress."""
+        streaming = cycle.response_started and not cycle.response_complete and cycle.chunked_encoding
+        if not streaming or not self.room(len(body)):
+            return False
+        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    def answer(self, cycle: RequestResponseCycle, status: int, headers: tuple[tuple[bytes, bytes], ...],
+               body: bytes) -> bool:
+        """Send `cycle`'s whole answer in one write, as uvicorn's two `send` calls would
+        (its default headers, its access log line, `connection: close` when the
+        connection is not kept alive), without waking the request's task
+        (`FollowerOutlet`): the feed's fan-out answers each long-poll this way. Our headers
+        are our own, valid by construction, so they skip uvicorn's checks of each one.
+        False when an answer was started, or the client has gone."""
+        if cycle.response_started or cycle.disconnected or self.transport.is_closing():
+            return False
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):  # its arguments cost
+            cycle.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
+                get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
+            )
+        # The date is now's (uvicorn's current default headers); a fan-out's answers share
+        # it and their headers, so the head is encoded once for them (`_head`).
+        head = _head(status, self.server_state.default_headers, headers)
+        if cycle.keep_alive:
+            self.transport.write(head + b"\r\n" + body)
+        else:
+            self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+        return True
+
+    def hold(self) -> None:
+        """Read no next request once the answer in progress is complete, until `resume`."""
+        self.holding = True
+
+    def resume(self) -> None:
+        """Read the client's requests again (after `hold`)."""
+        if self.holding:
+            self.holding = False
+            if not self.transport.is_closing():
+                self.flow.resume_reading()
+
     def _unsupported_upgrade_warning(self) -> None:
         # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
         # request answered as HTTP. uvicorn would log two warnings for every such request.
@@ -240,6 +323,53 @@ class LimitedProtocol(HttpToolsProtocol):
                 b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
             )
         self.transport.close()
+
+
+_last_head: tuple[int, object, object, bytes] = (0, None, None, b"")
+
+
+def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The status line and header lines of an answer, the last one's again when it is asked
+    with the same objects (the long-polls of one fan-out, within the same second)."""
+    global _last_head
+    last = _last_head
+    if last[0] == status and last[1] is default and last[2] is headers:
+        return last[3]
+    head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
+    _last_head = (status, default, headers, head)
+    return head
+
+
+class FollowerOutlet:
+    """What a follower request may do to its connection (feed.Outlet): its own request's
+    cycle and the protocol, so the feed writes to the right answer even when the client
+    has pipelined another request behind it."""
+
+    __slots__ = ("cycle", "protocol")
+
+    def __init__(self, protocol: LimitedProtocol, cycle: RequestResponseCycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    def room(self, size: int) -> bool:
+        """See `LimitedProtocol.room`."""
+        return self.protocol.room(size)
+
+    def push(self, body: bytes) -> bool:
+        """See `LimitedProtocol.push`."""
+        return self.protocol.push(self.cycle, body)
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """See `LimitedProtocol.answer`."""
+        return self.protocol.answer(self.cycle, status, headers, body)
+
+    def hold(self) -> None:
+        """See `LimitedProtocol.hold`."""
+        self.protocol.hold()
+
+    def resume(self) -> None:
+        """See `LimitedProtocol.resume`."""
+        self.protocol.resume()
 
 
 class RegistryServer(uvicorn.Server):
@@ -347,6 +477,7 @@ def run(settings: Settings) -> int:
         send_timeout=settings.send_timeout_seconds,
         max_head_bytes=settings.max_head_bytes,
         max_connections=connection_limit(settings.max_connections, fd_limit),
+        follower_buffer=settings.follower_buffer_bytes,
     )
     app = create_app(settings, after_commit=freeze_after_commit)
     config = uvicorn.Config(

@@ -104,6 +104,9 @@ class Settings:
     send_timeout_seconds: float = 30.0
     max_head_bytes: int = 64 * 1024
     max_connections: int | None = None
+    #: Unsent bytes an event stream may have queued before it is cut (it resumes with
+    #: Last-Event-ID): what a stuck reader can make the service hold.
+    follower_buffer_bytes: int = 256 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -142,6 +145,9 @@ class Settings:
             send_timeout_seconds=get("REGISTRY_SEND_TIMEOUT_SECONDS", _positive_seconds, defaults.send_timeout_seconds),
             max_head_bytes=get("REGISTRY_MAX_HEAD_BYTES", _positive_int, defaults.max_head_bytes),
             max_connections=get("REGISTRY_MAX_CONNECTIONS", _positive_int, defaults.max_connections),
+            follower_buffer_bytes=get(
+                "REGISTRY_FOLLOWER_BUFFER_BYTES", _positive_int, defaults.follower_buffer_bytes
+            ),
         )
 
     @property
