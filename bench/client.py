@@ -41,7 +41,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from droq_registry_client import AsyncRegistryClient, ComponentNotFound, RegistryClient
+try:
+    from droq_registry_client import AsyncRegistryClient, ComponentNotFound, RegistryClient
+except ImportError as exc:  # --help works without the client; a run says what to install
+    MISSING: ImportError | None = exc
+else:
+    MISSING = None
 
 import common
 import gen_nodes
@@ -455,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="client", help="result file name (default client)")
     parser.add_argument("--memory-child", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if MISSING is not None:
+        parser.error(f"needs the executor client installed: .venv/bin/pip install ./client ({MISSING})")
     if args.memory_child:
         memory_child(args.memory_child)
         return 0
