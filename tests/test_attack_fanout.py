@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import struct
+import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -30,7 +31,7 @@ from support.files import node_doc, write_json
 from support.http import metric
 from support.polling import wait_until
 from support.server import ServerProcess
-from test_fanout import _commit, _Conn, _without_date
+from test_fanout import LAGGING, _commit, _commit_many, _Conn, _without_date
 from test_followers_at_the_cap import Stream, following, records
 from test_limits import (
     DEADLINE,
@@ -479,3 +480,62 @@ def test_sigterm_during_a_fan_out_answers_every_long_poll_whole_ends_every_strea
                 [], [(start + 1, "added", "stopping")],
             )
         assert srv.proc.wait(DEADLINE) == 0
+
+
+# --- the bounded buffer with many stuck readers -------------------------------------------
+
+STUCK = 200
+STUCK_BOUND = 8192
+#: What the kernel may queue on a socket beyond its send buffer: one more segment as it
+#: builds them (64 KiB on loopback), and its bookkeeping.
+ONE_SEGMENT = 64 * 1024 + 4096
+
+
+def _queued(port: int, peers: set[int]) -> dict[int, int]:
+    """The bytes the kernel holds unsent on each server-side socket of `port` whose client
+    is one of `peers` (ss's skmem `w`, its write queue), by client port."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=True).stdout
+    found: dict[int, int] = {}
+    for entry in re.finditer(r":(\d+)\s+\S+:(\d+)\s+skmem:\(([^)]*)\)", out):
+        peer, skmem = int(entry.group(2)), entry.group(3)
+        if peer in peers:
+            found[peer] = int(re.search(r"(?:^|,)w(\d+)", skmem).group(1))  # type: ignore[union-attr]
+    return found
+
+
+def test_two_hundred_stuck_readers_are_each_cut_at_their_bound_and_none_holds_more_than_it(
+    tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]
+) -> None:
+    """Each stuck reader (a tiny receive window, never read) is cut once what it has not
+    taken would pass REGISTRY_FOLLOWER_BUFFER_BYTES, counting what the kernel holds for it
+    too (its send buffer is that bound, not the up to 4 MiB Linux grows it to by itself); a
+    reader that reads on gets every event."""
+    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_FOLLOWER_BUFFER_BYTES=str(STUCK_BOUND))
+    srv = server(env, tmp_path / "server.log")
+    start = int(srv.get("/health").json()["revision"])
+    reader = Stream(srv.port)
+    with ExitStack() as stack:
+        stack.enter_context(reader.sock)
+        stuck = []
+        for _ in range(STUCK):
+            sock = socket.socket()
+            stack.enter_context(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window
+            sock.settimeout(DEADLINE)
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+            stuck.append(sock)
+        peers = {sock.getsockname()[1] for sock in stuck}
+        wait_until(lambda: metric(srv, FOLLOWING) == STUCK + 1, DEADLINE)
+        most = 0
+        revision = start
+        for round_ in range(80):
+            revision = _commit_many(srv, real_assets, round_)
+            reader.read_until_id(revision)
+            most = max([most, *_queued(srv.port, peers).values()])
+            if metric(srv, LAGGING) >= STUCK:
+                break
+        log = srv.get(f"/api/v1/changes?since={start}").json()["changes"]
+        assert (metric(srv, LAGGING), metric(srv, FOLLOWING), records(reader.events())) == (STUCK, 1, log)
+        assert most <= 2 * STUCK_BOUND + ONE_SEGMENT, most
