@@ -130,6 +130,7 @@ class LimitedProtocol(HttpToolsProtocol):
         #: becomes `follower` when uvicorn starts it (`on_response_complete`).
         self.queued: dict[RequestResponseCycle, Release] = {}
         self.holding = False  # a fan-out holds the next request (`hold`)
+        self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -191,6 +192,17 @@ class LimitedProtocol(HttpToolsProtocol):
         # uvicorn waits for the client to drain above the high-water mark; a follower's
         # bound is checked before each send instead (`room`), so it never waits there.
         self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
+        if not self.bounded:
+            # Linux grows a socket's send buffer by itself up to tcp_wmem's maximum (4 MiB),
+            # so a stuck reader would hold that much kernel memory before `room` saw any
+            # of it unsent. A fixed send buffer of the bound (the kernel doubles it for its
+            # bookkeeping) keeps what a follower has not taken within about 3x the bound.
+            # It stays for the connection's life, ample for the answers a follower's
+            # connection asks for next.
+            self.bounded = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.follower_buffer)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
