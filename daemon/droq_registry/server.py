@@ -14,7 +14,9 @@ and it accepts connections until the process runs out of file descriptors (its
   part waits (its socket buffers are full) is cut off, so it keeps neither the
   connection nor those bytes for ever. An event stream whose unsent bytes would grow past
   `follower_buffer` is cut at once (`LimitedProtocol.room`): its client resumes with
-  Last-Event-ID, and it cost nobody else anything.
+  Last-Event-ID, and it cost nobody else anything. A follower's socket has a send buffer
+  of that size too, so the kernel does not hold megabytes more for a reader that is stuck.
+  Followers pipelined behind one another are released in order (`LimitedProtocol.queued`).
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or releasing the oldest follower (a
   long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
