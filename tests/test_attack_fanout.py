@@ -304,6 +304,27 @@ def test_a_long_poll_with_a_stale_if_none_match_gets_the_new_answer_and_with_the
     assert (status, headers["etag"], rest) == (304, plain_answer.headers["etag"], b"")
 
 
+def test_a_long_poll_saying_connection_close_is_answered_by_the_fan_out_with_connection_close_and_closed(
+    plain: ServerProcess, real_assets: Path, sockets: list[socket.socket]
+) -> None:
+    srv = plain
+    start = int(srv.get("/health").json()["revision"])
+    closing, kept = _Conn(srv.port), _Conn(srv.port)
+    sockets += [closing.sock, kept.sock]
+    closing.sock.sendall(
+        f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+    )
+    kept.ask(f"/api/v1/changes?since={start}&wait=30")
+    wait_until(lambda: metric(srv, FOLLOWING) == 2, DEADLINE)
+    revision = _commit(srv, real_assets, "closing")
+    (head, body), (kept_head, kept_body) = closing.answer(), kept.answer()
+    assert (head.split(b"\r\n")[-1], _changes(body)) == (b"connection: close", (revision, [("added", "closing")]))
+    assert closing.closed()
+    assert (_without_date(kept_head) + [b"connection: close"], kept_body) == (_without_date(head), body)
+    kept.ask("/health")  # kept alive: the next request is answered on it
+    assert kept.answer()[0].split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+
+
 @pytest.fixture
 def secured(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
     srv = server(env_for(real_assets, tmp_path / "registry.db", REGISTRY_API_TOKEN=TOKEN), tmp_path / "server.log")
