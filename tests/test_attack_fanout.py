@@ -457,7 +457,7 @@ def test_a_long_poll_whose_client_half_closes_is_released_and_its_connection_clo
 STOPPING = 400
 
 
-def test_sigterm_during_a_fan_out_answers_every_long_poll_whole_ends_every_stream_whole_and_exits_0(
+def test_sigterm_as_a_fan_out_begins_answers_every_long_poll_whole_ends_every_stream_whole_and_exits_0(
     tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]
 ) -> None:
     srv = server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
