@@ -14,7 +14,9 @@ and it accepts connections until the process runs out of file descriptors (its
   part waits (its socket buffers are full) is cut off, so it keeps neither the
   connection nor those bytes for ever. An event stream whose unsent bytes would grow past
   `follower_buffer` is cut at once (`LimitedProtocol.room`): its client resumes with
-  Last-Event-ID, and it cost nobody else anything.
+  Last-Event-ID, and it cost nobody else anything. A follower's socket has a send buffer
+  of that size too, so the kernel does not hold megabytes more for a reader that is stuck.
+  Followers pipelined behind one another are released in order (`LimitedProtocol.queued`).
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or releasing the oldest follower (a
   long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
@@ -126,7 +128,11 @@ class LimitedProtocol(HttpToolsProtocol):
         self.send_timer: asyncio.TimerHandle | None = None
         self.unsent = 0
         self.follower: Release | None = None  # the follower request in progress, if any
+        #: Follower requests pipelined behind the one in progress, by their cycle: each
+        #: becomes `follower` when uvicorn starts it (`on_response_complete`).
+        self.queued: dict[RequestResponseCycle, Release] = {}
         self.holding = False  # a fan-out holds the next request (`hold`)
+        self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -139,8 +145,8 @@ class LimitedProtocol(HttpToolsProtocol):
             self.send_timer.cancel()
         self.gate.closed(self)
         super().connection_lost(exc)
-        if self.follower is not None:
-            self.follower.set()  # its client has gone: the follower stops waiting now
+        self.release()  # its client has gone: its followers stop waiting now
+        self.queued.clear()  # those never started: uvicorn starts nothing on a lost connection
 
     def data_received(self, data: bytes) -> None:
         if not self.in_head:
@@ -167,6 +173,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.in_head = False
         self._disarm()
         self.gate.busy(self)
+        behind = self.cycle is not None and not self.cycle.response_complete  # uvicorn queues it
         super().on_headers_complete()
         # The head is parsed into the scope now, and the request's task, made but not yet
         # run, has not read it: a follower gets its release before its handler starts.
@@ -174,11 +181,30 @@ class LimitedProtocol(HttpToolsProtocol):
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
             # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
             outlet = FollowerOutlet(self, self.cycle)
-            self.follower = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            release = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
-            # uvicorn waits for the client to drain above the high-water mark; a follower's
-            # bound is checked before each send instead (`room`), so it never waits there.
-            self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
+            if behind:  # the request in progress keeps `follower` until it is complete
+                self.queued[self.cycle] = release
+            else:
+                self._follow(release)
+
+    def _follow(self, release: Release) -> None:
+        """`release`'s request is the one in progress now."""
+        self.follower = release
+        # uvicorn waits for the client to drain above the high-water mark; a follower's
+        # bound is checked before each send instead (`room`), so it never waits there.
+        self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
+        if not self.bounded:
+            # Linux grows a socket's send buffer by itself up to tcp_wmem's maximum (4 MiB),
+            # so a stuck reader would hold that much kernel memory before `room` saw any
+            # of it unsent. A fixed send buffer of the bound (the kernel doubles it for its
+            # bookkeeping) keeps what a follower has not taken within about 3x the bound.
+            # It stays for the connection's life, ample for the answers a follower's
+            # connection asks for next.
+            self.bounded = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.follower_buffer)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
@@ -190,6 +216,10 @@ class LimitedProtocol(HttpToolsProtocol):
             self.follower = None
             self.transport.set_write_buffer_limits()
         pipelined = bool(self.pipeline)
+        if pipelined:  # uvicorn starts the oldest pipelined request now (the deque's right end)
+            release = self.queued.pop(self.pipeline[-1][0], None)
+            if release is not None:
+                self._follow(release)
         super().on_response_complete()
         if not pipelined and not self.transport.is_closing():
             self.gate.idle_again(self)
@@ -226,8 +256,11 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def release(self) -> None:
+        """The follower in progress answers now, and any pipelined behind it as it starts."""
         if self.follower is not None:
             self.follower.set()
+        for queued in self.queued.values():
+            queued.set()
 
     def room(self, size: int) -> bool:
         """Whether a follower may queue `size` more bytes (feed.Outlet). A stream whose
