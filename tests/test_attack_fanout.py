@@ -1,7 +1,7 @@
 """Attacks on the answers the fan-out writes itself, from outside, on real server processes.
 
 A commit's fan-out writes each event stream's frames and each long-poll's whole answer
-straight to the connection (`changes.Pushed`, `changes.Polled`, `server.LimitedProtocol`),
+straight to the connection (`changes.Pushed`, `changes.Polled`, `protocol.LimitedProtocol`),
 past uvicorn's request cycle. These tests speak raw HTTP/1.1 to it the ways clients do:
 requests pipelined behind a follower (a follower behind a follower, too), `HEAD`,
 `Expect: 100-continue`, a chunked body on a GET, a stale If-None-Match, a token, clients

@@ -16,7 +16,7 @@ wait in the kernel's listen queue until one closes. Nobody is answered 503, and 
 gets in as soon as any connection is idle or following.
 
 The protocol of each connection tells the gate when it opens, starts a request (and
-whether it is a follower), becomes idle and closes (`server.LimitedProtocol`). Only the
+whether it is a follower), becomes idle and closes (`protocol.LimitedProtocol`). Only the
 event loop's thread touches the gate, except the metrics, which read a copy of its counts.
 """
 

@@ -35,7 +35,7 @@ RELEASE = "droq_registry.release"
 
 
 class Outlet(Protocol):
-    """What the server lets a follower know of its connection (server.LimitedProtocol)."""
+    """What the server lets a follower know of its connection (protocol.LimitedProtocol)."""
 
     def room(self, size: int) -> bool:
         """Whether `size` more bytes may be queued for the client; False: it lags too far

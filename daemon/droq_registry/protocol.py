@@ -1,0 +1,347 @@
+"""One connection's HTTP: uvicorn's httptools protocol, with the limits that keep a slow or
+hostile client's cost its own, and the writes a commit's fan-out makes to its followers.
+
+- `LimitedProtocol` (given to uvicorn as `http=`) closes a connection whose request head
+  is not complete `head_timeout` seconds after it connected or after the head's first
+  byte, and answers 431 and closes when a head grows past `max_head_bytes` (it counts the
+  bytes as they arrive, so a head is never buffered whole). A client that takes nothing
+  of an answer for `send_timeout` seconds while the unsent part waits (its socket buffers
+  are full) is cut off, so it keeps neither the connection nor those bytes for ever.
+- Followers: an event stream whose unsent bytes would grow past `follower_buffer` is cut
+  at once (`LimitedProtocol.room`): its client resumes with Last-Event-ID, and it cost
+  nobody else anything. A follower's socket has a send buffer of that size too, so the
+  kernel does not hold megabytes more for a reader that is stuck. Followers pipelined
+  behind one another are released in order (`LimitedProtocol.queued`). The fan-out writes
+  a stream's frames (`push`) and a long-poll's whole answer (`answer`) through the
+  request's own `FollowerOutlet`, and holds the connection's next request until it is over.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
+from uvicorn.server import ServerState
+
+from .connections import Gate
+from .feed import Release
+from .routes import is_follower
+
+log = logging.getLogger("droq_registry.server")
+
+
+@dataclass(frozen=True)
+class Limits:
+    head_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_head_bytes: int
+    max_connections: int
+    follower_buffer: int = 256 * 1024
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a head timeout, a head size limit and the gate."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        gate: Gate,
+        limits: Limits,
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.gate = gate
+        self.limits = limits
+        self.timeout_keep_alive = limits.keepalive_timeout  # type: ignore[assignment]  # a float is fine
+        self.in_head = True  # waiting for (the rest of) a request head
+        self.head_bytes = 0
+        self.heads = 0
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.send_timer: asyncio.TimerHandle | None = None
+        self.unsent = 0
+        self.follower: Release | None = None  # the follower request in progress, if any
+        #: Follower requests pipelined behind the one in progress, by their cycle: each
+        #: becomes `follower` when uvicorn starts it (`on_response_complete`).
+        self.queued: dict[RequestResponseCycle, Release] = {}
+        self.holding = False  # a fan-out holds the next request (`hold`)
+        self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.gate.opened(self)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+        self.gate.closed(self)
+        super().connection_lost(exc)
+        self.release()  # its client has gone: its followers stop waiting now
+        self.queued.clear()  # those never started: uvicorn starts nothing on a lost connection
+
+    def data_received(self, data: bytes) -> None:
+        if not self.in_head:
+            super().data_received(data)
+            return
+        if self.head_timer is None:
+            self._arm()  # the first byte of a request on a kept-alive connection
+        # The parser sees no more than the head may still hold. (A head that starts in the
+        # same read as the previous request's end is counted from the next read on.)
+        room = self.limits.max_head_bytes - self.head_bytes
+        piece = data if len(data) <= room else data[:room]
+        self.head_bytes += len(piece)
+        heads = self.heads
+        super().data_received(piece)
+        if len(piece) == len(data) or self.transport.is_closing():
+            return
+        if self.heads == heads:
+            self._refuse_head()
+        else:
+            self.data_received(data[len(piece) :])
+
+    def on_headers_complete(self) -> None:
+        self.heads += 1
+        self.in_head = False
+        self._disarm()
+        self.gate.busy(self)
+        behind = self.cycle is not None and not self.cycle.response_complete  # uvicorn queues it
+        super().on_headers_complete()
+        # The head is parsed into the scope now, and the request's task, made but not yet
+        # run, has not read it: a follower gets its release before its handler starts.
+        scope = self.scope
+        if "path" in scope and is_follower(scope["path"], scope["query_string"]):
+            # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
+            outlet = FollowerOutlet(self, self.cycle)
+            release = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
+            self.gate.following(self)
+            if behind:  # the request in progress keeps `follower` until it is complete
+                self.queued[self.cycle] = release
+            else:
+                self._follow(release)
+
+    def _follow(self, release: Release) -> None:
+        """`release`'s request is the one in progress now."""
+        self.follower = release
+        # uvicorn waits for the client to drain above the high-water mark; a follower's
+        # bound is checked before each send instead (`room`), so it never waits there.
+        self.transport.set_write_buffer_limits(high=self.limits.follower_buffer)
+        if not self.bounded:
+            # Linux grows a socket's send buffer by itself up to tcp_wmem's maximum (4 MiB),
+            # so a stuck reader would hold that much kernel memory before `room` saw any
+            # of it unsent. A fixed send buffer of the bound (the kernel doubles it for its
+            # bookkeeping) keeps what a follower has not taken within about 3x the bound.
+            # It stays for the connection's life, ample for the answers a follower's
+            # connection asks for next.
+            self.bounded = True
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.follower_buffer)
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.in_head = True
+        self.head_bytes = 0
+
+    def on_response_complete(self) -> None:
+        if self.follower is not None:
+            self.follower = None
+            self.transport.set_write_buffer_limits()
+        pipelined = bool(self.pipeline)
+        if pipelined:  # uvicorn starts the oldest pipelined request now (the deque's right end)
+            release = self.queued.pop(self.pipeline[-1][0], None)
+            if release is not None:
+                self._follow(release)
+        super().on_response_complete()
+        if not pipelined and not self.transport.is_closing():
+            self.gate.idle_again(self)
+        if self.holding and not self.transport.is_closing():
+            self.flow.pause_reading()  # uvicorn resumed it: the next request waits for `resume`
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.send_timer is None:
+            self._watch_sending()
+
+    def _watch_sending(self) -> None:
+        self.unsent = self.transport.get_write_buffer_size()
+        self.send_timer = self.loop.call_later(self.limits.send_timeout, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.send_timer is not None:
+            self.send_timer.cancel()
+            self.send_timer = None
+
+    def _send_stalled(self) -> None:
+        self.send_timer = None
+        if self.transport.get_write_buffer_size() < self.unsent:
+            self._watch_sending()  # slow, but it reads
+            return
+        self.gate.counted("send_stalled")
+        self.transport.abort()  # close() would wait for the unsent bytes to go
+
+    def evict(self) -> None:
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()  # a slow reader: close() would keep its descriptor until it reads
+        elif not self.transport.is_closing():
+            self.transport.close()
+
+    def release(self) -> None:
+        """The follower in progress answers now, and any pipelined behind it as it starts."""
+        if self.follower is not None:
+            self.follower.set()
+        for queued in self.queued.values():
+            queued.set()
+
+    def room(self, size: int) -> bool:
+        """Whether a follower may queue `size` more bytes (feed.Outlet). A stream whose
+        unsent bytes would pass `follower_buffer` lags too far behind: it is cut now, so
+        what it has not read never grows beyond that bound, and it costs nobody else a
+        wait. A connection with nothing unsent always takes the next send whole."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0 or unsent + size <= self.limits.follower_buffer:
+            return not self.transport.is_closing()
+        self.gate.counted("follower_lagging")
+        self.transport.abort()
+        return False
+
+    def push(self, cycle: RequestResponseCycle, body: bytes) -> bool:
+        """Write `body` as the next chunk of `cycle`'s streamed answer, as uvicorn's `send`
+        would, but now and without waking the request's task (`FollowerOutlet`): the
+        feed's fan-out writes each event stream's frames this way. False when there is no
+        room (`room` has cut the connection) or no streamed answer in progress."""
+        streaming = cycle.response_started and not cycle.response_complete and cycle.chunked_encoding
+        if not streaming or not self.room(len(body)):
+            return False
+        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+    def answer(self, cycle: RequestResponseCycle, status: int, headers: tuple[tuple[bytes, bytes], ...],
+               body: bytes) -> bool:
+        """Send `cycle`'s whole answer in one write, as uvicorn's two `send` calls would
+        (its default headers, its access log line, `connection: close` when the
+        connection is not kept alive), without waking the request's task
+        (`FollowerOutlet`): the feed's fan-out answers each long-poll this way. Our headers
+        are our own, valid by construction, so they skip uvicorn's checks of each one.
+        False when an answer was started, or the client has gone."""
+        if cycle.response_started or cycle.disconnected or self.transport.is_closing():
+            return False
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        if cycle.access_log and cycle.access_logger.isEnabledFor(logging.INFO):  # its arguments cost
+            cycle.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
+                get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
+            )
+        # The date is now's (uvicorn's current default headers); a fan-out's answers share
+        # it and their headers, so the head is encoded once for them (`_head`).
+        head = _head(status, self.server_state.default_headers, headers)
+        if cycle.keep_alive:
+            self.transport.write(head + b"\r\n" + body)
+        else:
+            self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+        return True
+
+    def hold(self) -> None:
+        """Read no next request once the answer in progress is complete, until `resume`."""
+        self.holding = True
+
+    def resume(self) -> None:
+        """Read the client's requests again (after `hold`)."""
+        if self.holding:
+            self.holding = False
+            if not self.transport.is_closing():
+                self.flow.resume_reading()
+
+    def _unsupported_upgrade_warning(self) -> None:
+        # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
+        # request answered as HTTP. uvicorn would log two warnings for every such request.
+        self.logger.debug("ignoring an Upgrade request header")
+
+    def _arm(self) -> None:
+        self._disarm()
+        self.head_timer = self.loop.call_later(self.limits.head_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self.head_timer = None
+        if self.in_head and not self.transport.is_closing():
+            self.gate.counted("head_timeout")
+            self.transport.close()
+
+    def _refuse_head(self) -> None:
+        self.gate.counted("head_too_large")
+        if self.cycle is None or self.cycle.response_complete:  # else a response is being written
+            body = b'{"detail":"the request head is larger than %d bytes"}' % self.limits.max_head_bytes
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(body), body)
+            )
+        self.transport.close()
+
+
+_last_head: tuple[int, object, object, bytes] = (0, None, None, b"")
+
+
+def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The status line and header lines of an answer, the last one's again when it is asked
+    with the same objects (the long-polls of one fan-out, within the same second)."""
+    global _last_head
+    last = _last_head
+    if last[0] == status and last[1] is default and last[2] is headers:
+        return last[3]
+    head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
+    _last_head = (status, default, headers, head)
+    return head
+
+
+class FollowerOutlet:
+    """What a follower request may do to its connection (feed.Outlet): its own request's
+    cycle and the protocol, so the feed writes to the right answer even when the client
+    has pipelined another request behind it."""
+
+    __slots__ = ("cycle", "protocol")
+
+    def __init__(self, protocol: LimitedProtocol, cycle: RequestResponseCycle) -> None:
+        self.protocol = protocol
+        self.cycle = cycle
+
+    def room(self, size: int) -> bool:
+        """See `LimitedProtocol.room`."""
+        return self.protocol.room(size)
+
+    def push(self, body: bytes) -> bool:
+        """See `LimitedProtocol.push`."""
+        return self.protocol.push(self.cycle, body)
+
+    def answer(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> bool:
+        """See `LimitedProtocol.answer`."""
+        return self.protocol.answer(self.cycle, status, headers, body)
+
+    def hold(self) -> None:
+        """See `LimitedProtocol.hold`."""
+        self.protocol.hold()
+
+    def resume(self) -> None:
+        """See `LimitedProtocol.resume`."""
+        self.protocol.resume()
