@@ -94,14 +94,20 @@ class HotPath:
 
         None means "not answered here": the caller passes the request to Starlette.
         """
-        method = scope["method"]
+        if scope.get("root_path"):
+            return None
+        return self.reply(scope["method"], scope["path"], scope["query_string"], scope["headers"])
+
+    def reply(self, method: str, path: str, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Reply | None:
+        """The answer to a request (its method, decoded path, raw query and lower-cased
+        headers), or None. `answer` asks for an ASGI scope; the protocol asks for a
+        request it answers before any ASGI work (`protocol.LimitedProtocol.answer_here`)."""
         if method != "GET" and method != "HEAD":
             return None
-        matched = self.match(scope["path"], scope["query_string"])
+        matched = self.match(path, query)
         registry = self.registry
-        if matched is None or registry is None or scope.get("root_path"):
+        if matched is None or registry is None:
             return None
-        headers = scope["headers"]
         if self.token is not None and not self.authorized(headers):
             return None  # Starlette's TokenAuth answers the 401
         template, fast, key = matched
