@@ -11,12 +11,15 @@ server gives a plain request, parsed by h11 (a client's parser, not ours).
 from __future__ import annotations
 
 import socket
+import string
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import h11
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from support.files import copy_real_nodes
 from support.http import revision
@@ -183,3 +186,31 @@ def test_a_client_that_pipelines_and_does_not_read_costs_only_its_own_bounded_bu
     assert all(comparable(a) == want for a in got)  # nothing lost, in order
     grown = peak_rss_mib(srv.pid) - before
     assert grown < 25, f"the server's peak memory grew by {grown:.1f} MiB for one client's unread answers"
+
+
+# -- the two ways in give the same answer, whatever the request ----------------------------
+
+SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@", max_size=12) | st.sampled_from(
+    ["TextInputComponent", "lfx-runtime-executor-node", "%C3%A9", "%2F", "%00", "%", "..", "a%20b"]
+)
+TARGETS = st.builds(
+    lambda prefix, middle, suffix: prefix + middle + suffix,
+    st.sampled_from(["/api/v1/components/", "/api/v1/nodes/", "/api/v1/nodes", "/api/v1/", "/health", "//api/v1/nodes/"]),
+    SEGMENT,
+    st.sampled_from(["/node", "", "/nodes", "?status=all", "?status=active", "?status=", "?x=1", "/node?", "/node/"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["GET", "HEAD"]), target=TARGETS,
+       inm=st.sampled_from([None, "*", '"nope"', "W/\"x\", \"y\""]))
+def test_any_request_answered_here_is_the_answer_the_app_gives(
+    srv: ServerProcess, method: str, target: str, inm: str | None
+) -> None:
+    headers = [] if inm is None else [f"If-None-Match: {inm}"]
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        # The first as a client sends it; the second with an (empty) body, which only the app reads.
+        sock.sendall(request(method, target, *headers) + request(method, target, *headers, "Content-Length: 0"))
+        here, app = answers(sock, [method, method])
+    assert comparable(here) == comparable(app), (method, target, inm)
+    assert here[0] < 500

@@ -194,15 +194,19 @@ class LimitedProtocol(HttpToolsProtocol):
         for name, _ in self.headers:
             if name == b"content-length" or name == b"transfer-encoding":
                 return False  # a request body: uvicorn reads it
-        url = httptools.parse_url(self.url)
         try:
+            url = httptools.parse_url(self.url)
             path = url.path.decode("ascii")
-        except UnicodeDecodeError:
-            return False
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn answers it as it always does
         if "%" in path:
             path = urllib.parse.unquote(path)
         verb = "GET" if method == b"GET" else "HEAD"
-        reply = self.reads.reply(verb, path, url.query or b"", self.headers)  # type: ignore[union-attr]
+        try:
+            reply = self.reads.reply(verb, path, url.query or b"", self.headers)  # type: ignore[union-attr]
+        except Exception:  # a bug here must not cost the answer: the app gives it
+            log.exception("answering %s %s here failed; the app answers it", verb, path)
+            return False
         if reply is None:
             return False
         status, headers, body, route = reply
