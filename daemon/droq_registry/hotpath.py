@@ -1,12 +1,17 @@
-"""The fast path: the hot read routes answered in pure ASGI, before Starlette.
+"""The fast path: the hot read routes answered before Starlette, from the route table.
 
-Which routes, and how, comes from the route table: the entries with a `fast` answer
-(today the lookup `/api/v1/components/{component_class}/node`, the node detail
-`/api/v1/nodes/{node_id}` and the node list `/api/v1/nodes[?status=...]`). A request is
-matched against their templates with a few string checks, answered by the same
-`answers.Answers` method the Starlette handler calls, and sent as it is prepared. So the
-two ways in send the same bytes by construction; this module only decides whether it may
-answer, and counts what it answered in the metrics, by the entry's template.
+Which routes, and how, comes from the table: the entries with a `fast` answer (today the
+lookup `/api/v1/components/{component_class}/node`, the node detail `/api/v1/nodes/{node_id}`
+and the node list `/api/v1/nodes[?status=...]`). A request is matched against their
+templates with a few string checks and answered by the same `answers.Answers` method the
+Starlette handler calls (`HotPath.reply`), so every way in sends the same bytes by
+construction; this module only decides whether it may answer.
+
+Two callers ask it. The connection's protocol asks first, as soon as a request's head is
+parsed (`protocol.LimitedProtocol.answer_here`: no ASGI task at all); what it leaves to
+the app (a request behind another in progress, one with a body, the access log on) comes
+here again as an ASGI scope (`HotPath.answer`, from `app.RegistryApp`). Both count what
+they answered in the metrics by the entry's template.
 
 The followers (the routes whose entry `follows`: the long-poll and the event stream) are
 ASGI apps of their own (`changes.py`); `follower` hands them their request on the same
