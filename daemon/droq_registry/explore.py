@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from . import answers, nodefile
+from . import answers, nodebytes
 from .api import answers_of, offload_of, respond
 from .search import MAX_QUERY
 from .search import search as search_body
@@ -53,7 +53,7 @@ def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
     source = snap.sources.get(view.source)
     if source is None or source.packed is None:
         return {}
-    return {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
+    return {c.component_class: c.info for c in nodebytes.unpack(source.packed).components if c.info}
 
 
 async def search(request: Request) -> Response:

@@ -23,7 +23,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from . import diff, nodefile
+from . import diff, nodebytes
 from .dbfile import WriterLock
 from .folder import TransientError, file_sig, list_folder
 from .model import Result, Served, Source, Status
@@ -231,7 +231,7 @@ class Reconciler:
 
     def _write_again(self, store: Store) -> None:
         changes = self.changes
-        nodes = ((node_id, s.owner, nodefile.unpack(self._packed(s.owner))) for node_id, s in sorted(self.served.items()))
+        nodes = ((node_id, s.owner, nodebytes.unpack(self._packed(s.owner))) for node_id, s in sorted(self.served.items()))
         store.rewrite(
             self.revision,
             changes.floor,
@@ -278,7 +278,7 @@ class Reconciler:
                     tx.put_source(source)
                 # One node at a time: decoded, written, turned into its answers, let go.
                 for node_id, served in sorted(plan.nodes_put.items()):
-                    node = nodefile.unpack(self._packed(served.owner, plan))
+                    node = nodebytes.unpack(self._packed(served.owner, plan))
                     tx.put_node(node_id, served.owner, node, now)
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
@@ -316,7 +316,7 @@ class Reconciler:
         return source.packed
 
     def _view(self, path: str) -> NodeView:
-        return NodeView(path, nodefile.unpack(self._packed(path)))
+        return NodeView(path, nodebytes.unpack(self._packed(path)))
 
     def _commit(self, plan: diff.Plan) -> None:
         deps_moved = False
