@@ -152,8 +152,9 @@ class Served:
 
 @dataclass(frozen=True)
 class Status:
-    """What /health reports of the reconciler: an immutable value, replaced whole by
-    `Reconciler.note` on the writer thread, so a reader never sees half of one change."""
+    """What /health reports of the reconciler: an immutable value, replaced whole on the
+    writer thread (`Reconciler.note`, a pass's outcome from `health.py`), so a reader never
+    sees half of one change."""
 
     ready: bool = False
     folder_present: bool | None = None
