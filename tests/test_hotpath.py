@@ -23,7 +23,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from droq_registry import answers, api
+from droq_registry import answers, api, bodies
 from support.files import REAL_NODES, node_doc, write_json
 from support.polling import wait_until
 from support.sockets import send_once
@@ -121,7 +121,7 @@ def assert_same_as_starlette(app: Starlette, sc: dict[str, Any], hot: bool = Tru
 def list_built(app: Starlette, query: bytes) -> bool:
     """Whether the node list this query asks for is built for the served snapshot."""
     status = api.LIST_QUERIES[query]
-    return answers.node_list_key(status) in app.state.registry.snapshot.cache
+    return bodies.node_list_key(status) in app.state.registry.snapshot.cache
 
 
 def header(messages: list[dict[str, Any]], name: bytes) -> bytes | None:
