@@ -117,6 +117,9 @@ class LimitedProtocol(HttpToolsProtocol):
         #: Follower requests pipelined behind the one in progress, by their cycle: each
         #: becomes `follower` when uvicorn starts it (`on_response_complete`).
         self.queued: dict[RequestResponseCycle, Release] = {}
+        #: The request whose ASGI task uvicorn started last (`_start_asgi_task`): the one in
+        #: progress, which `self.cycle` is not when others are pipelined behind it.
+        self.running: RequestResponseCycle | None = None
         self.holding = False  # a fan-out holds the next request (`hold`)
         self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
 
@@ -130,6 +133,14 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.send_timer is not None:
             self.send_timer.cancel()
         self.gate.closed(self)
+        running = self.running
+        if running is not None and not running.response_complete:
+            # uvicorn marks only the last request it parsed (`self.cycle`) disconnected. With
+            # requests pipelined behind it, the one in progress would wake from waiting for
+            # its client to drain and write to the closed transport (uvloop raises; uvicorn
+            # logs "Exception in ASGI application").
+            running.disconnected = True
+            running.message_event.set()
         super().connection_lost(exc)
         self.release()  # its client has gone: its followers stop waiting now
         self.queued.clear()  # those never started: uvicorn starts nothing on a lost connection
@@ -175,6 +186,10 @@ class LimitedProtocol(HttpToolsProtocol):
                 self.queued[self.cycle] = release
             else:
                 self._follow(release)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
 
     def answer_here(self) -> bool:
         """Answer the request whose head was just parsed, now, if it is a hot read (`Reads`)
