@@ -726,7 +726,7 @@ def test_followers_pipelined_behind_a_direct_answer_outlive_the_keepalive_timeou
 ) -> None:
     """A direct answer completes while its read is still being parsed, and arms the
     keep-alive timer (2 s here); a follower behind it, started in the same read, must not be
-    cut by that timer: a long-poll waiting 4 s gets its answer, and an event stream opened
+    cut by that timer: a long-poll waiting 3 s gets its answer, and an event stream opened
     beside it is still open when that answer comes. (The app's answers arm no timer while
     a request is pipelined behind them: the reference passes.)"""
     for srv in (pair[1], pair[0]):
@@ -738,7 +738,7 @@ def test_followers_pipelined_behind_a_direct_answer_outlive_the_keepalive_timeou
                 chunk = stream.recv(65536)
                 assert chunk, got
                 got += chunk
-            poll.sendall(head("GET", LOOKUP) + head("GET", f"/api/v1/changes?since={rev}&wait=4"))
+            poll.sendall(head("GET", LOOKUP) + head("GET", f"/api/v1/changes?since={rev}&wait=3"))
             got = b""
             try:
                 while not got.endswith(b'"changes":[]}') and (chunk := poll.recv(65536)):

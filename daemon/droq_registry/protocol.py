@@ -169,6 +169,10 @@ class LimitedProtocol(HttpToolsProtocol):
         self.heads += 1
         self.in_head = False
         self._disarm()
+        # A request has come: the connection is not idle. uvicorn cancels its keep-alive
+        # timer only as a read begins; an answer given here, within that read, armed it
+        # again, and would cut a follower pipelined behind it in the same read.
+        self._unset_keepalive_if_required()
         self.gate.busy(self)
         if self.reads is not None and (self.cycle is None or self.cycle.response_complete) and self.answer_here():
             return
