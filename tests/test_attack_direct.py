@@ -28,6 +28,7 @@ from support.files import copy_real_nodes, save_bytes
 from support.http import revision
 from support.polling import wait_until
 from support.server import ServerProcess, server_env
+from support.sockets import closed_by_server, connect, connect_narrow
 
 LOOKUP = "/api/v1/components/TextInputComponent/node"
 DETAIL = "/api/v1/nodes/lfx-runtime-executor-node"
@@ -368,19 +369,6 @@ def limited(tmp_path: Path, server: Callable[..., ServerProcess]) -> ServerProce
     return server(env, tmp_path / "server.log")
 
 
-def connect(srv: ServerProcess, rcvbuf: int | None = None) -> socket.socket:
-    sock = socket.socket()
-    try:
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.connect(("127.0.0.1", srv.port))
-    except OSError:
-        sock.close()
-        raise
-    sock.settimeout(10)
-    return sock
-
-
 def read_answers(sock: socket.socket, n: int) -> bytes:
     """Read until `n` whole answers to GETs (each with a content-length) have come."""
     got = b""
@@ -403,36 +391,26 @@ def read_answers(sock: socket.socket, n: int) -> bytes:
         got += chunk
 
 
-def closed(sock: socket.socket, timeout: float = 10.0) -> bool:
-    sock.settimeout(timeout)
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        pass
-    return True
-
-
 def test_a_kept_alive_connection_is_closed_after_the_keepalive_timeout_after_a_direct_answer(
     limited: ServerProcess,
 ) -> None:
-    with connect(limited) as sock:
+    with connect(limited.port) as sock:
         sock.sendall(head("GET", LOOKUP))
         assert statuses(read_answers(sock, 1)) == [200]
-        assert closed(sock)  # within the socket's 10 s: the keep-alive timeout is 1 s
+        assert closed_by_server(sock)  # before the deadline: the keep-alive timeout is 1 s
 
 
 def test_the_head_timeout_and_size_hold_on_a_connection_after_direct_answers(limited: ServerProcess) -> None:
-    with connect(limited) as sock:
+    with connect(limited.port) as sock:
         sock.sendall(head("GET", LOOKUP) + b"GET " + LOOKUP.encode())  # a next head begun, never ended
         assert statuses(read_answers(sock, 1)) == [200]
-        assert closed(sock)  # by the keep-alive timeout: the head began in the answered request's read
-    with connect(limited) as sock:
+        assert closed_by_server(sock)  # by the keep-alive timeout: the head began in the answered request's read
+    with connect(limited.port) as sock:
         sock.sendall(head("GET", LOOKUP))
         assert statuses(read_answers(sock, 1)) == [200]
         sock.sendall(b"GET " + LOOKUP.encode())  # begun in a read of its own, never ended
-        assert closed(sock)
-    with connect(limited) as sock:
+        assert closed_by_server(sock)
+    with connect(limited.port) as sock:
         sock.sendall(head("GET", LOOKUP) * 2 + head("GET", LOOKUP, "X-Big: " + "y" * 9000))
         got = b""
         while chunk := sock.recv(65536):
@@ -445,22 +423,22 @@ def test_the_head_timeout_and_size_hold_on_a_connection_after_direct_answers(lim
 
 
 def test_a_pipelining_client_that_never_reads_is_cut_by_the_send_timeout(limited: ServerProcess) -> None:
-    with connect(limited, rcvbuf=4096) as sock:
+    with connect_narrow(limited.port, 4096) as sock:
         sock.sendall(head("GET", LOOKUP) * 300)  # ~10 MB of answers
         assert limited.get("/health").status_code == 200
         reason = 'droq_registry_connections_closed_total{reason="send_stalled"}'
         assert wait_until(lambda: samples(limited, "droq_registry_connections_closed_total{").get(reason) == 1.0)
-        assert closed(sock)
+        assert closed_by_server(sock)
 
 
 def test_at_the_connection_cap_an_idle_connection_after_a_direct_answer_makes_room(limited: ServerProcess) -> None:
-    socks = [connect(limited) for _ in range(6)]
+    socks = [connect(limited.port) for _ in range(6)]
     try:
         for sock in socks:
             sock.sendall(head("GET", LOOKUP))
             assert statuses(read_answers(sock, 1)) == [200]
         # Every one of the six is idle after its direct answer: a new client gets in.
-        with connect(limited) as sock:
+        with connect(limited.port) as sock:
             sock.sendall(head("GET", LOOKUP, "Connection: close"))
             assert statuses(read_answers(sock, 1)) == [200]
     finally:
@@ -480,10 +458,10 @@ def test_after_a_node_file_changes_a_direct_answer_never_serves_the_old_snapshot
                  tmp_path / "server.log")
     path = assets / "lfx-runtime-executor-node.json"
     node = orjson.loads(path.read_bytes())
-    with connect(srv) as sock:  # one kept-alive connection, asking again and again
+    with connect(srv.port) as sock:  # one kept-alive connection, asking again and again
         for i in range(5):
             before = revision(srv)
-            waiting = connect(srv)  # and one whose hot reads wait behind a long-poll the commit answers
+            waiting = connect(srv.port)  # and one whose hot reads wait behind a long-poll the commit answers
             waiting.sendall(head("GET", f"/api/v1/changes?since={before}&wait=20") + head("GET", DETAIL))
             node["description"] = f"edition {i}"
             save_bytes(path, orjson.dumps(node))
@@ -515,7 +493,7 @@ def test_sigterm_while_direct_answers_are_in_flight_exits_0_without_a_5xx_or_a_t
         while not stop.is_set():
             got = b""
             try:
-                with connect(srv) as sock:
+                with connect(srv.port) as sock:
                     sock.sendall((head("GET", LOOKUP) + head("HEAD", DETAIL) + head("GET", "/api/v1/nodes")) * 10)
                     while chunk := sock.recv(65536):
                         got += chunk
@@ -548,7 +526,7 @@ def test_thousands_of_clients_that_pipeline_never_read_half_close_or_reset_cost_
     socks: list[socket.socket] = []
     try:
         for i in range(1500):
-            sock = connect(direct, rcvbuf=4096)
+            sock = connect_narrow(direct.port, 4096)
             socks.append(sock)
             sock.sendall(head("GET", LOOKUP) * 20 + head("GET", "/api/v1/nodes") * 5)
             if i % 3 == 1:
@@ -578,7 +556,7 @@ def test_a_half_closed_client_gets_every_direct_answer_it_asked_for(pair: tuple[
     raw = head("GET", LOOKUP) + head("HEAD", DETAIL) + head("GET", MISSING)
 
     def half_closed(srv: ServerProcess) -> bytes:
-        with connect(srv) as sock:
+        with connect(srv.port) as sock:
             sock.sendall(raw)
             sock.shutdown(socket.SHUT_WR)
             got = b""
@@ -608,7 +586,7 @@ def test_a_client_that_goes_while_the_app_waits_to_send_behind_direct_answers_le
     lookups = 'droq_registry_http_requests_total{method="GET",route="/api/v1/components/{component_class}/node",status="200"}'
     for reset in (False, True):
         before = requests_by_label(direct).get(lookups, 0.0)
-        sock = connect(direct, rcvbuf=4096)
+        sock = connect_narrow(direct.port, 4096)
         sock.sendall(head("GET", LOOKUP) * 300)  # ~10 MB of answers: more than the kernel buffers hold
         assert wait_until(lambda: requests_by_label(direct).get(lookups, 0.0) >= before + 2)  # noqa: B023
         if reset:
@@ -629,7 +607,7 @@ def test_hundreds_pipelined_to_a_slow_reader_come_in_order_each_counted_once(
     raw = unit * 100 + LAST
     own(direct)
     before = requests_by_label(direct)
-    with connect(direct, rcvbuf=4096) as sock:
+    with connect_narrow(direct.port, 4096) as sock:
         sock.sendall(raw)
         got = b""
         while chunk := sock.recv(4096):  # slowly: a small window, a small read at a time
@@ -663,7 +641,7 @@ def test_an_event_stream_pipelined_behind_direct_answers_starts_after_them(pair:
     direct, ref = pair
     raw = head("GET", LOOKUP) + head("GET", MISSING) + head("GET", "/api/v1/events")
     for srv in (direct, ref):
-        with connect(srv) as sock:
+        with connect(srv.port) as sock:
             sock.sendall(raw)
             got = b""
             while b"text/event-stream" not in got:
@@ -707,7 +685,7 @@ def test_ten_clients_that_pipeline_tiny_requests_and_never_read_cost_a_bounded_b
     srv = server(server_env(assets, tmp_path / "registry.db", RELOAD="false", LOG_LEVEL="warning"),
                  tmp_path / "server.log")
     before = rss_mib(srv.pid)
-    socks = [connect(srv, rcvbuf=4096) for _ in range(10)]
+    socks = [connect_narrow(srv.port, 4096) for _ in range(10)]
     try:
         tiny = b"GET /api/v1/nodes/nope HTTP/1.1\r\n\r\n" * 2000
         for sock in socks:
@@ -731,7 +709,7 @@ def test_followers_pipelined_behind_a_direct_answer_outlive_the_keepalive_timeou
     a request is pipelined behind them: the reference passes.)"""
     for srv in (pair[1], pair[0]):
         rev = revision(srv)
-        with connect(srv) as stream, connect(srv) as poll:
+        with connect(srv.port) as stream, connect(srv.port) as poll:
             stream.sendall(head("GET", LOOKUP) + head("GET", "/api/v1/events"))
             got = b""
             while b"text/event-stream" not in got:
