@@ -670,13 +670,6 @@ def push_until_refused(sock: socket.socket, data: bytes) -> int:
     return sent
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "uvicorn parses every request of a read (up to 256 KiB) before it runs any, and queues a "
-    "cycle (scope, headers, event: ~1 KiB) for each one pipelined behind the request in "
-    "progress: once a client's socket is full the protocol declines, and a read of 30-byte "
-    "requests queues ~8,000 of them, 6-9 MiB per client that never reads (the app path: "
-    "~76 MiB for 1 MiB of requests). Bounding it means feeding the parser a request at a "
-    "time while one is queued, not a small change to protocol.py"))
 def test_ten_clients_that_pipeline_tiny_requests_and_never_read_cost_a_bounded_buffer_each(
     tmp_path: Path, server: Callable[..., ServerProcess],
 ) -> None:

@@ -214,3 +214,18 @@ def test_any_request_answered_here_is_the_answer_the_app_gives(
         here, app = answers(sock, [method, method])
     assert comparable(here) == comparable(app), (method, target, inm)
     assert here[0] < 500
+
+
+def test_hundreds_of_pipelined_requests_of_every_kind_are_all_answered_in_order(srv: ServerProcess) -> None:
+    # Far past the depth at which the rest of a read waits unparsed (protocol.PIPELINE_DEPTH):
+    # app routes (queued behind one another) and hot reads, in one write.
+    kinds = [("/health", 200), (LOOKUP, 200), ("/api/v1/components/Nope/node", 404), (DETAIL, 200),
+             ("/api/v1/sources", 200), ("/api/v1/nodes", 200)]
+    sequence = [kinds[i % len(kinds)] for i in range(600)]
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(b"".join(request("GET", target) for target, _ in sequence))
+        got = answers(sock, ["GET"] * len(sequence), timeout=60)
+        assert [status for status, _, _ in got] == [status for _, status in sequence]
+        assert all(b'"revision"' in body for (target, _), (_, _, body) in zip(sequence, got) if target == "/health")
+        sock.sendall(request("GET", LOOKUP))  # and the connection goes on
+        assert answers(sock, ["GET"])[0][0] == 200

@@ -41,6 +41,13 @@ from .routes import is_follower
 log = logging.getLogger("droq_registry.server")
 
 
+#: Requests parsed and queued behind the one in progress before the rest of what a client
+#: sent waits unparsed; and the piece of a read the parser is given at a time, so that no
+#: more than about PIECE / 18 bytes' worth of requests pass that depth (`data_received`).
+PIPELINE_DEPTH = 8
+PIECE = 512
+
+
 @dataclass(frozen=True)
 class Limits:
     head_timeout: float
@@ -122,6 +129,9 @@ class LimitedProtocol(HttpToolsProtocol):
         self.running: RequestResponseCycle | None = None
         self.holding = False  # a fan-out holds the next request (`hold`)
         self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
+        #: Bytes read but not parsed yet: requests beyond `PIPELINE_DEPTH` behind the one in
+        #: progress wait here, with reading paused (`data_received`, `_parse_unparsed`).
+        self.unparsed = b""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -142,10 +152,43 @@ class LimitedProtocol(HttpToolsProtocol):
             running.disconnected = True
             running.message_event.set()
         super().connection_lost(exc)
+        self.unparsed = b""
         self.release()  # its client has gone: its followers stop waiting now
         self.queued.clear()  # those never started: uvicorn starts nothing on a lost connection
 
     def data_received(self, data: bytes) -> None:
+        """Parse what the client sent, a piece at a time, keeping what comes once
+        `PIPELINE_DEPTH` requests wait behind the one in progress unparsed. uvicorn would
+        parse a whole read (up to 256 KiB) at once and keep a cycle (~1 KiB) for each
+        request in it: a client that pipelines tiny requests and never reads would hold
+        megabytes. Here it holds at most the depth's cycles and one read's bytes."""
+        if self.unparsed:  # reading is paused for those: what came meanwhile waits behind them
+            self.unparsed += data
+            self.flow.pause_reading()
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        for start in range(0, len(data), PIECE):
+            if len(self.pipeline) >= PIPELINE_DEPTH:
+                self.unparsed = data[start:]
+                self.flow.pause_reading()
+                return
+            if self.transport.is_closing():
+                return
+            self._parse(data if len(data) <= PIECE else data[start : start + PIECE])
+
+    def _parse_unparsed(self) -> None:
+        """Parse what waited, now that a request behind the one in progress has started."""
+        if self.transport.is_closing() or not self.unparsed:
+            self.unparsed = b""
+            return
+        data, self.unparsed = self.unparsed, b""
+        self._take(data)
+        if not self.unparsed and not self.pipeline and not self.holding and not self.transport.is_closing():
+            self.flow.resume_reading()
+
+    def _parse(self, data: bytes) -> None:
         if not self.in_head:
             super().data_received(data)
             return
@@ -163,7 +206,7 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.heads == heads:
             self._refuse_head()
         else:
-            self.data_received(data[len(piece) :])
+            self._parse(data[len(piece) :])
 
     def on_headers_complete(self) -> None:
         self.heads += 1
@@ -284,6 +327,10 @@ class LimitedProtocol(HttpToolsProtocol):
             if release is not None:
                 self._follow(release)
         super().on_response_complete()
+        if self.unparsed and not self.transport.is_closing():
+            self.flow.pause_reading()  # uvicorn resumed it: what waits unparsed comes first
+            if len(self.pipeline) < PIPELINE_DEPTH:
+                self.loop.call_soon(self._parse_unparsed)  # not within the answer's `send`
         if not pipelined and not self.transport.is_closing():
             self.gate.idle_again(self)
         if self.holding and not self.transport.is_closing():
