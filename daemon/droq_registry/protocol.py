@@ -26,12 +26,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from .connections import Gate
 from .feed import Release
+from .lean import Pipeline, Signal
 from .routes import is_follower
 
 log = logging.getLogger("droq_registry.server")
@@ -50,6 +52,11 @@ class Limits:
 class LimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head timeout, a head size limit and the gate."""
 
+    # Our own attributes in slots: uvicorn's alone stay few enough for CPython to share
+    # their dict's keys between connections (a dict of 40 keys costs 1.3 KiB more).
+    __slots__ = ("bounded", "follower", "gate", "head_bytes", "head_timer", "heads", "holding", "in_head",
+                 "limits", "queued", "send_timer", "unsent")
+
     def __init__(
         self,
         config: Config,
@@ -60,6 +67,7 @@ class LimitedProtocol(HttpToolsProtocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = Pipeline()  # type: ignore[assignment]  # a deque's methods uvicorn uses
         self.gate = gate
         self.limits = limits
         self.timeout_keep_alive = limits.keepalive_timeout  # type: ignore[assignment]  # a float is fine
@@ -78,6 +86,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = Flow(transport)
         self.gate.opened(self)
         self._arm()
 
@@ -122,6 +131,7 @@ class LimitedProtocol(HttpToolsProtocol):
         scope = self.scope
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
             # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
+            self.cycle.message_event = Signal()  # type: ignore[assignment]  # held for long: lean
             outlet = FollowerOutlet(self, self.cycle)
             release = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
@@ -313,6 +323,15 @@ def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[
     head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
     _last_head = (status, default, headers, head)
     return head
+
+
+class Flow(FlowControl):
+    """uvicorn's flow control, with a lean event (`lean.Signal`): a connection keeps it
+    for its whole life."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._is_writable_event = Signal(True)  # type: ignore[assignment]  # an Event's methods
 
 
 class FollowerOutlet:
