@@ -96,6 +96,37 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _long_poll(query_string: bytes) -> tuple[int | str, str | None, float, str | None]:
+    """A long-poll's `since`, `epoch` and `wait`, and why they are malformed (or None).
+    (The parsed query is not kept: a request may wait a minute, ten thousand at once.)"""
+    query = QueryParams(query_string)
+    since = _revision(query.get("since"), "since")
+    epoch = query.get("epoch")
+    malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
+    raw_wait = query.get("wait")
+    wait = 0.0
+    if malformed is None and raw_wait is not None:
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+    return since, epoch, wait, malformed
+
+
+def _cursor(header: bytes | None, query_string: bytes, snap: Snapshot) -> tuple[int, str | None] | str:
+    """Where an event stream starts (revision, epoch): its Last-Event-ID `header`, or its
+    query's `since` and `epoch`, or now; why it is malformed otherwise."""
+    if header is not None:
+        return _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
+    query = QueryParams(query_string)
+    if "since" in query or "epoch" in query:
+        since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
+        return since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
+    return (snap.revision, snap.epoch)
+
+
 async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
     status, headers, body = answer.reply(answers.if_none_match(scope["headers"]))
     await send({"type": "http.response.start", "status": status, "headers": list(headers)})
@@ -136,19 +167,7 @@ class Changes(Follow):
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
-        query = QueryParams(scope["query_string"])
-        since = _revision(query.get("since"), "since")
-        epoch = query.get("epoch")
-        malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
-        raw_wait = query.get("wait")
-        wait = 0.0
-        if malformed is None and raw_wait is not None:
-            try:
-                wait = float(raw_wait)
-            except ValueError:
-                wait = -1.0
-            if not 0 <= wait <= MAX_WAIT_SECONDS:
-                malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        since, epoch, wait, malformed = _long_poll(scope["query_string"])
         if malformed is not None:
             return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
         assert isinstance(since, int)
@@ -189,15 +208,7 @@ class Events(Follow):
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
         header = _header(scope, b"last-event-id")
-        query = QueryParams(scope["query_string"])
-        cursor: tuple[int, str | None] | str
-        if header is not None:
-            cursor = _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
-        elif "since" in query or "epoch" in query:
-            since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
-            cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
-        else:
-            cursor = (snap.revision, snap.epoch)
+        cursor = _cursor(header, scope["query_string"], snap)
         if isinstance(cursor, str):
             return await _send_answer(scope, send, answers.of(snap).error(400, cursor))
         name = "Last-Event-ID" if header is not None else "since"
