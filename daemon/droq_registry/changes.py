@@ -70,23 +70,18 @@ def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
 def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:
     """Why `snap` cannot answer a cursor `since` of history `epoch` (an answer 410: the
     client lists again, or takes the new cursor when it already has the content hash)."""
-    then = (
-        f"list the registry again, unless your state has content hash {snap.content_hash}, and follow "
+    if epoch is not None and epoch != snap.epoch:
+        why = f"epoch {epoch} is another history than this registry's (epoch {snap.epoch})"
+    elif since > snap.revision:
+        why = f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another history"
+    elif not snap.changes.kept(since):
+        why = f"changes after revision {since} are no longer kept (the log starts after revision {snap.changes.floor})"
+    else:
+        return None  # (asked of every follower in every fan-out: no string is made for it)
+    return (
+        f"{why}; list the registry again, unless your state has content hash {snap.content_hash}, and follow "
         f"changes from revision {snap.revision} of epoch {snap.epoch}"
     )
-    if epoch is not None and epoch != snap.epoch:
-        return f"epoch {epoch} is another history than this registry's (epoch {snap.epoch}); {then}"
-    if since > snap.revision:
-        return (
-            f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another"
-            f" history; {then}"
-        )
-    if not snap.changes.kept(since):
-        return (
-            f"changes after revision {since} are no longer kept (the log starts after revision "
-            f"{snap.changes.floor}); {then}"
-        )
-    return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:

@@ -234,7 +234,7 @@ class LimitedProtocol(HttpToolsProtocol):
         streaming = cycle.response_started and not cycle.response_complete and cycle.chunked_encoding
         if not streaming or not self.room(len(body)):
             return False
-        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        self.transport.write(_chunk(body))
         return True
 
     def answer(self, cycle: RequestResponseCycle, status: int, headers: tuple[tuple[bytes, bytes], ...],
@@ -255,12 +255,8 @@ class LimitedProtocol(HttpToolsProtocol):
                 get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
             )
         # The date is now's (uvicorn's current default headers); a fan-out's answers share
-        # it and their headers, so the head is encoded once for them (`_head`).
-        head = _head(status, self.server_state.default_headers, headers)
-        if cycle.keep_alive:
-            self.transport.write(head + b"\r\n" + body)
-        else:
-            self.transport.write(head + b"connection: close\r\n\r\n" + body)
+        # it, their headers and body, so they are encoded once for them (`_message`).
+        self.transport.write(_message(status, self.server_state.default_headers, headers, body, cycle.keep_alive))
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
@@ -310,19 +306,35 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-_last_head: tuple[int, object, object, bytes] = (0, None, None, b"")
+_last_message: tuple[int, object, object, object, bool, bytes] = (0, None, None, None, False, b"")
+_last_chunk: tuple[object, bytes] = (None, b"")
 
 
-def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
-    """The status line and header lines of an answer, the last one's again when it is asked
-    with the same objects (the long-polls of one fan-out, within the same second)."""
-    global _last_head
-    last = _last_head
-    if last[0] == status and last[1] is default and last[2] is headers:
-        return last[3]
+def _message(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...],
+             body: bytes, keep_alive: bool) -> bytes:
+    """A whole answer: status line, header lines (`connection: close` unless `keep_alive`)
+    and body; the last one's bytes again when it is asked with the same objects (the
+    long-polls of one fan-out, within the same second)."""
+    global _last_message
+    last = _last_message
+    if last[3] is body and last[2] is headers and last[1] is default and last[0] == status and last[4] == keep_alive:
+        return last[5]
     head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
-    _last_head = (status, default, headers, head)
-    return head
+    message = head + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n") + body
+    _last_message = (status, default, headers, body, keep_alive, message)
+    return message
+
+
+def _chunk(body: bytes) -> bytes:
+    """`body` framed as one chunk of a chunked answer; the last one's bytes again for the
+    same object (the event streams of one fan-out that had the same revision)."""
+    global _last_chunk
+    last = _last_chunk
+    if last[0] is body:
+        return last[1]
+    chunk = b"%x\r\n%b\r\n" % (len(body), body)
+    _last_chunk = (body, chunk)
+    return chunk
 
 
 class Flow(FlowControl):
