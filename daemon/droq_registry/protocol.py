@@ -54,8 +54,8 @@ class LimitedProtocol(HttpToolsProtocol):
 
     # Our own attributes in slots: uvicorn's alone stay few enough for CPython to share
     # their dict's keys between connections (a dict of 40 keys costs 1.3 KiB more).
-    __slots__ = ("bounded", "follower", "gate", "head_bytes", "head_timer", "heads", "holding", "in_head",
-                 "limits", "queued", "send_timer", "unsent")
+    __slots__ = ("bounded", "deferred", "follower", "gate", "head_bytes", "head_timer", "heads", "holding",
+                 "in_head", "limits", "queued", "send_timer", "unsent")
 
     def __init__(
         self,
@@ -82,6 +82,7 @@ class LimitedProtocol(HttpToolsProtocol):
         #: becomes `follower` when uvicorn starts it (`on_response_complete`).
         self.queued: dict[RequestResponseCycle, Release] = {}
         self.holding = False  # a fan-out holds the next request (`hold`)
+        self.deferred = False  # an answer completed meanwhile (`answer`)
         self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -261,6 +262,13 @@ class LimitedProtocol(HttpToolsProtocol):
         cycle.message_event.set()
         if not cycle.keep_alive:
             self.transport.close()
+        elif self.holding:
+            # What follows a complete answer (reading the next request, starting one
+            # pipelined, arming the keep-alive timer, the gate's bookkeeping) waits for the
+            # fan-out to be over (`resume`): its turns spend only the write on this one.
+            self.flow.pause_reading()
+            self.deferred = True
+            return True
         cycle.on_response()
         return True
 
@@ -269,10 +277,18 @@ class LimitedProtocol(HttpToolsProtocol):
         self.holding = True
 
     def resume(self) -> None:
-        """Read the client's requests again (after `hold`)."""
+        """Read the client's requests again (after `hold`), and finish the answer the
+        fan-out sent meanwhile (`answer`)."""
         if self.holding:
             self.holding = False
-            if not self.transport.is_closing():
+            deferred, self.deferred = self.deferred, False
+            if self.transport.is_closing():
+                return
+            if deferred:
+                # What its cycle's `on_response` is (uvicorn's request task, ended by now,
+                # has unset that): read again, or start the request pipelined.
+                self.on_response_complete()
+            else:
                 self.flow.resume_reading()
 
     def _unsupported_upgrade_warning(self) -> None:
