@@ -268,6 +268,8 @@ class LimitedProtocol(HttpToolsProtocol):
             # fan-out to be over (`resume`): its turns spend only the write on this one.
             self.flow.pause_reading()
             self.deferred = True
+            if not self.pipeline:
+                self.gate.idle_again(self)  # as `on_response_complete` would: the cap may close it
             return True
         cycle.on_response()
         return True
