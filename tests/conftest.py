@@ -1,4 +1,4 @@
-"""Shared fixtures: real folders in tmp_path, the real app, real server processes.
+"""Shared fixtures: real folders in tmp_path, the real app, real server processes, raw sockets.
 
 Nothing here fakes the file system, SQLite or HTTP. The helpers these fixtures use, and
 that the tests import, live in tests/support/ (one module per concern); waiting is always
@@ -8,6 +8,7 @@ that the tests import, live in tests/support/ (one module per concern); waiting 
 from __future__ import annotations
 
 import signal
+import socket
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -66,6 +67,15 @@ def server() -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for proc in started:
         proc.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[socket.socket]]:
+    """The test's raw sockets, closed after it whatever happens."""
+    opened: list[socket.socket] = []
+    yield opened
+    for sock in opened:
+        sock.close()
 
 
 @pytest.fixture

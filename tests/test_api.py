@@ -1021,7 +1021,7 @@ def test_a_missing_assets_folder_is_one_warning_not_an_error_per_poll(tmp_path: 
 @pytest.mark.parametrize(
     ("module", "name", "path"),
     [
-        ("answers", "node_list", "/api/v1/nodes?status=all"),
+        ("bodies", "node_list", "/api/v1/nodes?status=all"),
         ("explore", "search_body", "/api/v1/search?q=text"),
     ],
     ids=["node list", "search"],
@@ -1059,5 +1059,5 @@ def test_big_answers_are_built_in_a_worker_thread_while_probes_are_answered(
     assert [a.status_code for a in answers] == [200] * 5
     assert len({a.content for a in answers}) == 1
     assert set(builds) == {"AnyIO worker thread"}  # anyio.to_thread, not the event loop's thread
-    if module == "answers":
+    if module == "bodies":
         assert len(builds) == 1  # built once for the revision, whoever asked meanwhile

@@ -18,7 +18,7 @@ import signal
 import socket
 import struct
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,23 @@ import orjson
 import pytest
 
 from support.files import node_doc, write_json
-from support.http import metric
+from support.http import closed_for, metric
 from support.polling import wait_until
-from support.server import ServerProcess
-from test_fanout import LAGGING, _commit, _commit_many, _Conn, _without_date
-from test_followers_at_the_cap import Stream, following, records
-from test_limits import (
-    DEADLINE,
+from support.server import DEADLINE, ServerProcess, commit_one, text_env
+from support.sockets import (
+    Conn,
+    Stream,
     closed_by_server,
-    closed_for,
     connect,
-    env_for,
+    connect_narrow,
+    following,
     probe,
     read_head,
     read_response,
+    records,
+    without_date,
 )
+from test_fanout import LAGGING, commit_many
 
 FOLLOWING = "droq_registry_connections_following"
 TOKEN = "s3cret-token-for-the-fan-out"
@@ -64,23 +66,8 @@ def _no_5xx(srv: ServerProcess) -> list[str]:
 
 
 @pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
-
-
-@pytest.fixture
 def plain(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
-    return server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
-
-
-def _stream_on(sock: socket.socket, rest: bytes) -> Stream:
-    """A `Stream` reading a stream whose head was read already from `sock` (`rest` after it)."""
-    stream = Stream.__new__(Stream)
-    stream.sock, stream._rest, stream.text, stream.ended = sock, rest, "", False
-    return stream
+    return server(text_env(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
 
 
 # --- a follower pipelined behind a follower ----------------------------------------------
@@ -90,7 +77,7 @@ CAP = 2
 
 @pytest.fixture
 def capped(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
-    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_MAX_CONNECTIONS=str(CAP))
+    env = text_env(real_assets, tmp_path / "registry.db", REGISTRY_MAX_CONNECTIONS=str(CAP))
     return server(env, tmp_path / "server.log")
 
 
@@ -104,19 +91,19 @@ def test_a_long_poll_pipelined_behind_an_event_stream_is_released_with_it_at_the
     revision = srv.get("/ready").json()["revision"]
     srv.http.close()  # its kept-alive connection would count as one of the two
     meter = connect(srv.port)
-    both = _Conn(srv.port)
+    both = Conn(srv.port)
     sockets += [meter, both.sock]
     both.ask("/api/v1/events", f"/api/v1/changes?since={revision}&wait=60")
-    assert _head_of(both).split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
+    assert both.head().split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     wait_until(lambda: following(meter) == 1, DEADLINE)
     meter.close()
     other = Stream(srv.port)  # the cap is full of followers now
     sockets.append(other.sock)
 
     assert probe(srv.port) == 200
-    stream = _stream_on(both.sock, both.buf)
+    stream = Stream.on(both.sock, both.buf)
     stream.read_to_end()  # released: a complete response, not cut
-    both.buf = stream._rest
+    both.buf = stream.rest
     head, body = both.answer()
     assert (head.split(b"\r\n")[0], orjson.loads(body)) == (
         b"HTTP/1.1 200 OK", {"revision": revision, "changes": []},
@@ -133,7 +120,7 @@ def test_a_long_poll_pipelined_behind_a_long_poll_the_fan_out_answered_is_releas
     it, is then the follower in progress, and the gate can still release it."""
     srv = capped
     revision = srv.get("/ready").json()["revision"]
-    both = _Conn(srv.port)
+    both = Conn(srv.port)
     sockets.append(both.sock)
     both.ask(f"/api/v1/changes?since={revision}&wait=60", f"/api/v1/changes?since={revision + 1}&wait=60")
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
@@ -163,18 +150,18 @@ def test_an_event_stream_pipelined_behind_a_long_poll_streams_after_it_and_is_re
 ) -> None:
     srv = capped
     revision = srv.get("/ready").json()["revision"]
-    both = _Conn(srv.port)
+    both = Conn(srv.port)
     sockets.append(both.sock)
     both.ask(f"/api/v1/changes?since={revision}&wait=60", f"/api/v1/events?since={revision}")
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
     write_json(real_assets / "first.json", node_doc("first"))
     head, body = both.answer()
     assert (head.split(b"\r\n")[0], _changes(body)) == (b"HTTP/1.1 200 OK", (revision + 1, [("added", "first")]))
-    head = _head_of(both)
+    head = both.head()
     assert (head.split(b"\r\n")[0], b"content-type: text/event-stream; charset=utf-8" in head.split(b"\r\n")) == (
         b"HTTP/1.1 200 OK", True,
     )
-    stream = _stream_on(both.sock, both.buf)
+    stream = Stream.on(both.sock, both.buf)
     stream.read_until_id(revision + 1)
     write_json(real_assets / "second.json", node_doc("second"))
     stream.read_until_id(revision + 2)
@@ -197,14 +184,6 @@ def test_an_event_stream_pipelined_behind_a_long_poll_streams_after_it_and_is_re
 # --- HTTP/1.1 the ways clients speak it, answered by the fan-out ------------------------
 
 
-def _head_of(conn: _Conn) -> bytes:
-    """The next answer's head alone (a HEAD answer has no body, whatever its Content-Length)."""
-    while b"\r\n\r\n" not in conn.buf:
-        conn._more()
-    head, _, conn.buf = conn.buf.partition(b"\r\n\r\n")
-    return head
-
-
 def _changes(body: bytes) -> tuple[int, list[tuple[str, str]]]:
     doc = orjson.loads(body)
     return doc["revision"], [(c["kind"], c["node_id"]) for c in doc["changes"]]
@@ -215,21 +194,21 @@ def test_a_head_long_poll_gets_the_get_answers_head_without_a_body_and_the_next_
 ) -> None:
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.sock.sendall(f"HEAD /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    revision = _commit(srv, real_assets, "headed")
-    head = _head_of(conn)
+    revision = commit_one(srv, real_assets, "headed")
+    head = conn.head()
     conn.ask("/health")
     health_head, health_body = conn.answer()
     get_head, _ = _asked(srv, f"/api/v1/changes?since={start}", sockets).answer()
-    assert _without_date(head) == _without_date(get_head)
+    assert without_date(head) == without_date(get_head)
     assert (health_head.split(b"\r\n")[0], orjson.loads(health_body)["revision"]) == (b"HTTP/1.1 200 OK", revision)
 
 
-def _asked(srv: ServerProcess, path: str, sockets: list[socket.socket]) -> _Conn:
-    conn = _Conn(srv.port)
+def _asked(srv: ServerProcess, path: str, sockets: list[socket.socket]) -> Conn:
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.ask(path)
     return conn
@@ -242,14 +221,14 @@ def test_a_long_poll_with_expect_100_continue_and_a_body_gets_one_final_answer_t
     and the body the client sent anyway is not read as its next request."""
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.sock.sendall(
         f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
         "Content-Length: 5\r\n\r\nhello".encode()
     )
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    revision = _commit(srv, real_assets, "expecting")
+    revision = commit_one(srv, real_assets, "expecting")
     head, body = conn.answer()
     assert (head.split(b"\r\n")[0], _changes(body)) == (b"HTTP/1.1 200 OK", (revision, [("added", "expecting")]))
     conn.ask("/health")
@@ -263,14 +242,14 @@ def test_a_long_poll_with_a_chunked_body_still_coming_is_answered_and_the_reques
 ) -> None:
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.sock.sendall(
         f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
         "5\r\nhello\r\n".encode()
     )
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    revision = _commit(srv, real_assets, "chunky")
+    revision = commit_one(srv, real_assets, "chunky")
     head, body = conn.answer()  # the body has not ended yet
     assert (head.split(b"\r\n")[0], _changes(body)) == (b"HTTP/1.1 200 OK", (revision, [("added", "chunky")]))
     conn.sock.sendall(b"3\r\nabc\r\n0\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -284,13 +263,13 @@ def test_a_long_poll_with_a_stale_if_none_match_gets_the_new_answer_and_with_the
     srv = plain
     start = int(srv.get("/health").json()["revision"])
     stale = srv.get(f"/api/v1/changes?since={start}").headers["etag"]
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.sock.sendall(
         f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\nIf-None-Match: {stale}\r\n\r\n".encode()
     )
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    revision = _commit(srv, real_assets, "tagged")
+    revision = commit_one(srv, real_assets, "tagged")
     head, body = conn.answer()
     plain_answer = srv.get(f"/api/v1/changes?since={start}")
     assert (head.split(b"\r\n")[0], body) == (b"HTTP/1.1 200 OK", plain_answer.content)
@@ -309,25 +288,25 @@ def test_a_long_poll_saying_connection_close_is_answered_by_the_fan_out_with_con
 ) -> None:
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    closing, kept = _Conn(srv.port), _Conn(srv.port)
+    closing, kept = Conn(srv.port), Conn(srv.port)
     sockets += [closing.sock, kept.sock]
     closing.sock.sendall(
         f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
     )
     kept.ask(f"/api/v1/changes?since={start}&wait=30")
     wait_until(lambda: metric(srv, FOLLOWING) == 2, DEADLINE)
-    revision = _commit(srv, real_assets, "closing")
+    revision = commit_one(srv, real_assets, "closing")
     (head, body), (kept_head, kept_body) = closing.answer(), kept.answer()
     assert (head.split(b"\r\n")[-1], _changes(body)) == (b"connection: close", (revision, [("added", "closing")]))
     assert closing.closed()
-    assert (_without_date(kept_head) + [b"connection: close"], kept_body) == (_without_date(head), body)
+    assert (without_date(kept_head) + [b"connection: close"], kept_body) == (without_date(head), body)
     kept.ask("/health")  # kept alive: the next request is answered on it
     assert kept.answer()[0].split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
 
 
 @pytest.fixture
 def secured(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
-    srv = server(env_for(real_assets, tmp_path / "registry.db", REGISTRY_API_TOKEN=TOKEN), tmp_path / "server.log")
+    srv = server(text_env(real_assets, tmp_path / "registry.db", REGISTRY_API_TOKEN=TOKEN), tmp_path / "server.log")
     srv.http.headers["authorization"] = f"Bearer {TOKEN}"
     return srv
 
@@ -339,7 +318,7 @@ def test_with_a_token_a_long_poll_without_it_is_refused_401_at_once_and_only_the
     start = int(srv.get("/health").json()["revision"])
     ask = f"GET /api/v1/changes?since={start}&wait=30 HTTP/1.1\r\nHost: x\r\n"
     bare, wrong = connect(srv.port), connect(srv.port)
-    piped = _Conn(srv.port)
+    piped = Conn(srv.port)
     sockets += [bare, wrong, piped.sock]
     bare.sendall(f"{ask}\r\n".encode())
     wrong.sendall(f"{ask}Authorization: Bearer not-{TOKEN}\r\n\r\n".encode())
@@ -349,7 +328,7 @@ def test_with_a_token_a_long_poll_without_it_is_refused_401_at_once_and_only_the
     # An authorized long-poll with an unauthorized one pipelined behind it.
     piped.sock.sendall(f"{ask}Authorization: Bearer {TOKEN}\r\n\r\n{ask}\r\n".encode())
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    revision = _commit(srv, real_assets, "secured")
+    revision = commit_one(srv, real_assets, "secured")
     (first, body), (second, _) = piped.answer(), piped.answer()
     assert (first.split(b"\r\n")[0], _changes(body)) == (b"HTTP/1.1 200 OK", (revision, [("added", "secured")]))
     assert second.split(b"\r\n")[0] == b"HTTP/1.1 401 Unauthorized"
@@ -367,15 +346,15 @@ def test_every_long_poll_the_fan_out_answers_is_counted_in_metrics_and_has_its_a
     srv = plain
     start = int(srv.get("/health").json()["revision"])
     before = _requests(srv, "/api/v1/changes", 200)
-    polls = [_Conn(srv.port) for _ in range(POLLS)]
-    old = _Conn(srv.port)
+    polls = [Conn(srv.port) for _ in range(POLLS)]
+    old = Conn(srv.port)
     sockets += [c.sock for c in (*polls, old)]
     path = f"/api/v1/changes?since={start}&wait=30"
     for conn in polls:
         conn.ask(path)
     old.ask(path, version="1.0")
     wait_until(lambda: metric(srv, FOLLOWING) == POLLS + 1, DEADLINE)
-    revision = _commit(srv, real_assets, "counted")
+    revision = commit_one(srv, real_assets, "counted")
     for conn in (*polls, old):
         _, body = conn.answer()
         assert _changes(body) == (revision, [("added", "counted")])
@@ -400,11 +379,11 @@ def test_clients_that_reset_in_the_middle_of_a_fan_out_cost_the_others_nothing(
 ) -> None:
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    canary = _Conn(srv.port)  # subscribed first, so answered first
+    canary = Conn(srv.port)  # subscribed first, so answered first
     canary.ask(f"/api/v1/changes?since={start}&wait=30")
     sockets.append(canary.sock)
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-    polls = [_Conn(srv.port) for _ in range(FOLLOWERS)]
+    polls = [Conn(srv.port) for _ in range(FOLLOWERS)]
     for conn in polls:
         conn.ask(f"/api/v1/changes?since={start}&wait=30")
     streams = [Stream(srv.port) for _ in range(FOLLOWERS)]
@@ -425,7 +404,7 @@ def test_clients_that_reset_in_the_middle_of_a_fan_out_cost_the_others_nothing(
         stream.read_until_id(revision)
         assert records(stream.events()) == log
     # The streams left go on: the next commit reaches each of them.
-    second = _commit(srv, real_assets, "after-reset")
+    second = commit_one(srv, real_assets, "after-reset")
     log = srv.get(f"/api/v1/changes?since={start}").json()["changes"]
     for stream in streams[1::2]:
         stream.read_until_id(second)
@@ -441,14 +420,14 @@ def test_a_long_poll_whose_client_half_closes_is_released_and_its_connection_clo
     next commit has nothing to write to it."""
     srv = plain
     start = int(srv.get("/health").json()["revision"])
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.ask(f"/api/v1/changes?since={start}&wait=30")
     wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
     conn.sock.shutdown(socket.SHUT_WR)
     assert closed_by_server(conn.sock)
     wait_until(lambda: metric(srv, FOLLOWING) == 0, DEADLINE)
-    _commit(srv, real_assets, "after-half-close")
+    commit_one(srv, real_assets, "after-half-close")
     assert (metric(srv, "droq_registry_connections_open"), _no_5xx(srv)) == (1, [])  # srv.http's own
 
 
@@ -460,14 +439,14 @@ STOPPING = 400
 def test_sigterm_as_a_fan_out_begins_answers_every_long_poll_whole_ends_every_stream_whole_and_exits_0(
     tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]
 ) -> None:
-    srv = server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
+    srv = server(text_env(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
     start = int(srv.get("/health").json()["revision"])
     with ExitStack() as stack:
-        canary = _Conn(srv.port)
+        canary = Conn(srv.port)
         stack.enter_context(canary.sock)
         canary.ask(f"/api/v1/changes?since={start}&wait=60")
         wait_until(lambda: metric(srv, FOLLOWING) == 1, DEADLINE)
-        polls = [_Conn(srv.port) for _ in range(STOPPING)]
+        polls = [Conn(srv.port) for _ in range(STOPPING)]
         for conn in polls:
             stack.enter_context(conn.sock)
             conn.ask(f"/api/v1/changes?since={start}&wait=60")
@@ -532,17 +511,13 @@ def test_two_hundred_stuck_readers_are_each_cut_at_their_bound_and_none_holds_mo
     taken would pass REGISTRY_FOLLOWER_BUFFER_BYTES, counting what the kernel holds for it
     too (its send buffer is that bound, not the up to 4 MiB Linux grows it to by itself); a
     reader as slow (the same window) that reads on is not cut and gets every event."""
-    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_FOLLOWER_BUFFER_BYTES=str(STUCK_BOUND))
+    env = text_env(real_assets, tmp_path / "registry.db", REGISTRY_FOLLOWER_BUFFER_BYTES=str(STUCK_BOUND))
     srv = server(env, tmp_path / "server.log")
     start = int(srv.get("/health").json()["revision"])
     with ExitStack() as stack:
 
         def narrow() -> socket.socket:
-            sock = socket.socket()
-            stack.enter_context(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window
-            sock.settimeout(DEADLINE)
-            sock.connect(("127.0.0.1", srv.port))
+            sock = stack.enter_context(connect_narrow(srv.port))
             sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
             return sock
 
@@ -550,14 +525,14 @@ def test_two_hundred_stuck_readers_are_each_cut_at_their_bound_and_none_holds_mo
         reader_sock = narrow()
         status, _, rest = read_head(reader_sock)
         assert status == 200
-        reader = _stream_on(reader_sock, rest)
+        reader = Stream.on(reader_sock, rest)
         stuck = [narrow() for _ in range(STUCK)]
         peers = {sock.getsockname()[1] for sock in stuck}
         wait_until(lambda: metric(srv, FOLLOWING) == STUCK + 1, DEADLINE)
         most = 0
         revision = start
         for round_ in range(80):
-            revision = _commit_many(srv, real_assets, round_)
+            revision = commit_many(srv, real_assets, round_)
             reader.read_until_id(revision)
             most = max([most, *_queued(srv.port, peers).values()])
             if metric(srv, LAGGING) >= STUCK:

@@ -9,7 +9,8 @@ from contextlib import ExitStack
 import pytest
 
 from support.server import ServerProcess
-from test_limits import connect, limited, read_response  # noqa: F401
+from support.sockets import connect, read_response
+from test_limits import limited  # noqa: F401
 
 
 @pytest.mark.parametrize("path", ["/api/v1/events", "/api/v1/changes?since=1&wait=60"])

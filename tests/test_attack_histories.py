@@ -23,6 +23,7 @@ from support.histories import has_node, other_epoch, position, replica, where
 from support.http import make_settings
 from support.polling import wait_until
 from support.server import ServerProcess, health_or_none
+from support.sockets import send_once
 
 
 def add(srv: ServerProcess, assets: Path, name: str) -> dict[str, Any]:
@@ -78,14 +79,7 @@ def test_a_backup_restored_over_the_database_is_another_history_for_every_cursor
 def raw_get(srv: ServerProcess, target: str, *headers: str) -> tuple[str, dict[str, str]]:
     """The status line and headers of one request sent as raw bytes (nothing normalised)."""
     request = "\r\n".join([f"GET {target} HTTP/1.1", "Host: 127.0.0.1", *headers, "Connection: close", "", ""])
-    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
-        sock.sendall(request.encode("latin-1"))
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+    data = send_once(srv.port, request.encode("latin-1"))
     status, *lines = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     return status, {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
 

@@ -518,7 +518,8 @@ def test_compose_serves_the_mounted_nodes_and_down_keeps_the_volume(image: str, 
     write_json(nodes / "theirs.json", node_doc("theirs", {"Theirs": "pkg.theirs"}))
     project = f"droq-test-{uuid.uuid4().hex[:12]}"
     port = free_port()
-    env = {**os.environ, "REGISTRY_PUBLISH": f"127.0.0.1:{port}"}
+    # The image this suite built (compose would build droq-registry:latest if it were missing).
+    env = {**os.environ, "REGISTRY_PUBLISH": f"127.0.0.1:{port}", "REGISTRY_IMAGE": image}
 
     def compose(*args: str) -> None:
         assert PODMAN_COMPOSE is not None

@@ -11,7 +11,6 @@ resumes with the Last-Event-ID it had and misses nothing.
 from __future__ import annotations
 
 import gc
-import re
 import socket
 import weakref
 from collections.abc import Callable, Iterator
@@ -28,9 +27,8 @@ from droq_registry.feed import Release
 from support.files import node_doc, write_json
 from support.http import metric
 from support.polling import wait_until
-from support.server import ServerProcess
-from test_followers_at_the_cap import Stream, records
-from test_limits import DEADLINE, env_for
+from support.server import DEADLINE, ServerProcess, commit_one, text_env
+from support.sockets import Conn, Stream, connect, connect_narrow, records, without_date
 
 FOLLOWERS = 300
 
@@ -151,7 +149,7 @@ FILES = 400
 LAGGING = 'droq_registry_connections_closed_total{reason="follower_lagging"}'
 
 
-def _commit_many(srv: ServerProcess, assets: Path, round_: int) -> int:
+def commit_many(srv: ServerProcess, assets: Path, round_: int) -> int:
     """One commit of FILES new node files with long names; the revision it made."""
     before = int(srv.get("/health").json()["revision"])
     staging = assets.parent / f"staging-{round_}"
@@ -172,35 +170,28 @@ def stuck_run(tmp_path: Path, real_assets: Path, server: Callable[..., ServerPro
     """A server with three readers and one subscriber that reads the first commit and then
     stops reading; commits until the server has cut it, then one more; then the stuck one
     reads what it got and resumes with its Last-Event-ID."""
-    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_FOLLOWER_BUFFER_BYTES=str(BOUND))
+    env = text_env(real_assets, tmp_path / "registry.db", REGISTRY_FOLLOWER_BUFFER_BYTES=str(BOUND))
     srv = server(env, tmp_path / "server.log")
     start = int(srv.get("/health").json()["revision"])
     readers = [Stream(srv.port) for _ in range(3)]
-    stuck_sock = socket.socket()
-    stuck_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)  # before connect: the window
-    stuck_sock.settimeout(DEADLINE)
-    stuck_sock.connect(("127.0.0.1", srv.port))
-    stuck = Stream.__new__(Stream)
-    stuck.sock, stuck._rest, stuck.text, stuck.ended = stuck_sock, b"", "", False
-    stuck_sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
-    while b"\r\n\r\n" not in stuck._rest:
-        stuck._rest += stuck_sock.recv(4096)
-    stuck._rest = stuck._rest.partition(b"\r\n\r\n")[2]
+    stuck = Stream.on(connect_narrow(srv.port))
+    stuck.sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stuck.head()
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 4, timeout=DEADLINE)
 
-    first = _commit_many(srv, real_assets, 0)
+    first = commit_many(srv, real_assets, 0)
     stuck.read_until_id(first)  # it had the first commit whole; from here on it reads nothing
     for reader in readers:
         reader.read_until_id(first)
     revisions = [first]
     for round_ in range(1, 80):
-        revisions.append(_commit_many(srv, real_assets, round_))
+        revisions.append(commit_many(srv, real_assets, round_))
         for reader in readers:  # the others read on, so only the stuck one lags
             reader.read_until_id(revisions[-1])
         if metric(srv, LAGGING) >= 1:
             break
     cut_at = revisions[-1]
-    revisions.append(_commit_many(srv, real_assets, len(revisions)))  # one more, after the cut
+    revisions.append(commit_many(srv, real_assets, len(revisions)))  # one more, after the cut
     for reader in readers:
         reader.read_until_id(revisions[-1])
     lagging = metric(srv, LAGGING)
@@ -248,66 +239,9 @@ def test_resuming_after_being_cut_loses_nothing(stuck_run: dict[str, Any]) -> No
 POLLS = 40
 
 
-class _Conn:
-    """A kept-alive raw connection whose answers (with Content-Length) are read in order,
-    so pipelined answers are told apart: each is its raw head and its body."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-        self.buf = b""
-
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"closed; unread: {self.buf[:200]!r}")
-        self.buf += chunk
-
-    def ask(self, *paths: str, version: str = "1.1") -> None:
-        self.sock.sendall(b"".join(f"GET {p} HTTP/{version}\r\nHost: x\r\n\r\n".encode() for p in paths))
-
-    def answer(self) -> tuple[bytes, bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        found = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
-        assert found is not None, head
-        size = int(found.group(1))
-        self.buf = rest
-        while len(self.buf) < size:
-            self._more()
-        body, self.buf = self.buf[:size], self.buf[size:]
-        return head, body
-
-    def closed(self) -> bool:
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-
-def _without_date(head: bytes) -> list[bytes]:
-    return [line for line in head.split(b"\r\n") if not line.lower().startswith(b"date:")]
-
-
 @pytest.fixture
 def following_server(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
-    return server(env_for(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
-
-
-@pytest.fixture
-def sockets() -> Iterator[list[socket.socket]]:
-    """The test's raw sockets, closed after it whatever happens."""
-    opened: list[socket.socket] = []
-    yield opened
-    for sock in opened:
-        sock.close()
-
-
-def _commit(srv: ServerProcess, assets: Path, name: str) -> int:
-    before = int(srv.get("/health").json()["revision"])
-    write_json(assets / f"{name}.json", node_doc(name))
-    wait_until(lambda: int(srv.get("/health").json()["revision"]) > before, timeout=DEADLINE)
-    return before + 1
+    return server(text_env(real_assets, tmp_path / "registry.db"), tmp_path / "server.log")
 
 
 def test_long_polls_answered_by_the_fan_out_get_the_answer_a_plain_request_gets_and_their_next_request_is_read(
@@ -315,15 +249,15 @@ def test_long_polls_answered_by_the_fan_out_get_the_answer_a_plain_request_gets_
 ) -> None:
     srv = following_server
     start = int(srv.get("/health").json()["revision"])
-    polls = [_Conn(srv.port) for _ in range(POLLS)]
+    polls = [Conn(srv.port) for _ in range(POLLS)]
     streams = [Stream(srv.port) for _ in range(POLLS)]
     sockets += [c.sock for c in polls] + [s.sock for s in streams]
     for conn in polls:
         conn.ask(f"/api/v1/changes?since={start}&wait=30")
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 2 * POLLS, timeout=DEADLINE)
 
-    first = _commit(srv, real_assets, "fanned-1")
-    plain = _Conn(srv.port)  # the same question without a wait: answered by its own task
+    first = commit_one(srv, real_assets, "fanned-1")
+    plain = Conn(srv.port)  # the same question without a wait: answered by its own task
     sockets.append(plain.sock)
     plain.ask(f"/api/v1/changes?since={start}")
     plain_head, plain_body = plain.answer()
@@ -331,12 +265,12 @@ def test_long_polls_answered_by_the_fan_out_get_the_answer_a_plain_request_gets_
     assert [(c["kind"], c["node_id"]) for c in orjson.loads(plain_body)["changes"]] == [("added", "fanned-1")]
     for conn in polls:
         head, body = conn.answer()
-        assert (_without_date(head), body) == (_without_date(plain_head), plain_body)
+        assert (without_date(head), body) == (without_date(plain_head), plain_body)
     # Each asks again on the same connection: held during the fan-out, read after it.
     for conn in polls:
         conn.ask(f"/api/v1/changes?since={first}&wait=30")
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 2 * POLLS, timeout=DEADLINE)
-    second = _commit(srv, real_assets, "fanned-2")
+    second = commit_one(srv, real_assets, "fanned-2")
     for conn in polls:
         _, body = conn.answer()
         assert (orjson.loads(body)["revision"], [c["node_id"] for c in orjson.loads(body)["changes"]]) == (
@@ -355,11 +289,11 @@ def test_a_long_poll_pipelined_with_a_lookup_gets_both_answers_in_order_after_th
     start = int(srv.get("/health").json()["revision"])
     lookup = "/api/v1/components/TextInputComponent/node"
     expected = srv.get(lookup)
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.ask(f"/api/v1/changes?since={start}&wait=30", lookup)
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
-    revision = _commit(srv, real_assets, "piped")
+    revision = commit_one(srv, real_assets, "piped")
     head, body = conn.answer()
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert (orjson.loads(body)["revision"], [c["node_id"] for c in orjson.loads(body)["changes"]]) == (
@@ -374,11 +308,11 @@ def test_an_http_1_0_long_poll_answered_by_the_fan_out_says_connection_close_and
 ) -> None:
     srv = following_server
     start = int(srv.get("/health").json()["revision"])
-    conn = _Conn(srv.port)
+    conn = Conn(srv.port)
     sockets.append(conn.sock)
     conn.ask(f"/api/v1/changes?since={start}&wait=30", version="1.0")
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
-    revision = _commit(srv, real_assets, "old-client")
+    revision = commit_one(srv, real_assets, "old-client")
     head, body = conn.answer()
     lines = head.split(b"\r\n")
     assert (lines[0], lines[-1], orjson.loads(body)["revision"]) == (
@@ -392,17 +326,14 @@ def test_an_event_stream_with_a_request_pipelined_behind_it_still_gets_each_comm
 ) -> None:
     srv = following_server
     start = int(srv.get("/health").json()["revision"])
-    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=DEADLINE)
+    sock = connect(srv.port)
     sockets.append(sock)
     sock.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n\r\nGET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-    stream = Stream.__new__(Stream)
-    stream.sock, stream._rest, stream.text, stream.ended = sock, b"", "", False
-    while b"\r\n\r\n" not in stream._rest:
-        stream._rest += sock.recv(4096)
-    head, _, stream._rest = stream._rest.partition(b"\r\n\r\n")
+    stream = Stream.on(sock)
+    head = stream.head()
     assert head.split(b"\r\n")[0] == b"HTTP/1.1 200 OK"
     wait_until(lambda: metric(srv, "droq_registry_connections_following") == 1, timeout=DEADLINE)
-    revision = _commit(srv, real_assets, "behind")
+    revision = commit_one(srv, real_assets, "behind")
     stream.read_until_id(revision)
     assert records(stream.events()) == srv.get(f"/api/v1/changes?since={start}").json()["changes"]
 

@@ -16,7 +16,6 @@ import socket
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import orjson
@@ -24,19 +23,10 @@ import pytest
 
 from droq_registry.connections import Gate
 from support.files import node_doc, write_json
-from support.http import metric
+from support.http import closed_for, metric
 from support.polling import wait_until
-from support.server import ServerProcess
-from test_limits import (
-    DEADLINE,
-    closed_by_server,
-    closed_for,
-    connect,
-    env_for,
-    probe,
-    read_head,
-    read_response,
-)
+from support.server import DEADLINE, ServerProcess, text_env
+from support.sockets import Stream, closed_by_server, connect, following, probe, read_response, records
 
 #: The connection cap of these tests (REGISTRY_MAX_CONNECTIONS).
 CAP = 20
@@ -45,19 +35,8 @@ CAP = 20
 @pytest.fixture
 def capped(tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
     """A service watching the real node files, with at most `CAP` connections open."""
-    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_MAX_CONNECTIONS=str(CAP))
+    env = text_env(real_assets, tmp_path / "registry.db", REGISTRY_MAX_CONNECTIONS=str(CAP))
     return server(env, tmp_path / "server.log")
-
-
-def following(meter: socket.socket) -> float:
-    """The gate's count of followers, asked on a kept-alive raw connection of its own."""
-    meter.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-    answer = read_response(meter)
-    assert answer is not None and answer[0] == 200
-    for line in answer[2].decode().splitlines():
-        if line.startswith("droq_registry_connections_following "):
-            return float(line.split()[1])
-    raise AssertionError("no droq_registry_connections_following")
 
 
 def epoch_of(srv: ServerProcess) -> str:
@@ -69,57 +48,6 @@ def long_poll(port: int, since: int) -> socket.socket:
     sock = connect(port)
     sock.sendall(f"GET /api/v1/changes?since={since}&wait=60 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     return sock
-
-
-class Stream:
-    """An event stream on a raw socket: its head, then its chunked body read as it comes."""
-
-    def __init__(self, port: int, last_event_id: str | None = None) -> None:
-        self.sock = connect(port)
-        resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id is not None else ""
-        self.sock.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: x\r\n{resume}\r\n".encode())
-        status, headers, self._rest = read_head(self.sock)  # its handler runs: the head was parsed
-        assert (status, headers["content-type"]) == (200, "text/event-stream; charset=utf-8")
-        self.text = ""
-        self.ended = False  # the last chunk came: a complete response
-
-    def _need(self, size: int) -> None:
-        while len(self._rest) < size:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise EOFError(f"closed in the middle of the stream: {self.text[-200:]!r}")
-            self._rest += chunk
-
-    def read_chunk(self) -> None:
-        while b"\r\n" not in self._rest:
-            self._need(len(self._rest) + 1)
-        size_line, _, self._rest = self._rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        self._need(size + 2)
-        self.text += self._rest[:size].decode()
-        self._rest = self._rest[size + 2 :]
-        self.ended = size == 0
-
-    def events(self) -> list[dict[str, str]]:
-        """The whole events read so far (comments left out)."""
-        found = []
-        for block in self.text.replace("\r\n", "\n").split("\n\n")[:-1]:
-            event = dict(line.split(": ", 1) for line in block.split("\n") if line and not line.startswith(":"))
-            if event:
-                found.append(event)
-        return found
-
-    def read_until_id(self, revision: int) -> None:
-        while not any(event.get("id", "").endswith(f":{revision}") for event in self.events()):
-            self.read_chunk()
-
-    def read_to_end(self) -> None:
-        while not self.ended:
-            self.read_chunk()
-
-
-def records(events: list[dict[str, str]]) -> list[Any]:
-    return [orjson.loads(event["data"]) for event in events if event["event"] == "change"]
 
 
 def test_at_the_cap_the_oldest_long_poll_answers_200_with_what_it_has_and_a_probe_gets_in(

@@ -34,7 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from droq_registry import cli, nodefile
+from droq_registry import cli, nodebytes, nodefile
 from droq_registry.diff import conflict_message
 from droq_registry.folder import TransientError
 from droq_registry.model import CORE_FIELDS, Result
@@ -311,14 +311,14 @@ def test_a_node_the_encoder_refuses_is_that_files_error_before_any_transaction(
 ) -> None:
     # The depth limit keeps every real file within what orjson encodes; should a library
     # limit ever be reached anyway, the file is refused as the encoder put it.
-    encode = nodefile.encode
+    encode = nodebytes.encode
 
     def refusing(node: Any) -> bytes:
         if node.node_id == "x":
             raise orjson.JSONEncodeError("Recursion limit reached")
         return encode(node)
 
-    monkeypatch.setattr(nodefile, "encode", refusing)
+    monkeypatch.setattr(nodebytes, "encode", refusing)
     if split:
         write_json(assets.parent / "c.json", {"X": "pkg.x"})
         write_json(assets / "x.json", {"node_id": "x", "name": "X", "components_json_path": "../c.json"})

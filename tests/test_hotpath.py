@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,10 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from droq_registry import answers, api
+from droq_registry import answers, api, bodies
 from support.files import REAL_NODES, node_doc, write_json
 from support.polling import wait_until
+from support.sockets import send_once
 
 Client = Callable[..., TestClient]
 TOKEN = "hot-path-test-token"
@@ -121,7 +121,7 @@ def assert_same_as_starlette(app: Starlette, sc: dict[str, Any], hot: bool = Tru
 def list_built(app: Starlette, query: bytes) -> bool:
     """Whether the node list this query asks for is built for the served snapshot."""
     status = api.LIST_QUERIES[query]
-    return answers.node_list_key(status) in app.state.registry.snapshot.cache
+    return bodies.node_list_key(status) in app.state.registry.snapshot.cache
 
 
 def header(messages: list[dict[str, Any]], name: bytes) -> bytes | None:
@@ -497,11 +497,7 @@ def raw_get(port: int, method: str, target: str, headers: dict[str, str]) -> tup
     """One request on its own connection; (status, headers without Date/Connection, body)."""
     lines = [f"{method} {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in headers.items()]
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+    data = send_once(port, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
     head, _, body = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.split(b"\r\n")
     pairs = [tuple(line.split(b": ", 1)) for line in header_lines]

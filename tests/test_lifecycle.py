@@ -25,7 +25,7 @@ from support.files import node_doc, save, save_bytes, write_json
 from support.http import sources
 from support.polling import wait_until
 from support.server import ServerProcess, health_or_none, server_env
-from test_limits import connect, descriptors, read_chunks, read_head, read_response
+from support.sockets import connect, descriptors, read_chunks, read_head, read_response
 
 DEADLINE = 10.0
 KILL_DEADLINE = 30.0

@@ -10,11 +10,10 @@ connection is read from the service's own metrics, so no test depends on timing.
 
 from __future__ import annotations
 
-import resource
 import select
 import socket
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -23,93 +22,18 @@ import pytest
 
 from droq_registry.settings import Settings, SettingsError
 from support.files import node_doc, write_json
-from support.http import metric
+from support.http import closed_for, metric
 from support.polling import wait_until
-from support.server import ServerProcess, server_env
+from support.server import DEADLINE, ServerProcess, text_env
+from support.sockets import closed_by_server, connect, connect_narrow, descriptors, probe, read_response
 
 Server = Callable[..., ServerProcess]
-#: Generous bounds for things that happen in about a second (slow machines, no asserts on time).
-DEADLINE = 20.0
-
-
-def env_for(assets: Path, db: Path, **extra: str) -> dict[str, str]:
-    return server_env(assets, db, LOG_FORMAT="text", **extra)
-
-
-def connect(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-    return sock
-
-
-def read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """The status and headers of a response, and what was read beyond them."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"closed before a whole response head: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
-    return int(status_line.split()[1]), headers, rest
-
-
-def _more(sock: socket.socket, data: bytes, size: int) -> bytes:
-    while len(data) < size:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError(f"closed in the middle of a body: {data[-200:]!r}")
-        data += chunk
-    return data
-
-
-def read_chunks(sock: socket.socket, rest: bytes) -> bytes:
-    """A chunked body to its last chunk (`rest`: what came after the head)."""
-    body = b""
-    while True:
-        while b"\r\n" not in rest:
-            rest = _more(sock, rest, len(rest) + 1)
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line, 16)
-        rest = _more(sock, rest, size + 2)
-        body, rest = body + rest[:size], rest[size + 2 :]
-        if size == 0:
-            return body
-
-
-def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes] | None:
-    """One HTTP/1.1 response (Content-Length or chunked); None if the server closed first."""
-    try:
-        status, headers, rest = read_head(sock)
-    except EOFError:
-        return None
-    if "content-length" in headers:
-        size = int(headers["content-length"])
-        return status, headers, _more(sock, rest, size)[:size]
-    return status, headers, read_chunks(sock, rest)
-
-
-def closed_by_server(sock: socket.socket) -> bool:
-    """Whether the server closes this connection (reading until it does, or the deadline)."""
-    try:
-        while sock.recv(65536):
-            pass
-    except ConnectionResetError:
-        return True
-    except TimeoutError:
-        return False
-    return True
-
-
-def closed_for(srv: ServerProcess, reason: str) -> float:
-    return metric(srv, f'droq_registry_connections_closed_total{{reason="{reason}"}}')
 
 
 @pytest.fixture
 def limited(tmp_path: Path, real_assets: Path, server: Server) -> Callable[..., ServerProcess]:
     def start(**extra: str) -> ServerProcess:
-        return server(env_for(real_assets, tmp_path / "registry.db", **extra), tmp_path / "server.log")
+        return server(text_env(real_assets, tmp_path / "registry.db", **extra), tmp_path / "server.log")
 
     return start
 
@@ -245,17 +169,6 @@ def with_nofile(nofile: int) -> list[str]:
     return ["prlimit", f"--nofile={nofile}:{nofile}"]
 
 
-@contextmanager
-def descriptors(count: int) -> Iterator[None]:
-    """This test process may open `count` files (the flood needs a thousand sockets)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, count), max(hard, count)))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-
 def flood(port: int, count: int) -> list[socket.socket]:
     """`count` connections that send nothing, or half a request head, and then wait."""
     socks = []
@@ -275,16 +188,8 @@ def flood(port: int, count: int) -> list[socket.socket]:
     return socks
 
 
-def probe(port: int) -> int | str:
-    """What a liveness probe with a 1 s timeout sees."""
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code
-    except httpx.HTTPError as exc:
-        return type(exc).__name__
-
-
 def test_a_flood_of_1000_connections_costs_no_node_file_and_no_probe(tmp_path: Path, real_assets: Path) -> None:
-    env = env_for(real_assets, tmp_path / "registry.db", REGISTRY_HEAD_TIMEOUT_SECONDS="60")
+    env = text_env(real_assets, tmp_path / "registry.db", REGISTRY_HEAD_TIMEOUT_SECONDS="60")
     with descriptors(4096):
         srv = ServerProcess(env, tmp_path / "server.log", prefix=with_nofile(256))
         socks: list[socket.socket] = []
@@ -349,14 +254,11 @@ def test_a_client_that_reads_nothing_of_a_big_answer_is_cut_off_after_the_send_t
 ) -> None:
     for i in range(120):  # a node list of about 8 MB: more than the socket buffers hold
         write_json(assets / f"big-{i:03d}.json", node_doc(f"big-{i:03d}", readme="r" * 65536))
-    srv = server(env_for(assets, tmp_path / "registry.db", REGISTRY_SEND_TIMEOUT_SECONDS="1"),
+    srv = server(text_env(assets, tmp_path / "registry.db", REGISTRY_SEND_TIMEOUT_SECONDS="1"),
                  tmp_path / "server.log")
     size = len(srv.get("/api/v1/nodes").content)
     assert size > 7_000_000
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(DEADLINE)
-        sock.connect(("127.0.0.1", srv.port))
+    with connect_narrow(srv.port, window=4096) as sock:
         sock.sendall(b"GET /api/v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_until(lambda: closed_for(srv, "send_stalled") == 1, DEADLINE)  # it read nothing
         received = 0

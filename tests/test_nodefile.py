@@ -13,18 +13,17 @@ import orjson
 import pytest
 
 from droq_registry.model import Component, Node
+from droq_registry.nodebytes import decode, encode
 from droq_registry.nodefile import (
     MAX_DEPTH,
     MAX_FILE_BYTES,
-    NodeFileError,
     Schema,
     build_node,
     canonical,
-    decode,
-    encode,
     parse_components,
     parse_document,
 )
+from droq_registry.refusal import NodeFileError
 from droq_registry.settings import Settings
 
 NODE_ID_RULE = "a node id of 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"

@@ -21,7 +21,7 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from droq_registry import nodefile
+from droq_registry import nodebytes
 from droq_registry.search import MAX_RESULTS, SearchCell, SearchIndex
 from droq_registry.snapshot import Snapshot
 from support.files import REAL_NODES, node_doc, write_json
@@ -41,7 +41,7 @@ def scan(snap: Snapshot, query: str) -> bytes:
         source = snap.sources.get(view.source)
         infos = {}
         if source is not None and source.packed is not None:
-            infos = {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
+            infos = {c.component_class: c.info for c in nodebytes.unpack(source.packed).components if c.info}
         for cls, path in view.paths.items():
             if cls in seen:
                 continue

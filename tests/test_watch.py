@@ -27,8 +27,8 @@ from starlette.testclient import TestClient
 from droq_registry import watch
 from droq_registry.app import create_app
 from droq_registry.folder import resolve_components_path
-from droq_registry.nodefile import NodeFileError
 from droq_registry.overflow import LostEvents
+from droq_registry.refusal import NodeFileError
 from support.db import query
 from support.expect import TIMESTAMP, detail, sha256
 from support.files import node_doc, write_json

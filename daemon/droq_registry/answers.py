@@ -14,8 +14,9 @@ two send the same bytes by construction.
   node list once built) are kept within a byte budget (`CACHE_BYTES`); a 404 is never
   kept, so what a client can make it hold is bounded by the registry's own classes and
   nodes. `of(snap)` gives the snapshot's `Answers` (on the event loop only).
-- The body builders below (`node_list`, `candidates`, `sources`, `changes_body`) walk the
-  snapshot; the big ones run in a worker thread (`offload.py`), the caller decides.
+- The bodies come from `bodies.py` (and the followers' from `changes_body` and
+  `event_frames` below); those that walk the snapshot (`bodies.node_list`, `candidates`,
+  `sources`, `changes_body`) run in a worker thread when big (`offload.py`), the caller decides.
 - Followers get their bytes here too, once per snapshot for all of them: the long-poll's
   answer after a revision (`Answers.changes`) and the event stream's frames after it
   (`Answers.frames`). When a commit wakes ten thousand followers that all had the
@@ -34,7 +35,8 @@ from typing import Any
 import orjson
 from sse_starlette import ServerSentEvent
 
-from .snapshot import NodeView, Snapshot, etag_of
+from .bodies import component_missing_detail, detail, lookup, node_list_key, node_missing_detail
+from .snapshot import Snapshot, etag_of
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
@@ -254,92 +256,6 @@ def of(snap: Snapshot) -> Answers:
     answers = Answers(snap)
     last[:] = [answers]
     return answers
-
-
-# --- messages ------------------------------------------------------------------------------
-
-
-def quote(value: str) -> str:
-    """A path parameter as it goes back into a message: shortened and quoted."""
-    return "'" + (value if len(value) <= 256 else value[:253] + "...") + "'"
-
-
-def component_missing_detail(component_class: str) -> str:
-    return f"Component {quote(component_class)} not found in any executor node"
-
-
-def node_missing_detail(node_id: str) -> str:
-    return f"Node {quote(node_id)} not found in registry"
-
-
-# --- bodies --------------------------------------------------------------------------------
-
-
-def detail(view: NodeView) -> tuple[bytes, str]:
-    """Body and ETag of `GET /api/v1/nodes/{id}`."""
-    body = b"".join((b'{"node":', view.node_json, b',"components":', view.components_json, b"}"))
-    return body, etag_of(body)
-
-
-def lookup(view: NodeView, component_class: str) -> tuple[bytes, str]:
-    """Body and ETag of `GET /api/v1/components/{class}/node` answered by `view`."""
-    module = orjson.dumps(view.paths[component_class])
-    body = b"".join(
-        (b'{"node":', view.node_json, b',"components":', view.components_json, b',"module_path":', module, b"}")
-    )
-    return body, etag_of(b"lookup", view.served_hash, module)
-
-
-def node_list_key(status: str) -> tuple[str, str]:
-    """Where the snapshot keeps the body of `GET /api/v1/nodes?status=...` once built."""
-    return ("nodes", status)
-
-
-def node_list(snap: Snapshot, status: str) -> tuple[bytes, str]:
-    """Body and ETag of the node list: a walk of every node (run it off the event loop)."""
-    views = [v for _, v in sorted(snap.nodes.items()) if status == "all" or v.status == status]
-    parts = [
-        b'{"metadata":' + v.node_json + b',"components_count":' + str(len(v.paths)).encode() + b"}"
-        for v in views
-    ]
-    body = b'{"nodes":[' + b",".join(parts) + b'],"total_nodes":' + str(len(views)).encode() + b"}"
-    return body, etag_of(body)
-
-
-def candidates(snap: Snapshot, component_class: str, nodes: tuple[str, ...]) -> bytes:
-    """Body of `GET /api/v1/components/{class}/nodes`: every candidate's whole node."""
-    parts = [
-        b'{"node":' + snap.nodes[n].node_json + b',"module_path":' + orjson.dumps(snap.nodes[n].paths[component_class])
-        + b"}"
-        for n in nodes
-    ]
-    return (
-        b'{"component_class":' + orjson.dumps(component_class) + b',"nodes":['
-        + b",".join(parts) + b'],"total_nodes":' + str(len(nodes)).encode() + b"}"
-    )
-
-
-def sources(snap: Snapshot) -> tuple[bytes, str]:
-    """Body and ETag of `GET /api/v1/sources`: every file with its state (off the loop)."""
-    rows = [
-        {
-            "path": s.path,
-            "node_id": s.node_id,
-            "state": s.state,
-            "error": s.error,
-            "content_hash": s.content_hash,
-            "applied_at": s.applied_at,
-            "updated_at": s.updated_at,
-            # a refused file whose node is still served from its last good version
-            "serving_last_good": s.state != "ok" and s.node_id is not None
-            and s.node_id in snap.nodes and snap.nodes[s.node_id].source == s.path,
-        }
-        for _, s in sorted(snap.sources.items())
-    ]
-    body = orjson.dumps(
-        {"sources": rows, "total_sources": len(rows), "errors": sum(1 for r in rows if r["state"] != "ok")}
-    )
-    return body, etag_of(body)
 
 
 def event_id(snap: Snapshot, revision: int) -> str:

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import __version__, answers
+from . import __version__, answers, bodies
 from .answers import Answer, Answers
 from .offload import Offload
 from .snapshot import Snapshot, etag_of
@@ -142,7 +142,7 @@ async def list_nodes(request: Request) -> Response:
         return respond(request, prepared.error(400, f"status must be one of {', '.join(LIST_FILTERS)}"))
     snap = prepared.snap
     assert snap is not None
-    await offload_of(request).once(snap, answers.node_list_key(status), lambda: answers.node_list(snap, status))
+    await offload_of(request).once(snap, bodies.node_list_key(status), lambda: bodies.node_list(snap, status))
     listed = prepared.built_list(status)
     assert listed is not None
     return respond(request, listed)
@@ -167,11 +167,11 @@ async def component_nodes(request: Request) -> Response:
     component_class = request.path_params["component_class"]
     candidates = prepared.candidates(component_class)
     if not candidates:
-        return respond(request, prepared.error(404, answers.component_missing_detail(component_class)))
+        return respond(request, prepared.error(404, bodies.component_missing_detail(component_class)))
     if len(candidates) <= INLINE_CANDIDATES:
-        body = answers.candidates(snap, component_class, candidates)
+        body = bodies.candidates(snap, component_class, candidates)
     else:  # every candidate's whole node: a class many nodes declare makes megabytes
-        body = await offload_of(request).run(answers.candidates, snap, component_class, candidates)
+        body = await offload_of(request).run(bodies.candidates, snap, component_class, candidates)
     return respond(request, prepared.ok(body, etag_of(body)))
 
 
@@ -179,7 +179,7 @@ async def list_sources(request: Request) -> Response:
     prepared = answers_of(request)
     snap = prepared.snap
     assert snap is not None
-    built = await offload_of(request).once(snap, "sources", lambda: answers.sources(snap))
+    built = await offload_of(request).once(snap, "sources", lambda: bodies.sources(snap))
     return respond(request, prepared.ok(*built))
 
 

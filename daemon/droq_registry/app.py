@@ -152,9 +152,11 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
 class RegistryApp(Starlette):
     """Starlette, with the hot read endpoints answered first by `hotpath.HotPath`.
 
-    A request the fast path answers costs a few string checks, a dictionary hit and two
-    `send` calls, then is counted in the metrics as `MetricsMiddleware` would count it;
-    every other request goes through Starlette's middleware and routes as before.
+    Most hot reads never get here: the protocol answers them from the same `HotPath`
+    before any ASGI work (`protocol.LimitedProtocol.answer_here`). Those it leaves to the
+    app cost a few string checks, a dictionary hit and two `send` calls here, then are
+    counted in the metrics as `MetricsMiddleware` would count them; every other request
+    goes through Starlette's middleware and routes as before.
     """
 
     def __init__(self, hot: HotPath, metrics: Metrics, **kwargs: Any) -> None:

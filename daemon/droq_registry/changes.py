@@ -26,7 +26,7 @@ from typing import Any
 import anyio
 from starlette.datastructures import QueryParams
 
-from . import answers
+from . import answers, bodies
 from .answers import Answer
 from .feed import Feed, Outlet, Release, release_of
 from .model import EPOCH_PATTERN
@@ -47,7 +47,7 @@ def _revision(value: str | None, name: str) -> int | str:
     if value is None or value == "":
         return 0
     if not _NUMBER.fullmatch(value):
-        return f"{name} must be a revision number (a whole number, 0 or more), got {answers.quote(value)}"
+        return f"{name} must be a revision number (a whole number, 0 or more), got {bodies.quote(value)}"
     return int(value)
 
 
@@ -55,7 +55,7 @@ def _epoch(value: str | None, name: str) -> str | None:
     """Why an epoch a client sent is malformed (an answer 400), or None when it is fine."""
     if value is None or _EPOCH.fullmatch(value):
         return None
-    return f"{name} must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got {answers.quote(value)}"
+    return f"{name} must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got {bodies.quote(value)}"
 
 
 def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
@@ -64,7 +64,7 @@ def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
     epoch, colon, number = value.rpartition(":")
     if _NUMBER.fullmatch(number) and (not colon or _EPOCH.fullmatch(epoch)):
         return int(number), epoch if colon else None
-    return f"{name} must be <epoch>:<revision> or a revision number, got {answers.quote(value)}"
+    return f"{name} must be <epoch>:<revision> or a revision number, got {bodies.quote(value)}"
 
 
 def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:

@@ -14,7 +14,8 @@ from .diff import conflict_message
 from .folder import TransientError, list_folder, raise_if_transient, read_source
 from .logs import PROG, configure_logging, startup_failure
 from .model import Failed, Gone, Outcome, Parsed
-from .nodefile import Schema, printable
+from .nodefile import Schema
+from .refusal import printable
 from .settings import Settings, SettingsError, log_format_from_env
 from .store import StoreError, check_path
 

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 
-from . import answers, nodefile
+from . import bodies, nodebytes
 from .api import answers_of, offload_of, respond
 from .search import MAX_QUERY
 from .search import search as search_body
@@ -31,7 +31,7 @@ async def node_components(request: Request) -> Response:
     node_id = request.path_params["node_id"]
     view = snap.nodes.get(node_id)
     if view is None:
-        return respond(request, prepared.error(404, answers.node_missing_detail(node_id)))
+        return respond(request, prepared.error(404, bodies.node_missing_detail(node_id)))
 
     def build() -> bytes:
         info = _info(snap, view)
@@ -53,7 +53,7 @@ def _info(snap: Snapshot, view: NodeView) -> dict[str, Mapping[str, Any]]:
     source = snap.sources.get(view.source)
     if source is None or source.packed is None:
         return {}
-    return {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
+    return {c.component_class: c.info for c in nodebytes.unpack(source.packed).components if c.info}
 
 
 async def search(request: Request) -> Response:

@@ -16,9 +16,10 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import nodefile
+from . import nodebytes, nodefile
 from .model import Failed, FileSig, Gone, Node, Outcome, Parsed, Source
-from .nodefile import NodeFileError, Schema
+from .nodefile import Schema
+from .refusal import NodeFileError, printable
 
 # Its lines are the reconcile's as operators have always read them (the logger name is in
 # their alerts), though the reading now lives here.
@@ -223,7 +224,7 @@ def read_source(
     except Exception as exc:  # a bug, or a limit of a library: still only this file's error
         raise_if_transient(exc, path)
         log.debug("%s: unexpected error while parsing it", path, exc_info=True)
-        why = nodefile.printable(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
+        why = printable(f"cannot be used: unexpected {type(exc).__name__}: {exc}")[:500]
         return Failed(why, "sha256:" + content.hexdigest()), {}
 
 
@@ -242,8 +243,8 @@ def _outcome(
         target = resolve_components_path(folder, ref)
     except NodeFileError as exc:
         content.update(b"\0escapes")
-        return Failed(nodefile.printable(exc.message), "sha256:" + content.hexdigest()), {}
-    shown = nodefile.printable(ref)
+        return Failed(printable(exc.message), "sha256:" + content.hexdigest()), {}
+    shown = printable(ref)
     if not _is_text(target):  # the store keeps the path (an assets folder named in Latin-1?)
         content.update(b"\0unstorable")
         return Failed(f"components_json_path: {shown}: the path it resolves to is not valid UTF-8",
@@ -291,4 +292,4 @@ def _same_content(content: Any, known: Source) -> tuple[bool, dict[str, FileSig 
 
 def _parsed(node: Node, path: str, content_hash: str, deps: tuple[str, ...] = ()) -> Parsed:
     canonical = nodefile.canonical(node, path)
-    return Parsed(node.node_id, nodefile.pack(canonical), nodefile.fingerprint(canonical), content_hash, deps)
+    return Parsed(node.node_id, nodebytes.pack(canonical), nodebytes.fingerprint(canonical), content_hash, deps)

@@ -1,12 +1,17 @@
-"""The fast path: the hot read routes answered in pure ASGI, before Starlette.
+"""The fast path: the hot read routes answered before Starlette, from the route table.
 
-Which routes, and how, comes from the route table: the entries with a `fast` answer
-(today the lookup `/api/v1/components/{component_class}/node`, the node detail
-`/api/v1/nodes/{node_id}` and the node list `/api/v1/nodes[?status=...]`). A request is
-matched against their templates with a few string checks, answered by the same
-`answers.Answers` method the Starlette handler calls, and sent as it is prepared. So the
-two ways in send the same bytes by construction; this module only decides whether it may
-answer, and counts what it answered in the metrics, by the entry's template.
+Which routes, and how, comes from the table: the entries with a `fast` answer (today the
+lookup `/api/v1/components/{component_class}/node`, the node detail `/api/v1/nodes/{node_id}`
+and the node list `/api/v1/nodes[?status=...]`). A request is matched against their
+templates with a few string checks and answered by the same `answers.Answers` method the
+Starlette handler calls (`HotPath.reply`), so every way in sends the same bytes by
+construction; this module only decides whether it may answer.
+
+Two callers ask it. The connection's protocol asks first, as soon as a request's head is
+parsed (`protocol.LimitedProtocol.answer_here`: no ASGI task at all); what it leaves to
+the app (a request behind another in progress, one with a body, the access log on) comes
+here again as an ASGI scope (`HotPath.answer`, from `app.RegistryApp`). Both count what
+they answered in the metrics by the entry's template.
 
 The followers (the routes whose entry `follows`: the long-poll and the event stream) are
 ASGI apps of their own (`changes.py`); `follower` hands them their request on the same
@@ -94,14 +99,20 @@ class HotPath:
 
         None means "not answered here": the caller passes the request to Starlette.
         """
-        method = scope["method"]
+        if scope.get("root_path"):
+            return None
+        return self.reply(scope["method"], scope["path"], scope["query_string"], scope["headers"])
+
+    def reply(self, method: str, path: str, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Reply | None:
+        """The answer to a request (its method, decoded path, raw query and lower-cased
+        headers), or None. `answer` asks for an ASGI scope; the protocol asks for a
+        request it answers before any ASGI work (`protocol.LimitedProtocol.answer_here`)."""
         if method != "GET" and method != "HEAD":
             return None
-        matched = self.match(scope["path"], scope["query_string"])
+        matched = self.match(path, query)
         registry = self.registry
-        if matched is None or registry is None or scope.get("root_path"):
+        if matched is None or registry is None:
             return None
-        headers = scope["headers"]
         if self.token is not None and not self.authorized(headers):
             return None  # Starlette's TokenAuth answers the 401
         template, fast, key = matched

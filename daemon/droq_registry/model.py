@@ -85,7 +85,7 @@ class Source:
     """What the registry knows of one node file (a path relative to the assets folder).
 
     `packed` is the file's last good node (None if it never parsed): its canonical bytes
-    (`nodefile.encode`) as `nodefile.pack` compresses them; it is the node served when this
+    (`nodebytes.encode`) as `nodebytes.pack` compresses them; it is the node served when this
     file owns `node_id`, also while the file is in error. `fingerprint` identifies that
     node (equal fingerprints, equal nodes); `content_hash` is the hash of the file's bytes
     (and its components file's), which says whether the file must be parsed again.
@@ -119,8 +119,8 @@ class Parsed:
     """The file was read and is a valid node."""
 
     node_id: str
-    packed: bytes  # nodefile.pack of the canonical bytes
-    fingerprint: str  # nodefile.fingerprint: the node's identity
+    packed: bytes  # nodebytes.pack of the canonical bytes
+    fingerprint: str  # nodebytes.fingerprint: the node's identity
     content_hash: str
     deps: tuple[str, ...] = ()
 
@@ -152,8 +152,9 @@ class Served:
 
 @dataclass(frozen=True)
 class Status:
-    """What /health reports of the reconciler: an immutable value, replaced whole by
-    `Reconciler.note` on the writer thread, so a reader never sees half of one change."""
+    """What /health reports of the reconciler: an immutable value, replaced whole on the
+    writer thread (`Reconciler.note`, a pass's outcome from `health.py`), so a reader never
+    sees half of one change."""
 
     ready: bool = False
     folder_present: bool | None = None

@@ -22,9 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
@@ -49,13 +53,45 @@ class Limits:
     follower_buffer: int = 256 * 1024
 
 
+class Reads(Protocol):
+    """What answers the hot reads before any ASGI work: `hotpath.HotPath.reply`."""
+
+    def reply(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]]
+    ) -> tuple[int, tuple[tuple[bytes, bytes], ...], bytes, str] | None: ...
+
+
+#: How a request answered here is counted: route template, method, status, seconds (`Metrics.request`).
+Count = Callable[[str, str, int, float], None]
+
+
+class _Answered:
+    """The cycle of a request answered by the protocol itself (`answer_here`): complete,
+    so uvicorn's callbacks (the rest of its message, a lost connection, shutdown) find
+    nothing in progress, as after any complete answer."""
+
+    __slots__ = ()
+    response_complete = True
+    disconnected = False
+
+    class message_event:  # uvicorn calls `cycle.message_event.set()`
+        @staticmethod
+        def set() -> None:
+            pass
+
+
+ANSWERED: Any = _Answered()
+_clock = time.perf_counter
+
+
 class LimitedProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with a head timeout, a head size limit and the gate."""
+    """uvicorn's httptools protocol with a head timeout, a head size limit and the gate, and
+    the hot reads answered as soon as their head is parsed (`answer_here`)."""
 
     # Our own attributes in slots: uvicorn's alone stay few enough for CPython to share
     # their dict's keys between connections (a dict of 40 keys costs 1.3 KiB more).
-    __slots__ = ("bounded", "deferred", "follower", "gate", "head_bytes", "head_timer", "heads", "holding",
-                 "in_head", "limits", "queued", "send_timer", "unsent")
+    __slots__ = ("bounded", "count", "deferred", "follower", "gate", "head_bytes", "head_timer", "heads",
+                 "holding", "in_head", "limits", "queued", "reads", "send_timer", "unsent")
 
     def __init__(
         self,
@@ -65,11 +101,19 @@ class LimitedProtocol(HttpToolsProtocol):
         gate: Gate,
         limits: Limits,
         _loop: asyncio.AbstractEventLoop | None = None,
+        reads: Reads | None = None,
+        count: Count | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.pipeline = Pipeline()  # type: ignore[assignment]  # a deque's methods uvicorn uses
         self.gate = gate
         self.limits = limits
+        # Answered here only where nothing about the request needs ASGI: no root path (the
+        # app's routes are under it), no access log (uvicorn writes it, with the client
+        # address its proxy-headers middleware gives).
+        direct = reads is not None and count is not None and not config.root_path
+        self.reads = reads if direct else None
+        self.count: Count = count if count is not None else _uncounted
         self.timeout_keep_alive = limits.keepalive_timeout  # type: ignore[assignment]  # a float is fine
         self.in_head = True  # waiting for (the rest of) a request head
         self.head_bytes = 0
@@ -125,6 +169,8 @@ class LimitedProtocol(HttpToolsProtocol):
         self.in_head = False
         self._disarm()
         self.gate.busy(self)
+        if self.reads is not None and (self.cycle is None or self.cycle.response_complete) and self.answer_here():
+            return
         behind = self.cycle is not None and not self.cycle.response_complete  # uvicorn queues it
         super().on_headers_complete()
         # The head is parsed into the scope now, and the request's task, made but not yet
@@ -140,6 +186,62 @@ class LimitedProtocol(HttpToolsProtocol):
                 self.queued[self.cycle] = release
             else:
                 self._follow(release)
+
+    def answer_here(self) -> bool:
+        """Answer the request whose head was just parsed, now, if it is a hot read (`Reads`)
+        with nothing before it in progress: the prepared bytes are written at once, with no
+        task, ASGI messages or header checks (uvicorn's cost per request, which is most of
+        the cost of such an answer). False (nothing done) for anything else: uvicorn then
+        runs the app, whose own fast path or Starlette answers the same bytes."""
+        started = _clock()
+        parser = self.parser
+        method = parser.get_method()
+        if method != b"GET" and method != b"HEAD" or parser.should_upgrade():
+            return False
+        if self.flow.write_paused:
+            return False  # the client reads too slowly: uvicorn's `send` waits for it, reading no more
+        if self.access_log and self.access_logger.isEnabledFor(logging.INFO):
+            return False  # uvicorn's access line is written by its own `send`
+        for name, _ in self.headers:
+            if name == b"content-length" or name == b"transfer-encoding":
+                return False  # a request body: uvicorn reads it
+        try:
+            url = httptools.parse_url(self.url)
+            path = url.path.decode("ascii")
+        except (httptools.HttpParserInvalidURLError, UnicodeDecodeError):
+            return False  # uvicorn answers it as it always does
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        verb = "GET" if method == b"GET" else "HEAD"
+        try:
+            reply = self.reads.reply(verb, path, url.query or b"", self.headers)  # type: ignore[union-attr]
+        except Exception:  # a bug here must not cost the answer: the app gives it
+            log.exception("answering %s %s here failed; the app answers it", verb, path)
+            return False
+        if reply is None:
+            return False
+        status, headers, body, route = reply
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
+        self.cycle = ANSWERED
+        self._write_whole(status, headers, b"" if verb == "HEAD" else body, keep_alive)
+        self.on_response_complete()
+        self.count(route, verb, status, _clock() - started)
+        return True
+
+    def _write_whole(self, status: int, headers: tuple[tuple[bytes, bytes], ...], body: bytes,
+                     keep_alive: bool) -> None:
+        """Write a whole answer in one write, as uvicorn's two `send` calls would: its
+        default headers first, `connection: close` (and the close) when the connection
+        is not kept alive. Our headers are our own, valid by construction, so they skip
+        uvicorn's checks of each one."""
+        # The date is now's (uvicorn's current default headers); answers that share it and
+        # their headers share the encoded head (`_head`).
+        head = _head(status, self.server_state.default_headers, headers)
+        if keep_alive:
+            self.transport.write(b"".join((head, b"\r\n", body)))
+        else:
+            self.transport.write(b"".join((head, b"connection: close\r\n\r\n", body)))
+            self.transport.close()
 
     def _follow(self, release: Release) -> None:
         """`release`'s request is the one in progress now."""
@@ -255,14 +357,10 @@ class LimitedProtocol(HttpToolsProtocol):
                 '%s - "%s %s HTTP/%s" %d', get_client_addr(cycle.scope), cycle.scope["method"],
                 get_path_with_query_string(cycle.scope), cycle.scope["http_version"], status,
             )
-        # The date is now's (uvicorn's current default headers); a fan-out's answers share
-        # it, their headers and body, so they are encoded once for them (`_message`).
-        self.transport.write(_message(status, self.server_state.default_headers, headers, body, cycle.keep_alive))
         cycle.response_complete = True
         cycle.message_event.set()
-        if not cycle.keep_alive:
-            self.transport.close()
-        elif self.holding:
+        self._write_whole(status, headers, body, cycle.keep_alive)
+        if cycle.keep_alive and self.holding:
             # What follows a complete answer (reading the next request, starting one
             # pipelined, arming the keep-alive timer, the gate's bookkeeping) waits for the
             # fan-out to be over (`resume`): its turns spend only the write on this one.
@@ -324,23 +422,33 @@ class LimitedProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-_last_message: tuple[int, object, object, object, bool, bytes] = (0, None, None, None, False, b"")
-_last_chunk: tuple[object, bytes] = (None, b"")
+def _uncounted(route: str, method: str, status: int, seconds: float) -> None:
+    pass
 
 
-def _message(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...],
-             body: bytes, keep_alive: bool) -> bytes:
-    """A whole answer: status line, header lines (`connection: close` unless `keep_alive`)
-    and body; the last one's bytes again when it is asked with the same objects (the
-    long-polls of one fan-out, within the same second)."""
-    global _last_message
-    last = _last_message
-    if last[3] is body and last[2] is headers and last[1] is default and last[0] == status and last[4] == keep_alive:
-        return last[5]
+#: Encoded heads by (status, id of the headers tuple), for uvicorn's default headers `_heads_of`.
+_heads: dict[tuple[int, int], tuple[tuple[tuple[bytes, bytes], ...], bytes]] = {}
+_heads_of: list[object] = [None]
+HEADS_KEPT = 4096
+
+
+def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
+    """The status line and header lines of an answer (without the blank line), encoded once
+    for each answer's headers while uvicorn's default headers (the date) stay the same
+    object: the hot answers and the long-polls of a fan-out within one second."""
+    if _heads_of[0] is not default or len(_heads) >= HEADS_KEPT:
+        _heads.clear()
+        _heads_of[0] = default
+    key = (status, id(headers))
+    kept = _heads.get(key)
+    if kept is not None and kept[0] is headers:
+        return kept[1]
     head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
-    message = head + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n") + body
-    _last_message = (status, default, headers, body, keep_alive, message)
-    return message
+    _heads[key] = (headers, head)
+    return head
+
+
+_last_chunk: tuple[object, bytes] = (None, b"")
 
 
 def _chunk(body: bytes) -> bytes:

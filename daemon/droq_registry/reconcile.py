@@ -1,12 +1,15 @@
 """The reconcile state machine: one pass from the folder to a committed revision.
 
-`Reconciler` holds what the last commit left (sources, served nodes, which files claim
-which node id, what each file's stat was when it was read, the snapshot) and
-`Reconciler.reconcile()` brings it up to date with the folder: read what moved
-(`folder.py`), plan the change (`diff.plan`), write it in one transaction (`store.py`),
-then publish the next snapshot. It is blocking and not re-entrant: it runs only on the
-writer thread (`writer.py`), which also owns its database connection. A failed commit
-leaves memory as it was, so the next pass tries again.
+`Reconciler` holds what the last commit left (`committed.py`: sources, served nodes, which
+files claim which node id), what each file's stat was when it was read (`scan.SeenFiles`)
+and the snapshot, and `Reconciler.reconcile()` brings it up to date with the folder: read
+what moved (`scan.py`, `folder.py`), plan the change (`diff.plan`), write it in one
+transaction (`store.py`), then publish the next snapshot and the pass's status
+(`health.py`). It also keeps the database in step with what is served: a lock file
+retaken, a database file written again when it was deleted, replaced or found damaged, an
+older copy put back made a new history. It is blocking and not re-entrant: it runs only
+on the writer thread (`writer.py`), which also owns its database connection. A failed
+commit leaves memory as it was, so the next pass tries again.
 
 What the event loop reads of it is replaced whole, never changed in place: `snapshot`
 (with the change log and its floor), `watch_dirs` and `status`.
@@ -20,24 +23,21 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
-from . import diff, nodefile
+from . import diff, health
+from .committed import Committed
 from .dbfile import WriterLock
-from .folder import TransientError, file_sig, list_folder
+from .folder import file_sig, list_folder
+from .health import utc_now
 from .model import Result, Served, Source, Status
 from .nodefile import Schema
 from .scan import SeenFiles, Stopped, classify, read_moved
 from .settings import Settings
 from .snapshot import ChangeLog, NodeView, Snapshot
-from .store import StorageFault, Store, StoreError, provisional_epoch
+from .store import StorageFault, Store, provisional_epoch
 
 log = logging.getLogger("droq_registry.reconcile")
-
-def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
 
 
 class Reconciler:
@@ -56,12 +56,7 @@ class Reconciler:
         self.writer_lock: WriterLock | None = None
         #: Why the database must be opened again and given the served state (None: it need not).
         self._rewrite: str | None = None
-        self.sources: dict[str, Source] = {}
-        self.served: dict[str, Served] = {}
-        self.claims: dict[str, set[str]] = {}
-        #: The folders of every components file some node file points to, for the watcher.
-        #: Replaced whole by the writer thread; the event loop only ever reads it.
-        self.watch_dirs: frozenset[str] = frozenset()
+        self.committed = Committed()
         self._seen = SeenFiles()
         self.snapshot = Snapshot.empty(provisional_epoch(), ChangeLog.of((), 0, settings.changes_keep))
         if store is not None:
@@ -72,16 +67,12 @@ class Reconciler:
         by the service that holds the database's writer lock, before any reconcile)."""
         loaded = store.load()
         epoch = self._own_history(store, loaded.epoch, loaded.revision)
-        self.sources = loaded.sources
-        self.served = loaded.served
-        for source in self.sources.values():
-            self._claim(source)
-        self.watch_dirs = _folders_of(self.sources)
+        self.committed = Committed(loaded.sources, loaded.served)
         changes = ChangeLog.of(loaded.changes, loaded.changes_floor, self.settings.changes_keep)
         self._served(epoch, loaded.revision)
         self.snapshot = Snapshot.empty(epoch, changes).evolve(
             loaded.revision,
-            {k: self._view(v.owner) for k, v in self.served.items()},
+            {k: NodeView(v.owner, self.committed.node(v.owner)) for k, v in self.served.items()},
             (),
             self.sources,
             (),
@@ -111,6 +102,19 @@ class Reconciler:
         """Note in the lock file how far this history is served (before it is published)."""
         if self.writer_lock is not None:
             self.writer_lock.served(epoch, revision)
+
+    @property
+    def sources(self) -> dict[str, Source]:
+        return self.committed.sources
+
+    @property
+    def served(self) -> dict[str, Served]:
+        return self.committed.served
+
+    @property
+    def watch_dirs(self) -> frozenset[str]:
+        """The folders of the components files, for the watcher (read by the event loop)."""
+        return self.committed.watch_dirs
 
     @property
     def revision(self) -> int:
@@ -155,35 +159,13 @@ class Reconciler:
         self.status = replace(self.status, **changes)
 
     def _failed(self, exc: Exception) -> None:
-        """Note a failed pass for /health; log one line when the cause changes, not each time."""
-        status = self.status
-        update: dict[str, Any] = {
-            "reconciles": {**status.reconciles, "failed": status.reconciles["failed"] + 1},
-            "failed_passes": status.failed_passes + 1,
-            "failing_since": status.failing_since or utc_now(),
-        }
-        known = isinstance(exc, (StoreError, OSError, TransientError))
-        message = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, StorageFault):
-            update.update(database="failing", database_error=message)
-            if exc.cause in ("damaged", "replaced"):
-                self._rewrite = self._rewrite or exc.cause
-        if message == status.last_error:
-            log.debug("reconcile failed again (%s)", message)
-        elif known:
-            log.error("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
-        else:  # not a fault of the disk or the files: a bug, worth its traceback once
-            log.exception("reconcile failed: %s; serving revision %d and trying again", message, self.revision)
-        self.note(last_error=message, **update)
+        """Note a failed pass for /health; a damaged or replaced database is written again."""
+        if isinstance(exc, StorageFault) and exc.cause in ("damaged", "replaced"):
+            self._rewrite = self._rewrite or exc.cause
+        self.status = health.failed(self.status, exc, self.revision)
 
     def _succeeded(self) -> None:
-        status = self.status
-        if status.last_error is not None:
-            log.info(
-                "reconcile works again after %d failed pass(es) since %s; serving revision %d",
-                status.failed_passes, status.failing_since, self.revision,
-            )
-        self.note(last_error=None, failed_passes=0, failing_since=None, database="ok", database_error=None)
+        self.status = health.succeeded(self.status, self.revision)
 
     def _check_database(self) -> None:
         """Before writing: when the database file was deleted or replaced under the service
@@ -231,7 +213,7 @@ class Reconciler:
 
     def _write_again(self, store: Store) -> None:
         changes = self.changes
-        nodes = ((node_id, s.owner, nodefile.unpack(self._packed(s.owner))) for node_id, s in sorted(self.served.items()))
+        nodes = ((node_id, s.owner, self.committed.node(s.owner)) for node_id, s in sorted(self.served.items()))
         store.rewrite(
             self.revision,
             changes.floor,
@@ -263,7 +245,8 @@ class Reconciler:
         outcomes, read = reading.outcomes, reading.read
 
         now = utc_now()
-        plan = diff.plan(self.sources, self.claims, self.served, outcomes, now)
+        committed = self.committed
+        plan = diff.plan(committed.sources, committed.claims, committed.served, outcomes, now)
         revision = self.revision
         if plan:
             revision += 1
@@ -278,11 +261,11 @@ class Reconciler:
                     tx.put_source(source)
                 # One node at a time: decoded, written, turned into its answers, let go.
                 for node_id, served in sorted(plan.nodes_put.items()):
-                    node = nodefile.unpack(self._packed(served.owner, plan))
+                    node = committed.node(served.owner, plan)
                     tx.put_node(node_id, served.owner, node, now)
                     views[node_id] = NodeView(served.owner, node)
                 changes, floor = tx.record(plan.records, now, self.settings.changes_keep)
-            self._commit(plan)
+            committed.apply(plan)
             self._served(self.snapshot.epoch, revision)
             self.snapshot = self.snapshot.evolve(
                 revision, views, plan.nodes_drop, plan.sources_put, plan.sources_drop,
@@ -291,67 +274,10 @@ class Reconciler:
         self._seen.remember(reading.seen, reading.deps_seen, plan.sources_drop)
 
         duration_ms = (time.perf_counter() - started) * 1000
-        result_kind = "changed" if plan else "unchanged"
-        self.note(
-            ready=True,
-            last_reconcile_at=now,
-            last_duration_ms=round(duration_ms, 3),
-            reconciles={**self.status.reconciles, result_kind: self.status.reconciles[result_kind] + 1},
-        )
-        counts = plan.counts
+        self.status = health.done(self.status, plan, now, duration_ms)
         if plan:
-            log.info(
-                "reconciled revision %d: added=%d updated=%d removed=%d errors=%d files_read=%d duration_ms=%.1f",
-                revision, counts["added"], counts["updated"], counts["removed"], counts["errors"], read, duration_ms,
-            )
-            for source in plan.sources_put.values():
-                if source.state != "ok":
-                    log.warning("%s: %s", source.path, source.error)
-        return Result(revision, bool(plan), counts, duration_ms, read)
-
-    def _packed(self, path: str, plan: diff.Plan | None = None) -> bytes:
-        source = plan.sources_put.get(path) if plan is not None else None
-        source = source or self.sources[path]
-        assert source.packed is not None
-        return source.packed
-
-    def _view(self, path: str) -> NodeView:
-        return NodeView(path, nodefile.unpack(self._packed(path)))
-
-    def _commit(self, plan: diff.Plan) -> None:
-        deps_moved = False
-        for path, source in plan.sources_drop.items():
-            self._unclaim(source)
-            self.sources.pop(path, None)
-            deps_moved = deps_moved or bool(source.deps)
-        for path, source in plan.sources_put.items():
-            old = self.sources.get(path)
-            if old is not None:
-                self._unclaim(old)
-            self.sources[path] = source
-            self._claim(source)
-            deps_moved = deps_moved or bool(source.deps) or (old is not None and bool(old.deps))
-        for node_id in plan.nodes_drop:
-            self.served.pop(node_id, None)
-        self.served.update(plan.nodes_put)
-        if deps_moved:
-            self.watch_dirs = _folders_of(self.sources)
-
-    def _claim(self, source: Source) -> None:
-        if source.node_id is not None and source.fingerprint is not None:
-            self.claims.setdefault(source.node_id, set()).add(source.path)
-
-    def _unclaim(self, source: Source) -> None:
-        if source.node_id is not None:
-            paths = self.claims.get(source.node_id)
-            if paths is not None:
-                paths.discard(source.path)
-                if not paths:
-                    del self.claims[source.node_id]
-
-
-def _folders_of(sources: dict[str, Source]) -> frozenset[str]:
-    return frozenset(os.path.dirname(dep) for source in sources.values() for dep in source.deps)
+            health.log_commit(plan, revision, read, duration_ms)
+        return Result(revision, bool(plan), plan.counts, duration_ms, read)
 
 
 class FolderMissing(Exception):

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from . import nodefile
+from . import nodebytes
 from .model import Source
 
 MAX_RESULTS = 50
@@ -74,7 +74,7 @@ class NodeText:
     def __init__(self, view: Viewed, source: Source | None) -> None:
         infos: dict[str, Mapping[str, Any]] = {}
         if source is not None and source.packed is not None:
-            infos = {c.component_class: c.info for c in nodefile.unpack(source.packed).components if c.info}
+            infos = {c.component_class: c.info for c in nodebytes.unpack(source.packed).components if c.info}
         self.classes = tuple(view.paths)
         shown: list[tuple[str | None, str | None]] = []
         folded: list[tuple[str, str, str]] = []

@@ -41,7 +41,7 @@ from .app import create_app
 from .connections import Gate, listen
 from .logs import uvicorn_log_config
 from .metrics import PREFIX
-from .protocol import LimitedProtocol, Limits
+from .protocol import Count, LimitedProtocol, Limits, Reads
 from .settings import Settings
 from .stopsignal import record_stop_signals, stop_requested
 
@@ -86,9 +86,14 @@ def connection_limit(configured: int | None, fd_limit: int) -> int:
 class RegistryServer(uvicorn.Server):
     """uvicorn's Server, accepting through a `Gate` and telling the app first when it stops."""
 
-    def __init__(self, config: Config, limits: Limits, on_stop: Callable[[], None]) -> None:
+    def __init__(
+        self, config: Config, limits: Limits, on_stop: Callable[[], None], reads: Reads | None = None,
+        count: Count | None = None,
+    ) -> None:
         super().__init__(config)
         self.limits = limits
+        self.reads = reads  # the hot reads, answered by the protocol itself (`LimitedProtocol.answer_here`)
+        self.count = count
         self.gate = Gate(limits.max_connections)
         self._on_stop = on_stop
 
@@ -100,7 +105,9 @@ class RegistryServer(uvicorn.Server):
         config, loop = self.config, asyncio.get_running_loop()
 
         def protocol() -> asyncio.Protocol:
-            return LimitedProtocol(config, self.server_state, self.lifespan.state, self.gate, self.limits, loop)
+            return LimitedProtocol(
+                config, self.server_state, self.lifespan.state, self.gate, self.limits, loop, self.reads, self.count,
+            )
 
         try:
             listeners = listen(config.host, config.port, config.backlog)
@@ -212,7 +219,7 @@ def run(settings: Settings) -> int:
         timeout_graceful_shutdown=2,
         server_header=False,
     )
-    server = RegistryServer(config, limits, app.stop_following)
+    server = RegistryServer(config, limits, app.stop_following, app.hot, app.state.metrics.request)
     app.state.metrics.registry.register(GateCollector(server.gate))
     log.info(
         "limits: %d connections (of %d file descriptors), request heads %d bytes within %gs, keep-alive %gs",

@@ -52,8 +52,8 @@ CREATE TABLE IF NOT EXISTS sources (
     path         TEXT PRIMARY KEY,
     state        TEXT NOT NULL CHECK (state IN ('ok', 'error', 'conflict')),
     node_id      TEXT,
-    doc          BLOB,  -- Source.packed: the last good node, packed canonical JSON (nodefile.pack)
-    digest       TEXT,  -- Source.fingerprint: its identity (nodefile.fingerprint)
+    doc          BLOB,  -- Source.packed: the last good node, packed canonical JSON (nodebytes.pack)
+    digest       TEXT,  -- Source.fingerprint: its identity (nodebytes.fingerprint)
     content_hash TEXT,
     error        TEXT,
     deps_json    TEXT NOT NULL DEFAULT '[]',

@@ -28,8 +28,9 @@ import anyio.from_thread
 import anyio.lowlevel
 
 from .dbfile import WriterLock
+from .health import utc_now
 from .model import Result
-from .reconcile import FolderMissing, Reconciler, utc_now
+from .reconcile import FolderMissing, Reconciler
 from .scan import Stopped
 from .store import StorageFault, Store
 

@@ -74,6 +74,12 @@ def metric(client: Getter, sample: str) -> float:
     return float(lines[0].rsplit(" ", 1)[1])
 
 
+def closed_for(client: Getter, reason: str) -> float:
+    """How many connections the service closed for `reason` (head_timeout, idle_evicted,
+    follower_released, ...), as its /metrics counts them."""
+    return metric(client, f'droq_registry_connections_closed_total{{reason="{reason}"}}')
+
+
 def refuse_urls(attempts: list[str]) -> Any:
     """A stand-in for `urllib.request.urlopen` that records each URL and refuses it."""
 

@@ -19,8 +19,11 @@ from typing import Any
 
 import httpx
 
-from .files import ROOT
+from .files import ROOT, node_doc, write_json
 from .polling import wait_until
+
+#: Generous bounds for what a server does in about a second (slow machines, no asserts on time).
+DEADLINE = 20.0
 
 #: The settings the service reads from its environment besides the REGISTRY_* ones.
 SERVICE_SETTINGS = ("HOST", "PORT", "LOG_LEVEL", "LOG_FORMAT", "RELOAD")
@@ -47,6 +50,11 @@ def server_env(assets: Path, db: Path, **extra: str) -> dict[str, str]:
         "REGISTRY_RESYNC_SECONDS": "0",
         **extra,
     }
+
+
+def text_env(assets: Path, db: Path, **extra: str) -> dict[str, str]:
+    """`server_env` with the log written as text lines, as an operator reads it."""
+    return server_env(assets, db, LOG_FORMAT="text", **extra)
 
 
 class ServerProcess:
@@ -136,3 +144,11 @@ def health_or_none(srv: ServerProcess) -> dict[str, Any] | None:
         return srv.get("/health").json()  # type: ignore[no-any-return]
     except httpx.TransportError:
         return None
+
+
+def commit_one(srv: ServerProcess, assets: Path, name: str) -> int:
+    """Write the node file `name` and wait for the server to commit it; the revision it made."""
+    before = int(srv.get("/health").json()["revision"])
+    write_json(assets / f"{name}.json", node_doc(name))
+    wait_until(lambda: int(srv.get("/health").json()["revision"]) > before, timeout=DEADLINE)
+    return before + 1
