@@ -183,6 +183,7 @@ class RegistryApp(Starlette):
                 try:
                     status = await follower.serve(scope, receive, send)
                 finally:
+                    follower.let_go(scope)
                     self._count(scope["path"], scope["method"], status, _clock() - started)
                 return
             try:

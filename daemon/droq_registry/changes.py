@@ -70,23 +70,18 @@ def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
 def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:
     """Why `snap` cannot answer a cursor `since` of history `epoch` (an answer 410: the
     client lists again, or takes the new cursor when it already has the content hash)."""
-    then = (
-        f"list the registry again, unless your state has content hash {snap.content_hash}, and follow "
+    if epoch is not None and epoch != snap.epoch:
+        why = f"epoch {epoch} is another history than this registry's (epoch {snap.epoch})"
+    elif since > snap.revision:
+        why = f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another history"
+    elif not snap.changes.kept(since):
+        why = f"changes after revision {since} are no longer kept (the log starts after revision {snap.changes.floor})"
+    else:
+        return None  # (asked of every follower in every fan-out: no string is made for it)
+    return (
+        f"{why}; list the registry again, unless your state has content hash {snap.content_hash}, and follow "
         f"changes from revision {snap.revision} of epoch {snap.epoch}"
     )
-    if epoch is not None and epoch != snap.epoch:
-        return f"epoch {epoch} is another history than this registry's (epoch {snap.epoch}); {then}"
-    if since > snap.revision:
-        return (
-            f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another"
-            f" history; {then}"
-        )
-    if not snap.changes.kept(since):
-        return (
-            f"changes after revision {since} are no longer kept (the log starts after revision "
-            f"{snap.changes.floor}); {then}"
-        )
-    return None
 
 
 def _header(scope: Scope, name: bytes) -> bytes | None:
@@ -94,6 +89,37 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
         if key == name:
             return value  # type: ignore[no-any-return]
     return None
+
+
+def _long_poll(query_string: bytes) -> tuple[int | str, str | None, float, str | None]:
+    """A long-poll's `since`, `epoch` and `wait`, and why they are malformed (or None).
+    (The parsed query is not kept: a request may wait a minute, ten thousand at once.)"""
+    query = QueryParams(query_string)
+    since = _revision(query.get("since"), "since")
+    epoch = query.get("epoch")
+    malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
+    raw_wait = query.get("wait")
+    wait = 0.0
+    if malformed is None and raw_wait is not None:
+        try:
+            wait = float(raw_wait)
+        except ValueError:
+            wait = -1.0
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+    return since, epoch, wait, malformed
+
+
+def _cursor(header: bytes | None, query_string: bytes, snap: Snapshot) -> tuple[int, str | None] | str:
+    """Where an event stream starts (revision, epoch): its Last-Event-ID `header`, or its
+    query's `since` and `epoch`, or now; why it is malformed otherwise."""
+    if header is not None:
+        return _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
+    query = QueryParams(query_string)
+    if "since" in query or "epoch" in query:
+        since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
+        return since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
+    return (snap.revision, snap.epoch)
 
 
 async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
@@ -105,25 +131,28 @@ async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
 
 class Follow:
     """An ASGI app of the change log. `serve` returns the status it answered, for the
-    metrics of the caller that counts it (`app.RegistryApp`)."""
+    metrics of the caller that counts it (`app.RegistryApp`), which calls `let_go` after it
+    as `__call__` does (one coroutine less for each request held open)."""
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        await self.serve(scope, receive, send)
+        try:
+            await self.serve(scope, receive, send)
+        finally:
+            self.let_go(scope)
 
     async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         """Answer the request; the status it answered."""
-        try:
-            return await self.answer(scope, receive, send)
-        finally:
-            release = release_of(scope)
-            if release is not None:
-                # The scope holds the release, whose outlet holds the request's cycle, which
-                # holds the scope: a reference cycle, which the collector alone would free,
-                # and which `server.freeze_after_commit` could freeze for good. Cut it.
-                release.outlet = None
-
-    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
         raise NotImplementedError
+
+    @staticmethod
+    def let_go(scope: Scope) -> None:
+        """After `serve`, whatever happened in it: the request's objects can be freed."""
+        release = release_of(scope)
+        if release is not None:
+            # The scope holds the release, whose outlet holds the request's cycle, which
+            # holds the scope: a reference cycle, which the collector alone would free,
+            # and which `server.freeze_after_commit` could freeze for good. Cut it.
+            release.outlet = None
 
 
 class Changes(Follow):
@@ -132,23 +161,11 @@ class Changes(Follow):
     held until a change commits (or the service stops, or the server releases it: then it
     answers at once with what there is)."""
 
-    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
-        query = QueryParams(scope["query_string"])
-        since = _revision(query.get("since"), "since")
-        epoch = query.get("epoch")
-        malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
-        raw_wait = query.get("wait")
-        wait = 0.0
-        if malformed is None and raw_wait is not None:
-            try:
-                wait = float(raw_wait)
-            except ValueError:
-                wait = -1.0
-            if not 0 <= wait <= MAX_WAIT_SECONDS:
-                malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
+        since, epoch, wait, malformed = _long_poll(scope["query_string"])
         if malformed is not None:
             return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
         assert isinstance(since, int)
@@ -184,20 +201,12 @@ class Events(Follow):
     Last-Event-ID (or `since` and `epoch`). A cursor of another history, or one this log no
     longer keeps, gets a `relist` event first, then the live events."""
 
-    async def answer(self, scope: Scope, receive: Any, send: Any) -> int:
+    async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
         header = _header(scope, b"last-event-id")
-        query = QueryParams(scope["query_string"])
-        cursor: tuple[int, str | None] | str
-        if header is not None:
-            cursor = _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
-        elif "since" in query or "epoch" in query:
-            since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
-            cursor = since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
-        else:
-            cursor = (snap.revision, snap.epoch)
+        cursor = _cursor(header, scope["query_string"], snap)
         if isinstance(cursor, str):
             return await _send_answer(scope, send, answers.of(snap).error(400, cursor))
         name = "Last-Event-ID" if header is not None else "since"

@@ -2,7 +2,8 @@
 
 A waiter is one future in the feed's set, and nothing else: no task of its own, no
 thread, no database connection, no queue. A commit (`notify`) resolves every future at
-once; a long-poll's timeout is one timer handle on the event loop; the event streams'
+once; the long-polls' timeouts share one timer per 50 ms slot (`TIMEOUT_GRAIN`; a
+long-poll not answered by the fan-out has one of its own), and the event streams'
 keep-alive comes from one shared timer (`keep_alive`), not one per stream. So an idle
 follower costs a few hundred bytes here, and a slow one cannot hold up the reconciler or
 anyone else: what it has not read waits in its own connection's buffer (`Release.room`).
@@ -26,6 +27,7 @@ event stream ends as a complete response, which its client resumes with Last-Eve
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
@@ -116,6 +118,10 @@ PUSH_SECONDS = 0.004
 #: each then reads its client's next request in the turn after (some 50 µs each), so a
 #: lookup waits a few ms behind them, not the 5,000 long-polls' next requests at once.
 RESUME_BATCH = 64
+#: The long-polls' timeouts are kept in slots this many seconds long, with one timer of the
+#: event loop per slot for all of them (a timer of its own costs each ~260 bytes), so a
+#: long-poll that times out answers at most this much after its `wait`, never before.
+TIMEOUT_GRAIN = 0.05
 _clock = time.perf_counter
 
 
@@ -188,6 +194,8 @@ class Feed:
         #: Fan-outs in progress, and the connections they hold (`hold`).
         self._rounds = 0
         self._held: list[Outlet] = []
+        #: The subscribed followers' timeouts, by slot (`_expire_after`).
+        self._slots: dict[int, set[asyncio.Future[bool]]] = {}
         self.closed = False
 
     @property
@@ -238,10 +246,9 @@ class Feed:
 
     async def until_released(self, release: Release, waiter: asyncio.Future[bool],
                              timeout: float | None = None) -> bool:
-        """Wait on `waiter` (from `opened`), one future and at most one timer, until it is
-        resolved; what it was resolved with."""
-        loop = asyncio.get_running_loop()
-        timer = None if timeout is None else loop.call_later(timeout, _expire, waiter)
+        """Wait on `waiter` (from `opened`) until it is resolved, at most `timeout` seconds
+        (and at most `TIMEOUT_GRAIN` more); what it was resolved with."""
+        slot = None if timeout is None else self._expire_after(waiter, timeout)
         self._open.add(waiter)
         release._waiting = waiter
         try:
@@ -249,8 +256,23 @@ class Feed:
         finally:
             self._open.discard(waiter)
             release._waiting = None
-            if timer is not None:
-                timer.cancel()
+            if slot is not None:
+                slot.discard(waiter)
+
+    def _expire_after(self, waiter: asyncio.Future[bool], timeout: float) -> set[asyncio.Future[bool]]:
+        """Resolve `waiter` False once `timeout` seconds have passed: the slot it is put in."""
+        loop = asyncio.get_running_loop()
+        key = math.ceil((loop.time() + timeout) / TIMEOUT_GRAIN)
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = set()
+            loop.call_at(key * TIMEOUT_GRAIN, self._expire_slot, key)
+        slot.add(waiter)
+        return slot
+
+    def _expire_slot(self, key: int) -> None:
+        for waiter in self._slots.pop(key, ()):
+            _expire(waiter)
 
     def hold(self, release: Release | None) -> None:
         """A long-poll woken by a fan-out answers now: its connection reads the client's

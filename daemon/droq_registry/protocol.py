@@ -30,12 +30,14 @@ from typing import Any, Protocol
 
 import httptools
 from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 from uvicorn.server import ServerState
 
 from .connections import Gate
 from .feed import Release
+from .lean import Pipeline, Signal
 from .routes import is_follower
 
 log = logging.getLogger("droq_registry.server")
@@ -93,6 +95,11 @@ class LimitedProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with a head timeout, a head size limit and the gate, and
     the hot reads answered as soon as their head is parsed (`answer_here`)."""
 
+    # Our own attributes in slots: uvicorn's alone stay few enough for CPython to share
+    # their dict's keys between connections (a dict of 40 keys costs 1.3 KiB more).
+    __slots__ = ("bounded", "count", "deferred", "follower", "gate", "head_bytes", "head_timer", "heads",
+                 "holding", "in_head", "limits", "queued", "reads", "send_timer", "unsent")
+
     def __init__(
         self,
         config: Config,
@@ -105,6 +112,7 @@ class LimitedProtocol(HttpToolsProtocol):
         count: Count | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
+        self.pipeline = Pipeline()  # type: ignore[assignment]  # a deque's methods uvicorn uses
         self.gate = gate
         self.limits = limits
         # Answered here only where nothing about the request needs ASGI: no root path (the
@@ -128,6 +136,7 @@ class LimitedProtocol(HttpToolsProtocol):
         #: progress, which `self.cycle` is not when others are pipelined behind it.
         self.running: RequestResponseCycle | None = None
         self.holding = False  # a fan-out holds the next request (`hold`)
+        self.deferred = False  # an answer completed meanwhile (`answer`)
         self.bounded = False  # its socket's send buffer is the follower bound (`_follow`)
         #: Bytes read but not parsed yet: requests beyond `PIPELINE_DEPTH` behind the one in
         #: progress wait here, with reading paused (`data_received`, `_parse_unparsed`).
@@ -135,6 +144,7 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = Flow(transport)
         self.gate.opened(self)
         self._arm()
 
@@ -226,6 +236,7 @@ class LimitedProtocol(HttpToolsProtocol):
         scope = self.scope
         if "path" in scope and is_follower(scope["path"], scope["query_string"]):
             # Its own cycle: a request pipelined behind it gets the next one (uvicorn's `self.cycle`).
+            self.cycle.message_event = Signal()  # type: ignore[assignment]  # held for long: lean
             outlet = FollowerOutlet(self, self.cycle)
             release = Release.attach(scope, outlet)  # type: ignore[arg-type]  # an HTTPScope is a dict
             self.gate.following(self)
@@ -392,7 +403,7 @@ class LimitedProtocol(HttpToolsProtocol):
         streaming = cycle.response_started and not cycle.response_complete and cycle.chunked_encoding
         if not streaming or not self.room(len(body)):
             return False
-        self.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        self.transport.write(_chunk(body))
         return True
 
     def answer(self, cycle: RequestResponseCycle, status: int, headers: tuple[tuple[bytes, bytes], ...],
@@ -415,6 +426,15 @@ class LimitedProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         cycle.message_event.set()
         self._write_whole(status, headers, body, cycle.keep_alive)
+        if cycle.keep_alive and self.holding:
+            # What follows a complete answer (reading the next request, starting one
+            # pipelined, arming the keep-alive timer, the gate's bookkeeping) waits for the
+            # fan-out to be over (`resume`): its turns spend only the write on this one.
+            self.flow.pause_reading()
+            self.deferred = True
+            if not self.pipeline:
+                self.gate.idle_again(self)  # as `on_response_complete` would: the cap may close it
+            return True
         cycle.on_response()
         return True
 
@@ -423,10 +443,18 @@ class LimitedProtocol(HttpToolsProtocol):
         self.holding = True
 
     def resume(self) -> None:
-        """Read the client's requests again (after `hold`)."""
+        """Read the client's requests again (after `hold`), and finish the answer the
+        fan-out sent meanwhile (`answer`)."""
         if self.holding:
             self.holding = False
-            if not self.transport.is_closing():
+            deferred, self.deferred = self.deferred, False
+            if self.transport.is_closing():
+                return
+            if deferred:
+                # What its cycle's `on_response` is (uvicorn's request task, ended by now,
+                # has unset that): read again, or start the request pipelined.
+                self.on_response_complete()
+            else:
                 self.flow.resume_reading()
 
     def _unsupported_upgrade_warning(self) -> None:
@@ -484,6 +512,30 @@ def _head(status: int, default: list[tuple[bytes, bytes]], headers: tuple[tuple[
     head = b"".join([STATUS_LINE[status], *(b"%s: %s\r\n" % pair for pair in (*default, *headers))])
     _heads[key] = (headers, head)
     return head
+
+
+_last_chunk: tuple[object, bytes] = (None, b"")
+
+
+def _chunk(body: bytes) -> bytes:
+    """`body` framed as one chunk of a chunked answer; the last one's bytes again for the
+    same object (the event streams of one fan-out that had the same revision)."""
+    global _last_chunk
+    last = _last_chunk
+    if last[0] is body:
+        return last[1]
+    chunk = b"%x\r\n%b\r\n" % (len(body), body)
+    _last_chunk = (body, chunk)
+    return chunk
+
+
+class Flow(FlowControl):
+    """uvicorn's flow control, with a lean event (`lean.Signal`): a connection keeps it
+    for its whole life."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._is_writable_event = Signal(True)  # type: ignore[assignment]  # an Event's methods
 
 
 class FollowerOutlet:
