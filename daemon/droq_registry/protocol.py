@@ -98,7 +98,7 @@ class LimitedProtocol(HttpToolsProtocol):
     # Our own attributes in slots: uvicorn's alone stay few enough for CPython to share
     # their dict's keys between connections (a dict of 40 keys costs 1.3 KiB more).
     __slots__ = ("bounded", "count", "deferred", "follower", "gate", "head_bytes", "head_timer", "heads",
-                 "holding", "in_head", "limits", "queued", "reads", "send_timer", "unsent")
+                 "holding", "in_head", "limits", "queued", "reads", "running", "send_timer", "unparsed", "unsent")
 
     def __init__(
         self,
