@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
+
 
 class Signal:
     """`asyncio.Event`'s `set`, `clear`, `is_set` and `wait`, with its list of waiters
@@ -66,3 +68,12 @@ class Pipeline(list[Any]):
     def appendleft(self, item: Any) -> None:
         """Add `item` at the left end (the newest; `pop` takes the oldest, at the right)."""
         self.insert(0, item)
+
+
+class Flow(FlowControl):
+    """uvicorn's flow control, with a lean event (`lean.Signal`): a connection keeps it
+    for its whole life."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._is_writable_event = Signal(True)  # type: ignore[assignment]  # an Event's methods

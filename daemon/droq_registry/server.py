@@ -39,9 +39,10 @@ from uvicorn.config import STARTUP_FAILURE, Config
 
 from .app import create_app
 from .connections import Gate, listen
+from .direct import Count, Reads
 from .logs import uvicorn_log_config
 from .metrics import PREFIX
-from .protocol import Count, LimitedProtocol, Limits, Reads
+from .protocol import LimitedProtocol, Limits
 from .settings import Settings
 from .stopsignal import record_stop_signals, stop_requested
 
