@@ -1,6 +1,6 @@
 """The HTTP server: uvicorn, with limits that keep a slow or hostile client's cost its own.
 
-With `protocol.py` (one connection's HTTP), the only module that imports uvicorn. uvicorn
+With `protocol.py` (one connection's HTTP) and its parts, the only modules that import uvicorn. uvicorn
 alone closes an idle kept-alive connection (`timeout_keep_alive`), but it waits for ever
 for a connection that never sends a request or sends it a byte at a time, its httptools
 parser buffers a request head of any size, and it accepts connections until the process
