@@ -13,7 +13,7 @@ import pytest
 from starlette.routing import Mount
 from starlette.testclient import TestClient
 
-from droq_registry.changes import MAX_WAIT_SECONDS
+from droq_registry.cursors import MAX_WAIT_SECONDS
 from droq_registry.routes import TABLE
 from droq_registry.search import MAX_QUERY, MAX_RESULTS
 from droq_registry.settings import default_schema_path

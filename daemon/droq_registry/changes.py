@@ -18,108 +18,20 @@ Last-Event-ID and loses nothing.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import AsyncIterator, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from starlette.datastructures import QueryParams
 
-from . import answers, bodies
+from . import answers, cursors
 from .answers import Answer
 from .feed import Feed, Outlet, Release, release_of
-from .model import EPOCH_PATTERN
-from .snapshot import Snapshot
 
-#: The longest `wait` a long-poll of `GET /api/v1/changes` may ask for.
-MAX_WAIT_SECONDS = 60.0
 #: A comment line this often keeps idle streams open through proxies (one shared timer).
 KEEPALIVE_SECONDS = 15.0
-_NUMBER = re.compile(r"[0-9]{1,64}")
-_EPOCH = re.compile(EPOCH_PATTERN)
 
 Scope = MutableMapping[str, Any]
-
-
-def _revision(value: str | None, name: str) -> int | str:
-    """A revision number a client sent, or why it is malformed (an answer 400)."""
-    if value is None or value == "":
-        return 0
-    if not _NUMBER.fullmatch(value):
-        return f"{name} must be a revision number (a whole number, 0 or more), got {bodies.quote(value)}"
-    return int(value)
-
-
-def _epoch(value: str | None, name: str) -> str | None:
-    """Why an epoch a client sent is malformed (an answer 400), or None when it is fine."""
-    if value is None or _EPOCH.fullmatch(value):
-        return None
-    return f"{name} must be an epoch (1 to 32 of A-Z a-z 0-9 _ -), got {bodies.quote(value)}"
-
-
-def _event_id(value: str, name: str) -> tuple[int, str | None] | str:
-    """A Last-Event-ID: `<epoch>:<revision>`, or a bare revision (an older client's, taken
-    in the current epoch). The reason it is malformed otherwise."""
-    epoch, colon, number = value.rpartition(":")
-    if _NUMBER.fullmatch(number) and (not colon or _EPOCH.fullmatch(epoch)):
-        return int(number), epoch if colon else None
-    return f"{name} must be <epoch>:<revision> or a revision number, got {bodies.quote(value)}"
-
-
-def _refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | None:
-    """Why `snap` cannot answer a cursor `since` of history `epoch` (an answer 410: the
-    client lists again, or takes the new cursor when it already has the content hash)."""
-    if epoch is not None and epoch != snap.epoch:
-        why = f"epoch {epoch} is another history than this registry's (epoch {snap.epoch})"
-    elif since > snap.revision:
-        why = f"{name}={since} is ahead of this registry's revision {snap.revision}, so it counts in another history"
-    elif not snap.changes.kept(since):
-        why = f"changes after revision {since} are no longer kept (the log starts after revision {snap.changes.floor})"
-    else:
-        return None  # (asked of every follower in every fan-out: no string is made for it)
-    return (
-        f"{why}; list the registry again, unless your state has content hash {snap.content_hash}, and follow "
-        f"changes from revision {snap.revision} of epoch {snap.epoch}"
-    )
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-def _long_poll(query_string: bytes) -> tuple[int | str, str | None, float, str | None]:
-    """A long-poll's `since`, `epoch` and `wait`, and why they are malformed (or None).
-    (The parsed query is not kept: a request may wait a minute, ten thousand at once.)"""
-    query = QueryParams(query_string)
-    since = _revision(query.get("since"), "since")
-    epoch = query.get("epoch")
-    malformed = since if isinstance(since, str) else _epoch(epoch, "epoch")
-    raw_wait = query.get("wait")
-    wait = 0.0
-    if malformed is None and raw_wait is not None:
-        try:
-            wait = float(raw_wait)
-        except ValueError:
-            wait = -1.0
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            malformed = f"wait must be a number of seconds from 0 to {MAX_WAIT_SECONDS:g}"
-    return since, epoch, wait, malformed
-
-
-def _cursor(header: bytes | None, query_string: bytes, snap: Snapshot) -> tuple[int, str | None] | str:
-    """Where an event stream starts (revision, epoch): its Last-Event-ID `header`, or its
-    query's `since` and `epoch`, or now; why it is malformed otherwise."""
-    if header is not None:
-        return _event_id(header.decode("latin-1").strip(), "Last-Event-ID")
-    query = QueryParams(query_string)
-    if "since" in query or "epoch" in query:
-        since, epoch = _revision(query.get("since"), "since"), query.get("epoch")
-        return since if isinstance(since, str) else _epoch(epoch, "epoch") or (since, epoch)
-    return (snap.revision, snap.epoch)
 
 
 async def _send_answer(scope: Scope, send: Any, answer: Answer) -> int:
@@ -165,11 +77,11 @@ class Changes(Follow):
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
-        since, epoch, wait, malformed = _long_poll(scope["query_string"])
+        since, epoch, wait, malformed = cursors.long_poll(scope["query_string"])
         if malformed is not None:
             return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
         assert isinstance(since, int)
-        if wait and snap.revision == since and _refused(snap, since, epoch, "since") is None:
+        if wait and snap.revision == since and cursors.refused(snap, since, epoch, "since") is None:
             release = release_of(scope)
             if release is not None and release.outlet is not None and scope["method"] == "GET":
                 # On our server the feed's fan-out answers it itself (`Polled`).
@@ -190,7 +102,7 @@ class Changes(Follow):
             snap = registry.snapshot
         # From here on only `snap` is read: its revision, epoch, log and floor belong together.
         prepared = answers.of(snap)
-        refused = _refused(snap, since, epoch, "since")
+        refused = cursors.refused(snap, since, epoch, "since")
         if refused:
             return await _send_answer(scope, send, prepared.gone(refused))
         return await _send_answer(scope, send, prepared.changes(since))
@@ -205,8 +117,8 @@ class Events(Follow):
         state = scope["app"].state
         registry, feed = state.registry, state.feed
         snap = registry.snapshot
-        header = _header(scope, b"last-event-id")
-        cursor = _cursor(header, scope["query_string"], snap)
+        header = cursors.header(scope, b"last-event-id")
+        cursor = cursors.cursor(header, scope["query_string"], snap)
         if isinstance(cursor, str):
             return await _send_answer(scope, send, answers.of(snap).error(400, cursor))
         name = "Last-Event-ID" if header is not None else "since"
@@ -243,7 +155,7 @@ async def _stream(
         return
     while feed.following(release):
         current = registry.snapshot  # read once per round: revision, epoch, log and floor agree
-        refused = _refused(current, last, epoch, name)
+        refused = cursors.refused(current, last, epoch, name)
         frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(last)
         last, epoch = current.revision, current.epoch
         if frames and not await _send_frames(release, send, frames):
@@ -273,7 +185,7 @@ class Pushed:
         current = self.registry.snapshot  # read once: revision, epoch, log and floor agree
         if current.revision == self.last and current.epoch == self.epoch:
             return
-        refused = _refused(current, self.last, self.epoch, self.name)
+        refused = cursors.refused(current, self.last, self.epoch, self.name)
         frames = answers.relist_frame(current, refused) if refused else answers.of(current).frames(self.last)
         self.last, self.epoch = current.revision, current.epoch
         if frames:
@@ -309,7 +221,7 @@ class Polled:
         if current.revision <= self.since or self.waiter.done():
             return None  # nothing new yet, or its task answers (its timeout, its release)
         prepared = answers.of(current)
-        refused = _refused(current, self.since, self.epoch, "since")
+        refused = cursors.refused(current, self.since, self.epoch, "since")
         status, headers, body = (prepared.gone(refused) if refused else prepared.changes(self.since)).reply(self.inm)
         outlet = self.release.outlet
         assert outlet is not None

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl
 
 from starlette.routing import BaseRoute, Mount, Route
 
-from . import api, changes, explore
+from . import api, changes, cursors, explore
 from .answers import Answer, Answers
 from .model import EPOCH_PATTERN
 from .search import MAX_QUERY, MAX_RESULTS
@@ -112,8 +112,8 @@ EPOCH = Param("epoch", "query", {"type": "string", "pattern": f"^{EPOCH_PATTERN}
               "The history `since` counts in (the X-Registry-Epoch of the answer it came from). Another "
               "history's cursor answers 410 instead of records from this one.", "kqXoPWeNDvVhH0NS")
 STATUS = Param("status", "query", {"enum": list(api.LIST_FILTERS)}, "Which nodes to list (default: active).")
-WAIT = Param("wait", "query", {"type": "number", "minimum": 0, "maximum": changes.MAX_WAIT_SECONDS},
-             f"Seconds to hold the request when nothing is newer than `since` (at most {changes.MAX_WAIT_SECONDS:g}).")
+WAIT = Param("wait", "query", {"type": "number", "minimum": 0, "maximum": cursors.MAX_WAIT_SECONDS},
+             f"Seconds to hold the request when nothing is newer than `since` (at most {cursors.MAX_WAIT_SECONDS:g}).")
 QUERY = Param("q", "query", {"type": "string", "minLength": 1, "maxLength": MAX_QUERY},
               "The text (any case).", "TextInput", required=True)
 LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string"},
