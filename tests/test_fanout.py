@@ -23,7 +23,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from droq_registry import answers
-from droq_registry.feed import Release
+from droq_registry.release import Release
 from support.files import node_doc, write_json
 from support.http import metric
 from support.polling import wait_until
@@ -339,7 +339,7 @@ def test_an_event_stream_with_a_request_pipelined_behind_it_still_gets_each_comm
 
 
 class _Outlet:
-    """A connection's outlet as the app sees it (`feed.Outlet`), holding its request's scope
+    """A connection's outlet as the app sees it (`release.Outlet`), holding its request's scope
     as the server's does (through the request's cycle): what it was asked to write."""
 
     def __init__(self, scope: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ together, and sent as `answers.py` prepares it, once per snapshot for every foll
 that had the same revision (`Answers.changes`, `Answers.frames`). A waiting request holds
 no thread and is woken by the feed when a revision commits, and answers early (as at
 shutdown) when the server releases it: to make room for a new connection, or because its
-client has gone (`feed.Release`). An event stream that falls further behind than its
+client has gone (`release.Release`). An event stream that falls further behind than its
 connection may buffer is cut by the server (`Release.room`); its client resumes with
 Last-Event-ID and loses nothing.
 """
@@ -26,7 +26,8 @@ import anyio
 
 from . import answers, cursors
 from .answers import Answer
-from .feed import Feed, Outlet, Release, release_of
+from .feed import Feed
+from .release import Outlet, Release, release_of
 
 #: A comment line this often keeps idle streams open through proxies (one shared timer).
 KEEPALIVE_SECONDS = 15.0
@@ -166,7 +167,7 @@ async def _stream(
 
 
 class Pushed:
-    """An event stream the feed writes to (`feed.Subscriber`): after each commit, the frames
+    """An event stream the feed writes to (`release.Subscriber`): after each commit, the frames
     after the revision it had, the same bytes for every stream that had that revision.
     A stream that lags past its bound is cut by the server (`Outlet.push`), which releases
     its request."""
@@ -197,7 +198,7 @@ class Pushed:
 
 
 class Polled:
-    """A long-poll the feed answers (`feed.Subscriber`): once the revision is above `since`,
+    """A long-poll the feed answers (`release.Subscriber`): once the revision is above `since`,
     the same prepared answer for every long-poll that had `since`, written to its
     connection whole; its request's task then only ends. `status` is what it answered
     (0: not answered by the feed; the request answers itself, as after a timeout)."""

@@ -21,7 +21,7 @@ from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from .connections import Gate
-from .feed import Release
+from .release import Release
 from .wire import chunk, write_whole
 
 
@@ -71,7 +71,7 @@ class FollowerWrites:
             queued.set()
 
     def room(self, size: int) -> bool:
-        """Whether a follower may queue `size` more bytes (feed.Outlet). A stream whose
+        """Whether a follower may queue `size` more bytes (release.Outlet). A stream whose
         unsent bytes would pass `follower_buffer` lags too far behind: it is cut now, so
         what it has not read never grows beyond that bound, and it costs nobody else a
         wait. A connection with nothing unsent always takes the next send whole."""
@@ -146,7 +146,7 @@ class FollowerWrites:
 
 
 class FollowerOutlet:
-    """What a follower request may do to its connection (feed.Outlet): its own request's
+    """What a follower request may do to its connection (release.Outlet): its own request's
     cycle and the protocol, so the feed writes to the right answer even when the client
     has pipelined another request behind it."""
 

@@ -32,9 +32,9 @@ from uvicorn.server import ServerState
 
 from .connections import Gate
 from .direct import Count, DirectReads, Reads, uncounted
-from .feed import Release
 from .lean import Flow, Pipeline, Signal
 from .outlet import FollowerOutlet, FollowerWrites
+from .release import Release
 from .routes import is_follower
 
 log = logging.getLogger("droq_registry.server")

@@ -11,7 +11,7 @@ answers 5xx). So:
   timeout and the followers' buffer bound, and carries the fan-out's writes.
 - `connections.Gate` accepts connections itself, at most `max_connections` open at once,
   closing the longest-idle one to make room, or releasing the oldest follower (a
-  long-poll or an event stream, `routes.is_follower`) through the `feed.Release` the
+  long-poll or an event stream, `routes.is_follower`) through the `release.Release` the
   protocol put in its request's scope, or holding new ones in the listen queue.
 - The file-descriptor limit is raised to its hard limit at start-up, and the connection
   cap leaves `RESERVED_FDS` of it for node files, the database, the watcher and probes.
