@@ -1,4 +1,4 @@
-"""Attacks on the hot reads the protocol answers itself (`protocol.LimitedProtocol.answer_here`).
+"""Attacks on the hot reads the protocol answers itself (`direct.DirectReads.answer_here`, a part of `protocol.LimitedProtocol`).
 
 Two real server processes on the same node files: `direct` answers the hot reads in the
 protocol; `ref` has uvicorn's access log on, so the protocol declines every request and the

@@ -20,7 +20,7 @@ import orjson
 from support.expect import expected_node
 from support.files import node_doc, write_json
 from support.polling import wait_until
-from support.server import ServerProcess
+from support.server import ServerProcess, server_env
 
 REVISION = "x-registry-revision"
 SWAPS = 200
@@ -57,12 +57,7 @@ def test_body_etag_and_revision_agree_while_a_file_is_swapped_200_times(
     path = assets / "swap.json"
     write_json(path, node_file("A"))
     srv = server(
-        {
-            "REGISTRY_ASSETS_DIR": str(assets),
-            "REGISTRY_DB_PATH": str(tmp_path / "registry.db"),
-            "REGISTRY_RESYNC_SECONDS": "0",
-            "LOG_LEVEL": "warning",
-        },
+        server_env(assets, tmp_path / "registry.db", LOG_LEVEL="warning"),
         tmp_path / "server.log",
     )
     bodies = {version: expected_bodies(version) for version in VERSIONS}

@@ -1,4 +1,4 @@
-"""The hot reads answered by the protocol itself (`protocol.LimitedProtocol.answer_here`).
+"""The hot reads answered by the protocol itself (`direct.DirectReads.answer_here`, a part of `protocol.LimitedProtocol`).
 
 A lookup, node detail or node list whose head is parsed with nothing before it in progress
 is answered at once from the prepared answer, with no ASGI task; anything else goes to the

@@ -1,9 +1,11 @@
 """Every answer the service gives from a snapshot: status, encoded headers, body, ETag, 304.
 
 This module owns what a client receives. An `Answer` is prepared once, immutable, and
-sent as it is by both ways in: the Starlette endpoints (`api.py`, `explore.py`, through
-`api.Sent`) and the fast path (`hotpath.py`). Neither adds or reorders a header, so the
-two send the same bytes by construction.
+sent as it is by every way in: the Starlette endpoints (`api.py`, `explore.py`, through
+`api.Sent`), the fast path (`hotpath.py`, asked by the protocol itself, `direct.py`, and by
+`app.RegistryApp`), the 401 of `auth.py`, and the followers (`changes.py`, whose fan-out
+writes through `outlet.py`). None adds or reorders a header, so they send the same bytes
+by construction.
 
 - `snapshot_headers(snap)` is the one place that says which headers tie an answer to the
   state it was built from. Every answer built here starts
@@ -57,15 +59,24 @@ FOLLOWER_KEYS = 64
 KEEPALIVE_FRAME = ServerSentEvent(comment="ping").encode()
 
 
+#: The headers every answer built from a snapshot carries first, and their names in the
+#: OpenAPI document's components (`openapi.py`).
+SNAPSHOT_HEADERS = {"X-Registry-Revision": "Revision", "X-Registry-Epoch": "Epoch",
+                    "X-Registry-Content-Hash": "ContentHash"}
+_NAMES = tuple(name.lower().encode("latin-1") for name in SNAPSHOT_HEADERS)
+REVISION = _NAMES[0]
+
+
 def snapshot_headers(snap: Snapshot | None) -> Headers:
     """The headers that say which state an answer comes from; every answer carries them first:
     the revision, the history it counts in (its epoch), and the served content's hash."""
     if snap is None:  # a placeholder before the first snapshot is asked for; never sent
-        return ((b"x-registry-revision", b"0"),)
+        return ((REVISION, b"0"),)
+    revision, epoch, content_hash = _NAMES
     return (
-        (b"x-registry-revision", str(snap.revision).encode("latin-1")),
-        (b"x-registry-epoch", snap.epoch.encode("latin-1")),
-        (b"x-registry-content-hash", snap.content_hash.encode("latin-1")),
+        (revision, str(snap.revision).encode("latin-1")),
+        (epoch, snap.epoch.encode("latin-1")),
+        (content_hash, snap.content_hash.encode("latin-1")),
     )
 
 
@@ -176,6 +187,12 @@ class Answers:
 
     def error(self, status: int, detail: str) -> Answer:
         return self.json(status, {"detail": detail})
+
+    def unauthorized(self, detail: str, challenge: str) -> Answer:
+        """The 401 of `auth.TokenAuth`: the state's headers, the challenge; never kept."""
+        leading = (*snapshot_headers(self.snap), (b"www-authenticate", challenge.encode("latin-1")),
+                   (b"cache-control", b"no-store"))
+        return Answer(leading, 401, orjson.dumps({"detail": detail}))
 
     def gone(self, detail: str) -> Answer:
         """410: the client's cursor is not in what this history keeps (another epoch, ahead of

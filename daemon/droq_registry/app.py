@@ -153,7 +153,7 @@ class RegistryApp(Starlette):
     """Starlette, with the hot read endpoints answered first by `hotpath.HotPath`.
 
     Most hot reads never get here: the protocol answers them from the same `HotPath`
-    before any ASGI work (`protocol.LimitedProtocol.answer_here`). Those it leaves to the
+    before any ASGI work (`direct.DirectReads.answer_here`). Those it leaves to the
     app cost a few string checks, a dictionary hit and two `send` calls here, then are
     counted in the metrics as `MetricsMiddleware` would count them; every other request
     goes through Starlette's middleware and routes as before.
@@ -222,7 +222,7 @@ class NamingTheState:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 registry = getattr(state, "registry", None)
-                if registry is not None and not any(name == b"x-registry-revision" for name, _ in headers):
+                if registry is not None and not any(name == answers.REVISION for name, _ in headers):
                     message = {**message, "headers": [*answers.snapshot_headers(registry.snapshot), *headers]}
             await send(message)
 

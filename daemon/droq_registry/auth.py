@@ -7,9 +7,9 @@ dashboard page stay open; the page asks for the token and sends it on every requ
 from __future__ import annotations
 
 import hmac
+from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from starlette.datastructures import Headers
 
 from . import answers
@@ -18,6 +18,7 @@ REALM = "droq-registry"
 
 
 def protected(path: str) -> bool:
+    """Whether a path (or a route's template) is behind the token when one is set."""
     return path.startswith(("/api/", "/metrics/")) or path in ("/api", "/metrics")
 
 
@@ -29,7 +30,7 @@ class TokenAuth:
         self._token = token.encode()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or not protected(scope["path"]) or self._authorized(scope):
+        if scope["type"] != "http" or not protected(scope["path"]) or authorized(scope["headers"], self._token):
             await self.app(scope, receive, send)
             return
         given = Headers(scope=scope).get("authorization")
@@ -39,27 +40,17 @@ class TokenAuth:
             detail = "the bearer token is not valid"
         else:
             detail = "this endpoint needs an Authorization: Bearer <token> header"
-        body = orjson.dumps({"detail": detail})
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    *answers.snapshot_headers(scope["app"].state.registry.snapshot),  # as every answer
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", challenge.encode()),
-                    (b"cache-control", b"no-store"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        answer = answers.of(scope["app"].state.registry.snapshot).unauthorized(detail, challenge)
+        await send({"type": "http.response.start", "status": answer.status, "headers": list(answer.headers)})
+        await send({"type": "http.response.body", "body": answer.body})
 
-    def _authorized(self, scope: dict[str, Any]) -> bool:
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                return bearer_matches(value, self._token)
-        return False
+
+def authorized(headers: Iterable[tuple[bytes, bytes]], token: bytes) -> bool:
+    """Whether the first Authorization header of `headers` carries `token` as a Bearer."""
+    for name, value in headers:
+        if name == b"authorization":
+            return bearer_matches(value, token)
+    return False
 
 
 def bearer_matches(value: bytes, token: bytes) -> bool:

@@ -28,6 +28,7 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 log = logging.getLogger("droq_registry.connections")
@@ -37,6 +38,19 @@ REASONS = ("idle_evicted", "follower_released", "follower_lagging", "head_timeou
 #: accept() errors that mean "no descriptor or memory right now": wait and try again.
 _SCARCE = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _RETRY_SECONDS = 0.1
+
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection is held to (settings.py reads them; protocol.py enforces them)."""
+
+    head_timeout: float
+    keepalive_timeout: float
+    send_timeout: float
+    max_head_bytes: int
+    max_connections: int
+    follower_buffer: int
 
 
 class Connection(Protocol):

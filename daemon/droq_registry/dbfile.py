@@ -32,6 +32,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from .model import EPOCH_PATTERN
+
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -192,7 +194,7 @@ def lock_path(db_path: Path) -> Path:
 #: ("pid 123 on host served <epoch>:<revision>"; a host name has no spaces). One line, so
 #: earlier releases, which take exactly this pattern, take it again after a rollback.
 _NOTE = re.compile(rb"(pid [0-9]+ on [^\r\n]*\n)?")
-_SERVED = re.compile(rb" served ([A-Za-z0-9_-]{1,32}):([0-9]{1,20})\n\Z")
+_SERVED = re.compile(rb" served (%b):([0-9]{1,20})\n\Z" % EPOCH_PATTERN.encode())
 _NOTE_BYTES = 512
 
 

@@ -8,7 +8,7 @@ Starlette handler calls (`HotPath.reply`), so every way in sends the same bytes 
 construction; this module only decides whether it may answer.
 
 Two callers ask it. The connection's protocol asks first, as soon as a request's head is
-parsed (`protocol.LimitedProtocol.answer_here`: no ASGI task at all); what it leaves to
+parsed (`direct.DirectReads.answer_here`: no ASGI task at all); what it leaves to
 the app (a request behind another in progress, one with a body, the access log on) comes
 here again as an ASGI scope (`HotPath.answer`, from `app.RegistryApp`). Both count what
 they answered in the metrics by the entry's template.
@@ -32,7 +32,7 @@ from typing import Any
 
 from . import answers
 from .answers import Answers, Headers
-from .auth import bearer_matches
+from .auth import authorized
 from .routes import Entry, Fast
 
 #: What `HotPath.answer` gives: status, headers, body, route template.
@@ -78,12 +78,7 @@ class HotPath:
 
     def authorized(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """Whether a request with these headers may be answered here (the token, if one is set)."""
-        if self.token is None:
-            return True
-        for name, value in headers:
-            if name == b"authorization":
-                return bearer_matches(value, self.token)
-        return False  # Starlette's TokenAuth answers the 401
+        return self.token is None or authorized(headers, self.token)  # else `auth.TokenAuth` answers the 401
 
     def follower(self, scope: dict[str, Any]) -> Any:
         """The follower app that serves this HTTP scope here, or None (Starlette's router will)."""
@@ -106,7 +101,7 @@ class HotPath:
     def reply(self, method: str, path: str, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Reply | None:
         """The answer to a request (its method, decoded path, raw query and lower-cased
         headers), or None. `answer` asks for an ASGI scope; the protocol asks for a
-        request it answers before any ASGI work (`protocol.LimitedProtocol.answer_here`)."""
+        request it answers before any ASGI work (`direct.DirectReads.answer_here`)."""
         if method != "GET" and method != "HEAD":
             return None
         matched = self.match(path, query)
@@ -114,7 +109,7 @@ class HotPath:
         if matched is None or registry is None:
             return None
         if self.token is not None and not self.authorized(headers):
-            return None  # Starlette's TokenAuth answers the 401
+            return None  # `auth.TokenAuth` answers the 401
         template, fast, key = matched
         snap = registry.snapshot  # the one read of the snapshot for this answer
         served = self.served

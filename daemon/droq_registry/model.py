@@ -15,12 +15,12 @@ from typing import Any, Literal
 SourceState = Literal["ok", "error", "conflict"]
 ChangeKind = Literal["added", "updated", "removed", "error", "conflict", "recovered", "source"]
 
-#: NODE fields every answer carries, in the order they are written.
 #: What an epoch (`store.epoch_of`) and a content hash (`snapshot.content_hash_of`) look
 #: like: the API checks and documents them with these.
 EPOCH_PATTERN = "[A-Za-z0-9_-]{1,32}"
 CONTENT_HASH_PATTERN = "[0-9a-f]{32}"
 
+#: NODE fields every answer carries, in the order they are written.
 CORE_FIELDS = (
     "node_id",
     "name",

@@ -1,8 +1,8 @@
 """Bytes of a node file -> a `Node`, or a `NodeFileError` that names the file and the place.
 
 Pure: no file system, no clock. Parsing refuses what is too large or nests too deeply before
-the schema sees it. Validation uses the node schema (`config/node.schema.json`, shipped in
-the package), given as a `Schema`: fastjsonschema compiles it for the common case (every file
+the schema sees it. Validation uses the node schema (`node.schema.json` in the package, a
+link to `config/node.schema.json`), given as a `Schema`: fastjsonschema compiles it for the common case (every file
 that is fine); a rejection is worded by `refusal.py`. A node's bytes (canonical, packed, its
 fingerprint) are `nodebytes.py`'s.
 """

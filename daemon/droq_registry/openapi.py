@@ -13,16 +13,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import __version__
+from .answers import SNAPSHOT_HEADERS
+from .auth import protected
 from .model import CONTENT_HASH_PATTERN, EPOCH_PATTERN
 from .routes import Doc, Entry
 from .shapes import SCHEMAS
 
 #: The headers `answers.snapshot_headers` puts on every answer built from a snapshot.
-_SNAPSHOT_HEADERS = {
-    "X-Registry-Revision": {"$ref": "#/components/headers/Revision"},
-    "X-Registry-Epoch": {"$ref": "#/components/headers/Epoch"},
-    "X-Registry-Content-Hash": {"$ref": "#/components/headers/ContentHash"},
-}
+_SNAPSHOT_HEADERS = {name: {"$ref": f"#/components/headers/{key}"} for name, key in SNAPSHOT_HEADERS.items()}
 _ETAG = {"$ref": "#/components/headers/ETag"}
 
 _NOT_MODIFIED = {
@@ -59,14 +57,14 @@ def _operation(entry: Entry, auth: bool) -> dict[str, Any]:
     if entry.conditional:
         responses["304"] = _NOT_MODIFIED
     responses.update({str(status): _answer(doc) for status, doc in entry.errors.items()})
-    if entry.secured and auth:
+    if protected(entry.template) and auth:
         responses["401"] = _UNAUTHORIZED
     operation: dict[str, Any] = {
         "summary": entry.summary,
         "parameters": [p.document() for p in entry.params] + ([_IF_NONE_MATCH] if entry.conditional else []),
         "responses": responses,
     }
-    if not entry.secured and auth:
+    if not protected(entry.template) and auth:
         operation["security"] = []
     return operation
 

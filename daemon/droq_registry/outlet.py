@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
-from .connections import Gate
+from .connections import Gate, Limits
 from .release import Release
 from .wire import chunk, write_whole
 
@@ -34,7 +34,7 @@ class FollowerWrites:
         server_state: Any
         pipeline: Any
         gate: Gate
-        limits: Any
+        limits: Limits
         follower: Release | None
         queued: dict[RequestResponseCycle, Release]
         holding: bool

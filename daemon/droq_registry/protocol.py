@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from .connections import Gate
+from .connections import Gate, Limits
 from .direct import Count, DirectReads, Reads, uncounted
 from .lean import Flow, Pipeline, Signal
 from .outlet import FollowerOutlet, FollowerWrites
@@ -45,16 +44,6 @@ log = logging.getLogger("droq_registry.server")
 #: more than about PIECE / 18 bytes' worth of requests pass that depth (`data_received`).
 PIPELINE_DEPTH = 8
 PIECE = 512
-
-
-@dataclass(frozen=True)
-class Limits:
-    head_timeout: float
-    keepalive_timeout: float
-    send_timeout: float
-    max_head_bytes: int
-    max_connections: int
-    follower_buffer: int = 256 * 1024
 
 
 class LimitedProtocol(FollowerWrites, DirectReads, HttpToolsProtocol):

@@ -76,7 +76,7 @@ class Fast:
 
 @dataclass(frozen=True)
 class Entry:
-    """One route. `secured`: behind the bearer token when one is set; `conditional`: it
+    """One route. `conditional`: it
     answers If-None-Match with a 304. `handler` is an endpoint, or an ASGI app to mount.
     `follows`: its requests are held open until something changes, always (""), or when
     they carry this query parameter."""
@@ -87,7 +87,6 @@ class Entry:
     ok: Doc
     errors: Mapping[int, Doc] = field(default_factory=dict)
     params: tuple[Param, ...] = ()
-    secured: bool = True
     conditional: bool = True
     fast: Fast | None = None
     mount: bool = False
@@ -122,11 +121,11 @@ LAST_EVENT_ID = Param("Last-Event-ID", "header", {"type": "string"},
 
 TABLE: tuple[Entry, ...] = (
     Entry("/", api.root, "Service description", Doc("Name, version and purpose.", "Service"),
-          secured=False, conditional=False),
+          conditional=False),
     Entry("/health", api.health, "Liveness and state", Doc("Always 200 while the process serves.", "Health"),
-          secured=False, conditional=False),
+          conditional=False),
     Entry("/ready", api.ready, "Readiness", Doc("The first load has committed.", "Ready"),
-          {503: Doc("Still loading, or waiting for the assets folder.", "Ready")}, secured=False, conditional=False),
+          {503: Doc("Still loading, or waiting for the assets folder.", "Ready")}, conditional=False),
     Entry("/api/v1/nodes", api.list_nodes, "List nodes", Doc("Nodes sorted by node_id.", "NodeList", etag=True),
           {400: _error("Unknown status filter.")}, (STATUS,),
           fast=Fast(Answers.built_list, api.LIST_QUERIES)),
@@ -170,9 +169,9 @@ TABLE: tuple[Entry, ...] = (
           Doc("Prometheus text exposition format.", {"type": "string"}, "text/plain"), conditional=False),
     Entry("/ui/", explore.UIFiles(directory=explore.UI_DIR, html=True), "The dashboard (HTML)",
           Doc("The page; it asks for the token itself when one is needed.", {"type": "string"}, "text/html"),
-          secured=False, conditional=False, mount=True),
+          conditional=False, mount=True),
     Entry("/openapi.json", api.openapi_document, "This document", Doc("OpenAPI 3.1.", {"type": "object"}),
-          secured=False, conditional=False),
+          conditional=False),
 )
 
 

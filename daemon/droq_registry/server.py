@@ -38,11 +38,11 @@ from prometheus_client.registry import Collector
 from uvicorn.config import STARTUP_FAILURE, Config
 
 from .app import create_app
-from .connections import Gate, listen
+from .connections import Gate, Limits, listen
 from .direct import Count, Reads
 from .logs import uvicorn_log_config
 from .metrics import PREFIX
-from .protocol import LimitedProtocol, Limits
+from .protocol import LimitedProtocol
 from .settings import Settings
 from .stopsignal import record_stop_signals, stop_requested
 
@@ -93,7 +93,7 @@ class RegistryServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self.limits = limits
-        self.reads = reads  # the hot reads, answered by the protocol itself (`LimitedProtocol.answer_here`)
+        self.reads = reads  # the hot reads, answered by the protocol itself (`DirectReads.answer_here`)
         self.count = count
         self.gate = Gate(limits.max_connections)
         self._on_stop = on_stop

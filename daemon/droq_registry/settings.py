@@ -95,7 +95,7 @@ class Settings:
     schema_path: Path = field(default_factory=lambda: default_schema_path())
     #: When set, /api/... and /metrics need `Authorization: Bearer <token>`.
     api_token: str | None = field(default=None, repr=False)
-    # Limits on clients (server.py): time to send a whole request head, idle time of a
+    # Limits on clients (enforced by `protocol.LimitedProtocol`; `server.py` passes them): time to send a whole request head, idle time of a
     # kept-alive connection, time a client may take no part of an answer, size of a
     # request head, open connections (None: derived from the file-descriptor limit, see
     # server.connection_limit).

@@ -8,7 +8,9 @@
 - `sockets`: raw sockets to a server process (answers read as bytes, pipelined
   connections, event streams, probes);
 - `http`: the app in a TestClient, and reading its answers (revision, sources, metrics);
-- `db`: reading the service's SQLite database from outside.
+- `db`: reading the service's SQLite database from outside;
+- `events`: Server-Sent Events read from a streaming httpx response;
+- `histories`: replicas and the positions (revision, epoch, content hash) their answers give.
 
 Nothing here imports pytest: the benchmarks use `server`, `polling` and `http` as well.
 The fixtures that use these live in tests/conftest.py.

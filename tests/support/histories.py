@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 
-from support.server import ServerProcess
+from .server import ServerProcess, server_env
 
 
 def replica(
@@ -18,7 +18,7 @@ def replica(
     """A `droq-registry serve` process on `assets` with the database `db` (waited for
     until it is ready, unless `ready` is False), from the `server` fixture."""
     return server(
-        {"REGISTRY_ASSETS_DIR": str(assets), "REGISTRY_DB_PATH": str(db), "REGISTRY_RESYNC_SECONDS": "0", **env},
+        server_env(assets, db, **env),
         db.with_suffix(f".{len(list(db.parent.glob('*.log')))}.log"),
         ready,
     )
