@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from support.files import copy_real_nodes, save_bytes
 from support.http import revision
 from support.polling import wait_until
-from support.server import ServerProcess, server_env
+from support.server import ServerProcess, memory_mib, on_real_nodes, server_env
 from support.sockets import closed_by_server, connect, connect_narrow
 
 LOOKUP = "/api/v1/components/TextInputComponent/node"
@@ -452,11 +452,8 @@ def test_at_the_connection_cap_an_idle_connection_after_a_direct_answer_makes_ro
 def test_after_a_node_file_changes_a_direct_answer_never_serves_the_old_snapshot(
     tmp_path: Path, server: Callable[..., ServerProcess],
 ) -> None:
-    assets = tmp_path / "nodes"
-    copy_real_nodes(assets)
-    srv = server(server_env(assets, tmp_path / "registry.db", RELOAD="true", LOG_LEVEL="warning"),
-                 tmp_path / "server.log")
-    path = assets / "lfx-runtime-executor-node.json"
+    srv = on_real_nodes(server, tmp_path, RELOAD="true", LOG_LEVEL="warning")
+    path = tmp_path / "nodes" / "lfx-runtime-executor-node.json"
     node = orjson.loads(path.read_bytes())
     with connect(srv.port) as sock:  # one kept-alive connection, asking again and again
         for i in range(5):
@@ -482,10 +479,7 @@ def test_after_a_node_file_changes_a_direct_answer_never_serves_the_old_snapshot
 def test_sigterm_while_direct_answers_are_in_flight_exits_0_without_a_5xx_or_a_traceback(
     tmp_path: Path, server: Callable[..., ServerProcess],
 ) -> None:
-    assets = tmp_path / "nodes"
-    copy_real_nodes(assets)
-    srv = server(server_env(assets, tmp_path / "registry.db", RELOAD="false", LOG_LEVEL="warning"),
-                 tmp_path / "server.log")
+    srv = on_real_nodes(server, tmp_path, RELOAD="false", LOG_LEVEL="warning")
     seen: list[int] = []
     stop = threading.Event()
 
@@ -651,13 +645,6 @@ def test_an_event_stream_pipelined_behind_direct_answers_starts_after_them(pair:
             assert statuses(got) == [200, 404, 200]
 
 
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
-
-
 def push_until_refused(sock: socket.socket, data: bytes) -> int:
     """Send `data` again and again until the server takes no more for a quarter of a second; bytes sent."""
     sock.setblocking(False)
@@ -673,18 +660,15 @@ def push_until_refused(sock: socket.socket, data: bytes) -> int:
 def test_ten_clients_that_pipeline_tiny_requests_and_never_read_cost_a_bounded_buffer_each(
     tmp_path: Path, server: Callable[..., ServerProcess],
 ) -> None:
-    assets = tmp_path / "nodes"
-    copy_real_nodes(assets)
-    srv = server(server_env(assets, tmp_path / "registry.db", RELOAD="false", LOG_LEVEL="warning"),
-                 tmp_path / "server.log")
-    before = rss_mib(srv.pid)
+    srv = on_real_nodes(server, tmp_path, RELOAD="false", LOG_LEVEL="warning")
+    before = memory_mib(srv.pid)
     socks = [connect_narrow(srv.port, 4096) for _ in range(10)]
     try:
         tiny = b"GET /api/v1/nodes/nope HTTP/1.1\r\n\r\n" * 2000
         for sock in socks:
             push_until_refused(sock, tiny)
         assert srv.get("/health").status_code == 200
-        grown = rss_mib(srv.pid) - before
+        grown = memory_mib(srv.pid) - before
     finally:
         for sock in socks:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -21,10 +21,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support.files import copy_real_nodes
 from support.http import revision
 from support.polling import wait_until
-from support.server import ServerProcess, server_env
+from support.server import ServerProcess, memory_mib, on_real_nodes
 
 LOOKUP = "/api/v1/components/TextInputComponent/node"
 DETAIL = "/api/v1/nodes/lfx-runtime-executor-node"
@@ -33,10 +32,7 @@ Answer = tuple[int, list[tuple[bytes, bytes]], bytes]
 
 @pytest.fixture
 def srv(tmp_path: Path, server: Callable[..., ServerProcess]) -> ServerProcess:
-    assets = tmp_path / "nodes"
-    copy_real_nodes(assets)
-    return server(server_env(assets, tmp_path / "registry.db", RELOAD="false", LOG_LEVEL="warning"),
-                  tmp_path / "server.log")
+    return on_real_nodes(server, tmp_path, RELOAD="false", LOG_LEVEL="warning")
 
 
 def request(method: str, target: str, *headers: str, version: str = "1.1", body: bytes = b"") -> bytes:
@@ -156,27 +152,16 @@ def test_hot_reads_answered_here_are_counted_in_the_metrics(srv: ServerProcess) 
 
 
 def test_with_the_access_log_on_hot_reads_are_logged(tmp_path: Path, server: Callable[..., Any]) -> None:
-    assets = tmp_path / "nodes"
-    copy_real_nodes(assets)
-    log = tmp_path / "server.log"
-    srv = server(server_env(assets, tmp_path / "registry.db", RELOAD="false", LOG_LEVEL="info"), log)
+    srv = on_real_nodes(server, tmp_path, RELOAD="false", LOG_LEVEL="info")
     status, _, body = alone(srv, "GET", LOOKUP)
     assert status == 200 and body
     assert wait_until(lambda: f'"GET {LOOKUP} HTTP/1.1" 200' in srv.log(), timeout=5)
 
 
-def peak_rss_mib(pid: int) -> float:
-    """The process's peak resident memory so far (VmHWM), MiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
-
-
 def test_a_client_that_pipelines_and_does_not_read_costs_only_its_own_bounded_buffer(srv: ServerProcess) -> None:
     want = comparable(alone(srv, "GET", LOOKUP))
     n = 2000  # ~70 MB of answers if each were written as its request arrives
-    before = peak_rss_mib(srv.pid)
+    before = memory_mib(srv.pid, "VmHWM")
     with socket.create_connection(("127.0.0.1", srv.port)) as sock:
         sock.sendall(request("GET", LOOKUP) * n)  # ~160 KB: the kernel's buffers take it all
         # Meanwhile the server answers everyone else at once.
@@ -184,7 +169,7 @@ def test_a_client_that_pipelines_and_does_not_read_costs_only_its_own_bounded_bu
         assert comparable(alone(srv, "GET", LOOKUP)) == want
         got = answers(sock, ["GET"] * n, timeout=30)
     assert all(comparable(a) == want for a in got)  # nothing lost, in order
-    grown = peak_rss_mib(srv.pid) - before
+    grown = memory_mib(srv.pid, "VmHWM") - before
     assert grown < 25, f"the server's peak memory grew by {grown:.1f} MiB for one client's unread answers"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from .files import ROOT, node_doc, write_json
+from .files import ROOT, copy_real_nodes, node_doc, write_json
 from .polling import wait_until
 
 #: Generous bounds for what a server does in about a second (slow machines, no asserts on time).
@@ -152,3 +152,18 @@ def commit_one(srv: ServerProcess, assets: Path, name: str) -> int:
     write_json(assets / f"{name}.json", node_doc(name))
     wait_until(lambda: int(srv.get("/health").json()["revision"]) > before, timeout=DEADLINE)
     return before + 1
+
+
+def on_real_nodes(server: Any, tmp: Path, **env: str) -> ServerProcess:
+    """A server (from the `server` fixture) on copies of the real node files in `tmp/nodes`,
+    its database and log beside them, with `env` over `server_env`'s settings."""
+    assets = copy_real_nodes(tmp / "nodes")
+    return server(server_env(assets, tmp / "registry.db", **env), tmp / "server.log")
+
+
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A process's memory in MiB, as /proc/PID/status gives it (VmRSS now, VmHWM its peak)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for {pid}")
