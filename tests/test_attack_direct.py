@@ -42,7 +42,7 @@ def start(tmp: Path, name: str, **env: str) -> ServerProcess:
     assets = tmp / name / "nodes"
     copy_real_nodes(assets)
     # One hash seed: Starlette's `Allow` lists a set of methods, in the order of its hashes.
-    # Short head and keep-alive timeouts: an upgraded connection's parser reads no next head.
+    # Short head and keep-alive timeouts: an exchange the server keeps open ends soon.
     env = {"RELOAD": "false", "PYTHONHASHSEED": "0", "REGISTRY_HEAD_TIMEOUT_SECONDS": "1",
            "REGISTRY_KEEPALIVE_TIMEOUT_SECONDS": "2", **env}
     srv = ServerProcess(server_env(assets, tmp / name / "registry.db", **env), tmp / f"{name}.log")

@@ -101,6 +101,20 @@ def test_pipelined_hot_reads_are_answered_in_order_and_the_connection_goes_on(sr
         assert comparable(answers(sock, ["GET"])[0]) == want[0]
 
 
+@pytest.mark.parametrize("upgrade", ["websocket", "h2c"])
+def test_requests_pipelined_behind_an_upgrade_in_one_write_are_answered(srv: ServerProcess, upgrade: str) -> None:
+    # Nothing is upgraded, so the connection stays HTTP: what follows the Upgrade request in
+    # the same read is the next request (uvicorn's parser alone stops there and drops it).
+    targets = [LOOKUP, "/api/v1/nodes", "/api/v1/components/NoSuchComponent/node", LOOKUP]
+    want = [comparable(alone(srv, "GET", t)) for t in targets]
+    assert [w[0] for w in want] == [200, 200, 404, 200]
+    with socket.create_connection(("127.0.0.1", srv.port)) as sock:
+        sock.sendall(request("GET", LOOKUP, "Connection: Upgrade", f"Upgrade: {upgrade}")
+                     + b"".join(request("GET", t) for t in targets[1:]))
+        got = answers(sock, ["GET"] * len(targets))
+    assert [comparable(a) for a in got] == want
+
+
 def test_head_304_http10_and_connection_close_are_answered_as_uvicorn_would(srv: ServerProcess) -> None:
     status, headers, body = alone(srv, "GET", LOOKUP)
     etag = dict(headers)[b"etag"].decode()

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from typing import Any
 
+import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
@@ -155,7 +156,7 @@ class LimitedProtocol(FollowerWrites, DirectReads, HttpToolsProtocol):
 
     def _parse(self, data: bytes) -> None:
         if not self.in_head:
-            super().data_received(data)
+            self._feed(data)
             return
         if self.head_timer is None:
             self._arm()  # the first byte of a request on a kept-alive connection
@@ -165,13 +166,34 @@ class LimitedProtocol(FollowerWrites, DirectReads, HttpToolsProtocol):
         piece = data if len(data) <= room else data[:room]
         self.head_bytes += len(piece)
         heads = self.heads
-        super().data_received(piece)
+        self._feed(piece)
         if len(piece) == len(data) or self.transport.is_closing():
             return
         if self.heads == heads:
             self._refuse_head()
         else:
             self._parse(data[len(piece) :])
+
+    def _feed(self, data: bytes) -> None:
+        """uvicorn's `data_received`, except that nothing is upgraded (ws="none"): the parser
+        pauses after a request with an Upgrade header, and what follows it in the same read
+        is the next request. (uvicorn drops it: whether a request pipelined behind one was
+        answered depended on how the client's writes were read.)"""
+        self._unset_keepalive_if_required()
+        while True:
+            try:
+                self.parser.feed_data(data)
+                return
+            except httptools.HttpParserError:
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            except httptools.HttpParserUpgrade as upgrade:
+                self.logger.debug("ignoring an Upgrade request header")  # uvicorn warns twice
+                data = data[upgrade.args[0] :]  # the offset just past the request
+                if not data or self.transport.is_closing():
+                    return
 
     def on_headers_complete(self) -> None:
         self.heads += 1
@@ -256,11 +278,6 @@ class LimitedProtocol(FollowerWrites, DirectReads, HttpToolsProtocol):
             self.transport.abort()  # a slow reader: close() would keep its descriptor until it reads
         elif not self.transport.is_closing():
             self.transport.close()
-
-    def _unsupported_upgrade_warning(self) -> None:
-        # There are no WebSocket routes (ws="none"): an Upgrade header is ignored and the
-        # request answered as HTTP. uvicorn would log two warnings for every such request.
-        self.logger.debug("ignoring an Upgrade request header")
 
     def _arm(self) -> None:
         self._disarm()
