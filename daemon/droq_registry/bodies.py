@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import orjson
 
-from .snapshot import NodeView, Snapshot, etag_of
+from .snapshot import NodeView, Snapshot, etag_of, exact
 
 # --- messages ------------------------------------------------------------------------------
 
@@ -92,7 +92,7 @@ def sources(snap: Snapshot) -> tuple[bytes, str]:
         }
         for _, s in sorted(snap.sources.items())
     ]
-    body = orjson.dumps(
+    body = exact(orjson.dumps(  # kept in the snapshot
         {"sources": rows, "total_sources": len(rows), "errors": sum(1 for r in rows if r["state"] != "ok")}
-    )
+    ))
     return body, etag_of(body)

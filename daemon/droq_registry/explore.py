@@ -20,7 +20,7 @@ from . import bodies, nodebytes
 from .api import answers_of, offload_of, respond
 from .search import MAX_QUERY
 from .search import search as search_body
-from .snapshot import NodeView, Snapshot, etag_of
+from .snapshot import NodeView, Snapshot, etag_of, exact
 
 
 async def node_components(request: Request) -> Response:
@@ -83,7 +83,7 @@ async def shared_classes(request: Request) -> Response:
             for cls, nodes in sorted(snap.index.items())
             if len(nodes) > 1
         ]
-        body = orjson.dumps({"classes": rows, "total_classes": len(rows)})
+        body = exact(orjson.dumps({"classes": rows, "total_classes": len(rows)}))  # kept in the snapshot
         return body, etag_of(body)
 
     return respond(request, prepared.ok(*await offload_of(request).once(snap, "shared", build)))

@@ -56,8 +56,8 @@ class NodeView:
         public: dict[str, Any] = {name: getattr(node, name) for name in CORE_FIELDS}
         public["supported_components"] = list(self.paths)
         public.update(node.extra)
-        self.node_json = _exact(orjson.dumps(public))
-        self.components_json = _exact(orjson.dumps(self.paths))
+        self.node_json = exact(orjson.dumps(public))
+        self.components_json = exact(orjson.dumps(self.paths))
         served = hashlib.blake2b(self.node_json, digest_size=16)
         served.update(b"\0")
         served.update(self.components_json)
@@ -82,9 +82,10 @@ def content_hash_of(total: int) -> str:
     return hashlib.blake2b(total.to_bytes(32, "little"), digest_size=16, person=b"droq-state").hexdigest()
 
 
-def _exact(data: bytes) -> bytes:
-    """orjson's result keeps the capacity it grew to (often 4x the length); a snapshot
-    holds these for the life of a revision, so keep an exact-size copy."""
+def exact(data: bytes) -> bytes:
+    """An exact-size copy of `data`: orjson's result keeps the capacity it grew to (4 KiB
+    for a 100-byte record, often 4x the length), so bytes kept for the life of a revision or
+    longer (a node's parts, the change log's records, a body kept in a snapshot) are copied."""
     return bytes(memoryview(data))
 
 
@@ -199,8 +200,8 @@ class Snapshot:
 
 
 def change_json(change: Change) -> bytes:
-    """One change record as the API writes it."""
-    return orjson.dumps(
+    """One change record as the API writes it (kept in the log for `keep` revisions or more)."""
+    return exact(orjson.dumps(
         {
             "revision": change.revision,
             "kind": change.kind,
@@ -208,7 +209,7 @@ def change_json(change: Change) -> bytes:
             "source": change.source,
             "at": change.at,
         }
-    )
+    ))
 
 
 @dataclass(frozen=True, slots=True)
