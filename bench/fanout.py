@@ -281,6 +281,12 @@ def metric(port: int, name: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user + system), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def threads_of(pid: int) -> int:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(r"^Threads:\s+(\d+)", text, re.MULTILINE)
@@ -376,6 +382,7 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         time.sleep(1.0)
         rss_with = common.rss_mb(server.pid) or 0.0
         threads_with = threads_of(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         for r in range(1, args.rounds + 1):
             server.wait_until(
                 lambda: metric(server.port, "droq_registry_connections_following") >= n, 60, interval=0.05
@@ -404,6 +411,7 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             print(f"  {n} followers, round {r}: the last follower's socket had it after "
                   f"{(last - renamed) * 1000:.1f} ms (read by the load after {(last_read - renamed) * 1000:.1f} ms)",
                   flush=True)
+        cpu_rounds = cpu_seconds(server.pid) - cpu_before
         rss_end = common.rss_mb(server.pid) or 0.0
     finally:
         for load in loads:
@@ -451,6 +459,7 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_before_mib": rss_before,
         "rss_mib": rss_with,
         "rss_end_mib": rss_end,
+        "server_cpu_ms_per_round": cpu_rounds * 1000 / args.rounds,
         "kib_per_follower": (rss_with - rss_before) * 1024 / n,
         "threads": [threads_before, threads_with],
         "lookup_idle_p99_ms": common.percentile([x * 1000 for x in lookups_idle], 99),
@@ -513,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.fmt(fig["rss_mib"]),
                 common.fmt(fig["kib_per_follower"], 2),
                 f"{fig['threads'][0]} → {fig['threads'][1]}",
+                common.fmt(fig["server_cpu_ms_per_round"]),
                 (f"{common.fmt(fig['lookup_idle_p99_ms'], 2)} / {common.fmt(fig['lookup_busy_p99_ms'], 2)}"
                 f" ({fig['lookup_samples'][1]}) / {common.fmt(fig['lookup_after_rename_p99_ms'], 2)}"),
                 common.fmt(fig["health_busy_max_ms"]),
@@ -533,8 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     report.table(
         f"Half event streams, half long-polls; {args.rounds} renames each; {args.procs} load processes "
         "on the same 2 cores",
-        ["followers", "p50 ms", "p99 ms", "max ms", "read by the load p50 / p99 ms", "deliveries / missing", "RSS MiB", "KiB per follower",
-         "threads", "lookup p99 ms: idle / fan-out (n) / rename to last", "/health max during ms", "connect"],
+        ["followers", "p50 ms", "p99 ms", "max ms", "read by the load p50 / p99 ms", "deliveries / missing",
+         "RSS MiB", "KiB per follower", "threads", "server CPU ms per round",
+         "lookup p99 ms: idle / fan-out (n) / rename to last", "/health max during ms", "connect"],
         rows,
     )
     report.note(
@@ -543,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         "write put the bytes in the follower's socket. 'Read by the load' is when the load process got "
         "to that read: it reads thousands of sockets in Python on the same 2 cores as the server, so "
         "that figure carries the bench's own queue. "
+        "Server CPU per round: the server's user + system time over the rounds (each: the gap at rest, "
+        "the rename, the reconcile, the fan-out and every long-poll asking again) / rounds. "
         "KiB per follower: (RSS with the followers connected and idle − RSS before) / followers. "
         "Lookups every 5 ms on a kept-alive connection: at rest (before the followers, and between "
         "rounds), during the fan-out (asked between the first and the last follower's delivery: the "
