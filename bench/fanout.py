@@ -12,9 +12,11 @@ on /metrics), it measures the server's RSS and threads (the cost of an idle foll
 the growth over the RSS before they connected, divided by N), then runs `--rounds` rounds:
 
   the probe file is rewritten by an atomic rename (written beside it under a dot name,
-  which the service ignores, then os.rename over it), and each follower notes the
-  CLOCK_MONOTONIC time its socket received the bytes of that revision (the SSE frame, or
-  the long-poll's answer); the latency is that time minus the time just before the rename.
+  which the service ignores, then os.rename over it), and each follower notes the time its
+  socket received the bytes of that revision (the SSE frame, or the long-poll's answer): the
+  kernel's receive time of that read (SO_TIMESTAMPNS), and when the load process read it.
+  The latency is the kernel's time minus the time just before the rename (CLOCK_REALTIME
+  both); the second figure also carries the load processes' own queue on the shared cores.
 
 Meanwhile a prober process asks a lookup (`/api/v1/components/{class}/node`, 36 KB) and
 `/health` every 5 ms each, on kept-alive connections: their latencies while a fan-out is
@@ -36,6 +38,8 @@ import json
 import os
 import re
 import resource
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -55,40 +59,72 @@ PROBE_INTERVAL_S = 0.005
 # --------------------------------------------------------------------------- load process
 
 
-class Follower(asyncio.Protocol):
-    """One follower socket: an event stream or a long-poll, asked again after each answer."""
+#: SO_TIMESTAMPNS (SCM_TIMESTAMPNS) on Linux, where Python's socket module may not name it.
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_TIMESPEC = struct.Struct("@qq")
 
-    __slots__ = ("buf", "got", "kind", "load", "since", "transport")
 
-    def __init__(self, load: Load, kind: str, since: int) -> None:
+class Follower:
+    """One follower socket: an event stream or a long-poll, asked again after each answer.
+
+    A raw non-blocking socket read with recvmsg, so each read carries the kernel's receive
+    time (SO_TIMESTAMPNS, CLOCK_REALTIME): on loopback, when the server's write put the
+    bytes in this socket. `got` is that time for the read that completed the expected
+    revision, and `read` when this process got to it."""
+
+    __slots__ = ("buf", "got", "kind", "load", "read", "since", "sock")
+
+    def __init__(self, load: Load, kind: str, since: int, sock: socket.socket) -> None:
         self.load = load
         self.kind = kind
         self.since = since
+        self.sock = sock
         self.buf = b""
         self.got = 0.0
-        self.transport: asyncio.Transport | None = None
+        self.read = 0.0
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not asyncio's class
+    def start(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        asyncio.get_running_loop().add_reader(self.sock.fileno(), self.readable)
         self.ask()
 
     def ask(self) -> None:
-        assert self.transport is not None
         if self.kind == "sse":
             path = f"/api/v1/events?since={self.since}"
         else:
             path = f"/api/v1/changes?since={self.since}&wait=60"
-        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        self.sock.send(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
 
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic()
+    def readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self.sock.recvmsg(262144, 64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data, ancillary = b"", []
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.load.lost += 1
+            return
+        now = time.time()
+        stamp = now
+        for level, kind, value in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= _TIMESPEC.size:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(value)
+                stamp = seconds + nanoseconds / 1e9
+        self.received(data, stamp, now)
+
+    def arrived(self, stamp: float, now: float) -> None:
+        self.got, self.read = stamp, now
+        self.load.arrived()
+
+    def received(self, data: bytes, stamp: float, now: float) -> None:
         load = self.load
         if self.kind == "sse":
             # keep a tail, so a marker split between two reads is still found
             self.buf = self.buf[-64:] + data
             if not self.got and load.marker and load.marker in self.buf:
-                self.got = now
-                load.arrived()
+                self.arrived(stamp, now)
             return
         self.buf += data
         while True:
@@ -110,13 +146,9 @@ class Follower(asyncio.Protocol):
             else:
                 revision = json.loads(body)["revision"]
                 if load.marker and not self.got and revision >= load.target:
-                    self.got = now
-                    load.arrived()
+                    self.arrived(stamp, now)
                 self.since = max(self.since, revision)
             self.ask()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.load.lost += 1
 
 
 class Load:
@@ -145,12 +177,13 @@ class Load:
         # interleaved, so each batch of connections holds both kinds
         order = [k for i in range(max(sse, polls)) for k in ("sse", "poll")[(i >= sse) : 1 + (i < polls)]]
         for start in range(0, len(order), 200):
-            batch = order[start : start + 200]
-            made = await asyncio.gather(
-                *(loop.create_connection(lambda k=k: Follower(self, k, self.since), "127.0.0.1", self.port)
-                  for k in batch)
-            )
-            self.followers += [protocol for _, protocol in made]
+            batch = [Follower(self, kind, self.since, socket.socket()) for kind in order[start : start + 200]]
+            for follower in batch:
+                follower.sock.setblocking(False)
+            await asyncio.gather(*(loop.sock_connect(f.sock, ("127.0.0.1", self.port)) for f in batch))
+            for follower in batch:
+                follower.start()
+            self.followers += batch
 
     async def run(self) -> None:
         await self.connect()
@@ -174,14 +207,15 @@ class Load:
                 except TimeoutError:
                     pass
                 self.marker = b""
-                reply({"times": [f.got for f in self.followers if f.got], "missing": self.pending,
+                reply({"times": [[f.got, f.read] for f in self.followers if f.got], "missing": self.pending,
                        "lost": self.lost, "errors": self.errors[:5]})
                 self.errors.clear()
             elif command["do"] == "quit":
                 break
         for f in self.followers:
-            if f.transport is not None:
-                f.transport.close()
+            if f.sock.fileno() >= 0:
+                loop.remove_reader(f.sock.fileno())
+                f.sock.close()
 
 
 def reply(message: dict[str, Any]) -> None:
@@ -215,10 +249,10 @@ def probe_main(args: argparse.Namespace) -> int:
         conn = common.KeepAlive(args.port, timeout=10)
         try:
             while not stop.is_set():
-                began = time.monotonic()
+                began = time.time()
                 status, _, _ = conn.get(path)
-                samples.append((kind, began, time.monotonic() - began, status))
-                rest = PROBE_INTERVAL_S - (time.monotonic() - began)
+                samples.append((kind, began, time.time() - began, status))
+                rest = PROBE_INTERVAL_S - (time.time() - began)
                 if rest > 0:
                     stop.wait(rest)
         finally:
@@ -245,6 +279,12 @@ def metric(port: int, name: str) -> float:
     _, _, body = common.get(port, "/metrics", timeout=30)
     m = re.search(rb"^" + name.encode() + rb" ([0-9.e+]+)$", body, re.MULTILINE)
     return float(m.group(1)) if m else -1.0
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time a process has used (user + system), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def threads_of(pid: int) -> int:
@@ -294,7 +334,7 @@ def rename_into(folder: Path, version: int) -> float:
         f.write(probe_file(version))
         f.flush()
         os.fsync(f.fileno())
-    before = time.monotonic()
+    before = time.time()
     os.rename(staged, folder / f"{PROBE_NODE}.json")
     return before
 
@@ -308,7 +348,8 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     loads: list[LoadProc] = []
     prober: subprocess.Popen[str] | None = None
     windows: list[tuple[float, float, float]] = []  # rename, first and last delivery
-    latencies: list[float] = []
+    latencies: list[float] = []  # rename to the kernel's receive time of the follower's socket
+    read_latencies: list[float] = []  # rename to the load process reading it
     missing = lost = 0
     errors: list[str] = []
     try:
@@ -321,7 +362,7 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         time.sleep(args.idle_seconds)  # lookups at rest, before any follower
-        idle_until = time.monotonic()
+        idle_until = time.time()
         rss_before = common.rss_mb(server.pid) or 0.0
         threads_before = threads_of(server.pid)
         limit = metric(server.port, "droq_registry_connections_limit")
@@ -330,17 +371,18 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         polls = n - sse
         per = [(sse // args.procs + (i < sse % args.procs), polls // args.procs + (i < polls % args.procs))
                for i in range(args.procs)]
-        connect_started = time.monotonic()
+        connect_started = time.time()
         loads = [LoadProc(server.port, s, p, revision) for s, p in per]
         for load in loads:
             load.read()
         server.wait_until(
             lambda: metric(server.port, "droq_registry_connections_following") >= n, 120, interval=0.25
         )
-        connect_s = time.monotonic() - connect_started
+        connect_s = time.time() - connect_started
         time.sleep(1.0)
         rss_with = common.rss_mb(server.pid) or 0.0
         threads_with = threads_of(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         for r in range(1, args.rounds + 1):
             server.wait_until(
                 lambda: metric(server.port, "droq_registry_connections_following") >= n, 60, interval=0.05
@@ -353,17 +395,23 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             renamed = rename_into(folder, r)
             for load in loads:
                 load.send({"do": "collect", "timeout": ROUND_TIMEOUT_S})
-            first, last = float("inf"), renamed
+            first, last, last_read = float("inf"), renamed, renamed
             for load in loads:
                 got = load.read()
-                latencies += [t - renamed for t in got["times"]]
-                first = min([first, *got["times"]])
-                last = max([last, *got["times"]])
+                stamps = [kernel for kernel, _ in got["times"]]
+                latencies += [t - renamed for t in stamps]
+                read_latencies += [read - renamed for _, read in got["times"]]
+                first = min([first, *stamps])
+                last = max([last, *stamps])
+                last_read = max([last_read, *(read for _, read in got["times"])])
                 missing += got["missing"]
                 lost = max(lost, got["lost"])
                 errors += got["errors"]
             windows.append((renamed, min(first, last), last))
-            print(f"  {n} followers, round {r}: last follower after {(last - renamed) * 1000:.1f} ms", flush=True)
+            print(f"  {n} followers, round {r}: the last follower's socket had it after "
+                  f"{(last - renamed) * 1000:.1f} ms (read by the load after {(last_read - renamed) * 1000:.1f} ms)",
+                  flush=True)
+        cpu_rounds = cpu_seconds(server.pid) - cpu_before
         rss_end = common.rss_mb(server.pid) or 0.0
     finally:
         for load in loads:
@@ -402,6 +450,8 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "p50_ms": common.percentile(ms, 50),
         "p99_ms": common.percentile(ms, 99),
         "max_ms": max(ms) if ms else float("nan"),
+        "read_p50_ms": common.percentile([x * 1000 for x in read_latencies], 50),
+        "read_p99_ms": common.percentile([x * 1000 for x in read_latencies], 99),
         "deliveries": len(ms),
         "missing": missing,
         "lost_connections": lost,
@@ -409,6 +459,7 @@ def one_size(n: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "rss_before_mib": rss_before,
         "rss_mib": rss_with,
         "rss_end_mib": rss_end,
+        "server_cpu_ms_per_round": cpu_rounds * 1000 / args.rounds,
         "kib_per_follower": (rss_with - rss_before) * 1024 / n,
         "threads": [threads_before, threads_with],
         "lookup_idle_p99_ms": common.percentile([x * 1000 for x in lookups_idle], 99),
@@ -466,10 +517,12 @@ def main(argv: list[str] | None = None) -> int:
                 common.fmt(fig["p50_ms"]),
                 common.fmt(fig["p99_ms"]),
                 common.fmt(fig["max_ms"]),
+                f"{common.fmt(fig['read_p50_ms'])} / {common.fmt(fig['read_p99_ms'])}",
                 f"{fig['deliveries']:,} / {fig['missing']}",
                 common.fmt(fig["rss_mib"]),
                 common.fmt(fig["kib_per_follower"], 2),
                 f"{fig['threads'][0]} → {fig['threads'][1]}",
+                common.fmt(fig["server_cpu_ms_per_round"]),
                 (f"{common.fmt(fig['lookup_idle_p99_ms'], 2)} / {common.fmt(fig['lookup_busy_p99_ms'], 2)}"
                 f" ({fig['lookup_samples'][1]}) / {common.fmt(fig['lookup_after_rename_p99_ms'], 2)}"),
                 common.fmt(fig["health_busy_max_ms"]),
@@ -490,13 +543,19 @@ def main(argv: list[str] | None = None) -> int:
     report.table(
         f"Half event streams, half long-polls; {args.rounds} renames each; {args.procs} load processes "
         "on the same 2 cores",
-        ["followers", "p50 ms", "p99 ms", "max ms", "deliveries / missing", "RSS MiB", "KiB per follower",
-         "threads", "lookup p99 ms: idle / fan-out (n) / rename to last", "/health max during ms", "connect"],
+        ["followers", "p50 ms", "p99 ms", "max ms", "read by the load p50 / p99 ms", "deliveries / missing",
+         "RSS MiB", "KiB per follower", "threads", "server CPU ms per round",
+         "lookup p99 ms: idle / fan-out (n) / rename to last", "/health max during ms", "connect"],
         rows,
     )
     report.note(
-        "Latency: from just before the rename to the CLOCK_MONOTONIC time the follower's socket "
-        "received the bytes of that revision (load processes and server on the same machine). "
+        "Latency: from just before the rename to the kernel's receive time of the follower's socket "
+        "(SO_TIMESTAMPNS) for the read that completed that revision: on loopback, when the server's "
+        "write put the bytes in the follower's socket. 'Read by the load' is when the load process got "
+        "to that read: it reads thousands of sockets in Python on the same 2 cores as the server, so "
+        "that figure carries the bench's own queue. "
+        "Server CPU per round: the server's user + system time over the rounds (each: the gap at rest, "
+        "the rename, the reconcile, the fan-out and every long-poll asking again) / rounds. "
         "KiB per follower: (RSS with the followers connected and idle − RSS before) / followers. "
         "Lookups every 5 ms on a kept-alive connection: at rest (before the followers, and between "
         "rounds), during the fan-out (asked between the first and the last follower's delivery: the "

@@ -14,8 +14,10 @@ import re
 import select
 import signal
 import socket
+import string
 import struct
 import threading
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -213,6 +215,57 @@ def test_nothing_is_answered_after_an_answer_that_closes(
 ) -> None:
     got = same(pair, first + behind * 3 + LAST)  # one write: the server reads them together
     assert len(statuses(got)) == 1, got[:2000]
+
+
+# -- the change log: answered or held by the protocol, the same bytes -----------------------
+
+#: Both servers are at revision 1 (no reload, the same files): `since=1` with a wait is held
+#: (by the protocol in `direct`, by a task in `ref`), then answered when its wait runs out.
+HELD = "/api/v1/changes?since=1&wait=0.2"
+CHANGE_LOG = [
+    *(head("GET", "/api/v1/changes?" + query) for query in (
+        "since=1&wait=0.2", "since=0&wait=0.2", "since=2&wait=0.2", "since=x&wait=0.2", "since=1&wait=61",
+        "since=1&wait=-1", "since=1&wait=nan", "since=1&wait=inf", "since=1&wait=", "since=1&wait=0",
+        "since=1&epoch=other&wait=0.2", "since=1&epoch=bad!&wait=0.2", "since=1&since=0&wait=0.2",
+        "wait=0.2", "since=1&wait=0.2&wait=5", "since=%31&wait=0.2", "since=1&wait=2e-1", "since=1&wait=0.2&x",
+        "since=0", "since=", "since=1&epoch=",
+    )),
+    head("GET", HELD, version="1.0"),
+    head("GET", HELD, "Connection: keep-alive", version="1.0"),
+    head("GET", HELD, "Connection: close"),
+    head("GET", HELD, "If-None-Match: *"),
+    head("GET", HELD, 'If-None-Match: "stale"'),
+    head("HEAD", HELD),
+    head("GET", HELD, "Content-Length: 0"),
+    head("GET", HELD, "Authorization: Bearer x"),
+    head("GET", HELD) + head("GET", LOOKUP),  # a hot read pipelined behind a held long-poll
+    head("GET", LOOKUP) + head("GET", HELD),  # a held long-poll behind a hot read, in one write
+    head("GET", HELD) + head("GET", HELD),  # one held after the other
+]
+
+
+@pytest.mark.parametrize("raw", CHANGE_LOG, ids=range(len(CHANGE_LOG)))
+def test_a_change_log_request_gets_the_bytes_the_app_sends_whether_answered_or_held(
+    pair: tuple[ServerProcess, ServerProcess], raw: bytes
+) -> None:
+    same(pair, raw, LAST)
+
+
+_QUERY_VALUES = st.one_of(st.sampled_from(["0", "1", "2", "", "01", "1.0", "-1", "x", "%31", "+1", "1 "]),
+                          st.text(string.printable, max_size=6))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.lists(st.tuples(st.sampled_from(["since", "epoch", "wait", "x", "Wait"]), _QUERY_VALUES),
+                      max_size=4),
+       wait=st.sampled_from(["0", "0.1", "0.15", "", "-0", "1e-1", "nan", "x", "61"]))
+def test_any_long_poll_query_gets_the_bytes_the_app_sends(
+    pair: tuple[ServerProcess, ServerProcess], query: list[tuple[str, str]], wait: str
+) -> None:
+    # Only the one `wait` drawn last: a drawn `wait` of seconds would hold the example that long.
+    pairs = [(name, value) for name, value in query if name != "wait"] + [("wait", wait)]
+    target = "/api/v1/changes?" + urllib.parse.urlencode(pairs)
+    same(pair, head("GET", target), LAST)
 
 
 # -- pipelined mixes, split anywhere --------------------------------------------------------

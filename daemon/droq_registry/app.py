@@ -62,7 +62,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
             app.state.registry = registry
             app.state.watch_status = status
             app.state.feed = feed
-            hot.registry = registry  # the fast path answers from now on
+            hot.registry, hot.feed = registry, feed  # the fast path answers from now on
 
             async def on_commit(result: Result) -> None:
                 feed.notify()
@@ -111,7 +111,7 @@ def create_app(settings: Settings, after_commit: Callable[[], None] = lambda: No
                     # Stop in order: no new reconcile, the one in progress gives up before
                     # writing (or commits), waiters and streams end, then the tasks go.
                     stopping.set()
-                    hot.registry = None
+                    hot.registry = hot.feed = None
                     registry.stop()
                     feed.close()
                     tg.cancel_scope.cancel()

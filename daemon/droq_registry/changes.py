@@ -18,9 +18,10 @@ Last-Event-ID and loses nothing.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, MutableMapping
+import logging
+from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import anyio
 
@@ -28,6 +29,8 @@ from . import answers, cursors
 from .answers import Answer
 from .feed import Feed
 from .release import Outlet, Release, release_of
+
+log = logging.getLogger("droq_registry")
 
 #: A comment line this often keeps idle streams open through proxies (one shared timer).
 KEEPALIVE_SECONDS = 15.0
@@ -68,45 +71,93 @@ class Follow:
             release.outlet = None
 
 
+class Poll(NamedTuple):
+    """A long-poll to hold: its cursor, and how long it may wait."""
+
+    since: int
+    epoch: str | None
+    wait: float
+
+
+def changes_after(snap: Any, since: int, epoch: str | None) -> Answer:
+    """The answer of `snap` to a cursor: the changes after it, or why it cannot be followed (410)."""
+    prepared = answers.of(snap)
+    refused = cursors.refused(snap, since, epoch, "since")
+    return prepared.gone(refused) if refused else prepared.changes(since)
+
+
 class Changes(Follow):
     """`GET /api/v1/changes?since=N[&epoch=E][&wait=S]`: the change log after `since` (of
     history `epoch`, when given); with `wait`,
     held until a change commits (or the service stops, or the server releases it: then it
-    answers at once with what there is)."""
+    answers at once with what there is).
+
+    Held two ways. On our server the protocol holds a plain GET itself (`asked`, then
+    `held`: no task, no ASGI scope, the fan-out writes its answer); any other request (one
+    pipelined behind another, a HEAD, another server) runs `serve` as an ASGI app."""
+
+    @staticmethod
+    def asked(snap: Any, query_string: bytes) -> Answer | Poll:
+        """The answer now, from `snap` (one read: its revision, log and floor agree), or
+        the long-poll to hold until a revision above `since` commits."""
+        since, epoch, wait, malformed = cursors.long_poll(query_string)
+        if malformed is not None:
+            return answers.of(snap).error(400, malformed)
+        assert isinstance(since, int)
+        if wait and snap.revision == since and cursors.refused(snap, since, epoch, "since") is None:
+            return Poll(since, epoch, wait)
+        return changes_after(snap, since, epoch)
+
+    @staticmethod
+    def held(registry: Any, feed: Feed, release: Release, poll: Poll, inm: bytes | None,
+             done: Callable[[int], None]) -> None:
+        """Hold a long-poll with no task: the fan-out answers it through `release`'s outlet
+        (`Polled`), or, once its wait is over (its timeout, its release, the service
+        stopping), it answers then with what there is. `done(status)` follows its answer
+        (0: none could be sent, and the connection should close)."""
+        polled = Polled(registry, feed, release, poll.since, poll.epoch, inm)
+        feed.subscribe(polled)
+
+        def over(_: bool) -> None:
+            feed.unsubscribe(polled)
+            outlet, status = release.outlet, polled.status
+            release.outlet = None  # see `Follow.let_go`
+            try:
+                if not status and outlet is not None:
+                    answer = changes_after(registry.snapshot, poll.since, poll.epoch)
+                    status, headers, body = answer.reply(inm)
+                    outlet.answer(status, headers, body)  # nothing when the client has gone
+            except Exception:  # a bug must cost only this answer: its connection closes
+                log.exception("answering a long-poll failed")
+                status = 0
+            done(status)
+
+        feed.attend(release, polled.waiter, poll.wait, over)
 
     async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state
         registry, feed = state.registry, state.feed
-        snap = registry.snapshot
-        since, epoch, wait, malformed = cursors.long_poll(scope["query_string"])
-        if malformed is not None:
-            return await _send_answer(scope, send, answers.of(snap).error(400, malformed))
-        assert isinstance(since, int)
-        if wait and snap.revision == since and cursors.refused(snap, since, epoch, "since") is None:
-            release = release_of(scope)
-            if release is not None and release.outlet is not None and scope["method"] == "GET":
-                # On our server the feed's fan-out answers it itself (`Polled`).
-                polled = Polled(registry, feed, release, since, epoch, answers.if_none_match(scope["headers"]))
-                feed.subscribe(polled)
-                try:
-                    await feed.until_released(release, polled.waiter, wait)
-                finally:
-                    feed.unsubscribe(polled)
-                if polled.status:
-                    return polled.status
-            elif release is not None:
-                await feed.wait_beyond(since, wait, release)
-                feed.hold(release)  # woken by a fan-out: its next request waits until it is over
-            else:
-                async with _released(receive) as release:
-                    await feed.wait_beyond(since, wait, release)
-            snap = registry.snapshot
-        # From here on only `snap` is read: its revision, epoch, log and floor belong together.
-        prepared = answers.of(snap)
-        refused = cursors.refused(snap, since, epoch, "since")
-        if refused:
-            return await _send_answer(scope, send, prepared.gone(refused))
-        return await _send_answer(scope, send, prepared.changes(since))
+        asked = self.asked(registry.snapshot, scope["query_string"])
+        if isinstance(asked, Answer):
+            return await _send_answer(scope, send, asked)
+        release = release_of(scope)
+        if release is not None and release.outlet is not None and scope["method"] == "GET":
+            # On our server the feed's fan-out answers it itself (`Polled`).
+            polled = Polled(registry, feed, release, asked.since, asked.epoch, answers.if_none_match(scope["headers"]))
+            feed.subscribe(polled)
+            try:
+                await feed.until_released(release, polled.waiter, asked.wait)
+            finally:
+                feed.unsubscribe(polled)
+            if polled.status:
+                return polled.status
+        elif release is not None:
+            await feed.wait_beyond(asked.since, asked.wait, release)
+            feed.hold(release)  # woken by a fan-out: its next request waits until it is over
+        else:
+            async with _released(receive) as release:
+                await feed.wait_beyond(asked.since, asked.wait, release)
+        return await _send_answer(scope, send, changes_after(registry.snapshot, asked.since, asked.epoch))
 
 
 class Events(Follow):

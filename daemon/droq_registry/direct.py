@@ -3,8 +3,11 @@
 `DirectReads.answer_here` (a part of `protocol.LimitedProtocol`) asks `Reads` (the fast
 path, `hotpath.HotPath.reply`) for the answer to a lookup, a node's detail or the node
 list, and writes it whole (`wire.write_whole`): no ASGI task, messages or header checks,
-which are most of uvicorn's cost for such an answer. It leaves to uvicorn and the app
-whatever it is not sure of; they send the same answer.
+which are most of uvicorn's cost for such an answer. A long-poll of the change log is
+answered the same way when there is news (`HotPath.poll`), and when it must wait it is
+held by the connection itself (`outlet.FollowerWrites.follow_here`), with no task either,
+until the feed's fan-out writes its answer. It leaves to uvicorn and the app whatever it
+is not sure of; they send the same answer.
 """
 
 from __future__ import annotations
@@ -25,11 +28,16 @@ _clock = time.perf_counter
 
 
 class Reads(Protocol):
-    """What answers the hot reads before any ASGI work: `hotpath.HotPath.reply`."""
+    """What answers the hot reads before any ASGI work (`hotpath.HotPath`): `reply`, and
+    for a long-poll `poll`, then `hold` when it waits."""
 
     def reply(
         self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]]
     ) -> tuple[int, Headers, bytes, str] | None: ...
+
+    def poll(self, path: str, query: bytes, headers: list[tuple[bytes, bytes]]) -> Any: ...
+
+    def hold(self, waits: Any, release: Any, done: Callable[[int], None]) -> None: ...
 
 
 #: How a request answered here is counted: route template, method, status, seconds (`Metrics.request`).
@@ -58,6 +66,8 @@ class DirectReads:
 
         def on_response_complete(self) -> None: ...
 
+        def follow_here(self, waits: Any, keep_alive: bool, started: float) -> bool: ...
+
     def answer_here(self) -> bool:
         """Answer the request whose head was just parsed, now, if it is a hot read (`Reads`)
         with nothing before it in progress: the prepared bytes are written at once, with no
@@ -84,15 +94,20 @@ class DirectReads:
         if "%" in path:
             path = urllib.parse.unquote(path)
         verb = "GET" if method == b"GET" else "HEAD"
+        reads: Reads = self.reads  # type: ignore[assignment]
+        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         try:
-            reply = self.reads.reply(verb, path, url.query or b"", self.headers)  # type: ignore[union-attr]
+            reply = reads.reply(verb, path, url.query or b"", self.headers)
+            if reply is None and verb == "GET":
+                reply = reads.poll(path, url.query or b"", self.headers)
+                if reply is not None and not isinstance(reply, tuple):
+                    return self.follow_here(reply, keep_alive, started)  # a long-poll that waits
         except Exception:  # a bug here must not cost the answer: the app gives it
             log.exception("answering %s %s here failed; the app answers it", verb, path)
             return False
         if reply is None:
             return False
         status, headers, body, route = reply
-        keep_alive = parser.get_http_version() != "1.0" and parser.should_keep_alive()
         self.cycle = ANSWERED
         write_whole(self.transport, self.server_state.default_headers, status, headers,
                     b"" if verb == "HEAD" else body, keep_alive)

@@ -172,16 +172,36 @@ class Feed:
                              timeout: float | None = None) -> bool:
         """Wait on `waiter` (from `opened`) until it is resolved, at most `timeout` seconds
         (and at most `TIMEOUT_GRAIN` more); what it was resolved with."""
-        slot = None if timeout is None else self._expire_after(waiter, timeout)
-        self._open.add(waiter)
-        release.waiting = waiter
+        slot = self._enter(release, waiter, timeout)
         try:
             return await waiter
         finally:
-            self._open.discard(waiter)
-            release.waiting = None
-            if slot is not None:
-                slot.discard(waiter)
+            self._leave(release, waiter, slot)
+
+    def attend(self, release: Release, waiter: asyncio.Future[bool], timeout: float,
+               then: Callable[[bool], None]) -> None:
+        """`until_released` with no task: `then(result)` runs on the event loop once `waiter`
+        is resolved (the long-polls the protocol holds itself, `Changes.held`)."""
+        slot = self._enter(release, waiter, timeout)
+
+        def over(resolved: asyncio.Future[bool]) -> None:
+            self._leave(release, waiter, slot)
+            then(resolved.result())
+
+        waiter.add_done_callback(over)
+
+    def _enter(self, release: Release, waiter: asyncio.Future[bool],
+               timeout: float | None) -> set[asyncio.Future[bool]] | None:
+        slot = None if timeout is None else self._expire_after(waiter, timeout)
+        self._open.add(waiter)
+        release.waiting = waiter
+        return slot
+
+    def _leave(self, release: Release, waiter: asyncio.Future[bool], slot: set[asyncio.Future[bool]] | None) -> None:
+        self._open.discard(waiter)
+        release.waiting = None
+        if slot is not None:
+            slot.discard(waiter)
 
     def _expire_after(self, waiter: asyncio.Future[bool], timeout: float) -> set[asyncio.Future[bool]]:
         """Resolve `waiter` False once `timeout` seconds have passed: the slot it is put in."""

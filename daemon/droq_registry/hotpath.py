@@ -27,16 +27,29 @@ event loop only ever does small work here).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from . import answers
-from .answers import Answers, Headers
+from .answers import Answer, Answers, Headers
 from .auth import authorized
 from .routes import Entry, Fast
 
 #: What `HotPath.answer` gives: status, headers, body, route template.
 Reply = tuple[int, Headers, bytes, str]
+
+
+class Waits:
+    """A long-poll the protocol holds itself (`HotPath.poll`, then `HotPath.hold`): what it
+    asked, for the app that answers it. (Not a tuple: a `Reply` is one.)"""
+
+    __slots__ = ("app", "inm", "poll", "route")
+
+    def __init__(self, app: Any, poll: Any, inm: bytes | None, route: str) -> None:
+        self.app = app
+        self.poll = poll
+        self.inm = inm
+        self.route = route
 
 
 class HotPath:
@@ -49,11 +62,16 @@ class HotPath:
         #: Routes without a path parameter, by path; routes with one, as (prefix, suffix).
         self.exact: dict[str, tuple[str, Fast]] = {}
         self.templated: list[tuple[str, str, str, Fast]] = []
-        #: The follower routes' ASGI apps, by path (they have no path parameter).
+        self.feed: Any = None
+        #: The follower routes' ASGI apps, by path (they have no path parameter), and
+        #: those of them the protocol may hold itself (`poll`: the long-poll).
         self.followers: dict[str, Any] = {}
+        self.polls: dict[str, Any] = {}
         for entry in table:
             if entry.follows is not None and hasattr(entry.handler, "serve"):
                 self.followers[entry.template] = entry.handler
+                if entry.follows and hasattr(entry.handler, "held"):
+                    self.polls[entry.template] = entry.handler
             if entry.fast is None:
                 continue
             if "{" in entry.template:
@@ -119,3 +137,23 @@ class HotPath:
         if answer is None:
             return None
         return (*answer.reply(answers.if_none_match(headers)), template)
+
+    def poll(self, path: str, query: bytes, headers: Iterable[tuple[bytes, bytes]]) -> Reply | Waits | None:
+        """For a GET the protocol may hold itself (`direct.DirectReads.answer_here`): the
+        answer now, as `reply` gives it, or the long-poll to hold (`hold`), or None (not
+        here: uvicorn runs the app, which serves it as an ASGI app)."""
+        app = self.polls.get(path)
+        registry = self.registry
+        if app is None or registry is None or self.feed is None:
+            return None
+        if self.token is not None and not self.authorized(headers):
+            return None  # `auth.TokenAuth` answers the 401
+        inm = answers.if_none_match(headers)
+        asked = app.asked(registry.snapshot, query)
+        if isinstance(asked, Answer):
+            return (*asked.reply(inm), path)
+        return Waits(app, asked, inm, path)
+
+    def hold(self, waits: Waits, release: Any, done: Callable[[int], None]) -> None:
+        """Hold the long-poll `poll` gave, answered through `release`'s outlet; then `done(status)`."""
+        waits.app.held(self.registry, self.feed, release, waits.poll, waits.inm, done)

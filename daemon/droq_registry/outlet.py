@@ -8,6 +8,11 @@ would grow past the follower bound is cut at once (`room`): its client resumes w
 Last-Event-ID, and it cost nobody else anything. A follower's socket has a send buffer of
 that size too (`follow`), so the kernel does not hold megabytes more for a reader that
 is stuck.
+
+A plain long-poll that must wait is held by the connection itself (`follow_here`, from
+`direct.DirectReads.answer_here`): a `HeldCycle` of a few fields stands for its request,
+and no ASGI task, scope or message runs for it, so the re-asks that follow every fan-out
+cost little more than parsing their heads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
@@ -22,7 +29,34 @@ from uvicorn.protocols.utils import get_client_addr, get_path_with_query_string
 
 from .connections import Gate, Limits
 from .release import Release
-from .wire import chunk, write_whole
+from .wire import ANSWERED, chunk, write_whole
+
+_clock = time.perf_counter
+
+
+def _nothing() -> None:
+    pass
+
+
+class HeldCycle:
+    """The cycle of a long-poll the protocol holds itself (`FollowerWrites.follow_here`):
+    what uvicorn's callbacks and `FollowerWrites.answer` read of a request in progress,
+    and nothing else (no scope, no body, no task)."""
+
+    __slots__ = ("disconnected", "keep_alive", "more_body", "on_response", "response_complete",
+                 "response_started", "waiting_for_100_continue")
+    access_log = False  # held here only with the access log off (`DirectReads.answer_here`)
+    chunked_encoding = None
+    message_event = ANSWERED.message_event  # its request has no body to wait for
+
+    def __init__(self, keep_alive: bool, on_response: Callable[[], None]) -> None:
+        self.disconnected = False
+        self.keep_alive = keep_alive  # uvicorn's `shutdown` unsets it
+        self.more_body = True
+        self.on_response = on_response
+        self.response_complete = False
+        self.response_started = False
+        self.waiting_for_100_continue = False
 
 
 class FollowerWrites:
@@ -40,6 +74,9 @@ class FollowerWrites:
         holding: bool
         deferred: bool
         bounded: bool
+        cycle: Any
+        reads: Any
+        count: Callable[[str, str, int, float], None]
 
         def on_response_complete(self) -> None: ...
 
@@ -62,6 +99,26 @@ class FollowerWrites:
             sock = self.transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.limits.follower_buffer)
+
+    def follow_here(self, waits: Any, keep_alive: bool, started: float) -> bool:
+        """Hold the long-poll whose head was just parsed (`HotPath.poll` gave `waits`) with
+        no task: the connection follows (`follow`, the gate's `following`), and the feed
+        answers it through its outlet (`HotPath.hold`), as it answers one held by a task."""
+        cycle = HeldCycle(keep_alive, self.on_response_complete)
+        release = Release(FollowerOutlet(self, cycle))  # type: ignore[arg-type]  # a cycle's part
+        self.cycle = cycle
+        self.gate.following(self)
+        self.follow(release)
+
+        def done(status: int) -> None:
+            cycle.on_response = _nothing  # as uvicorn's task does when it ends
+            if not status:
+                self.transport.close()  # no answer could be sent: the client asks again
+                return
+            self.count(waits.route, "GET", status, _clock() - started)
+
+        self.reads.hold(waits, release, done)
+        return True
 
     def release(self) -> None:
         """The follower in progress answers now, and any pipelined behind it as it starts."""

@@ -141,6 +141,8 @@ class Conn:
 
     def answer(self) -> tuple[bytes, bytes]:
         head = self.head()
+        if head.startswith((b"HTTP/1.1 304 ", b"HTTP/1.1 204 ")):
+            return head, b""  # no body, whatever the head says (RFC 9110)
         found = re.search(rb"(?im)^content-length: *([0-9]+)\r?$", head)
         assert found is not None, head
         size = int(found.group(1))
