@@ -1,18 +1,14 @@
 """Following the change log: `GET /api/v1/changes` (with long-poll) and the event stream.
 
-Both are plain ASGI apps, so a follower held open costs its connection, one coroutine and
-one future in the feed (`feed.Feed`), and nothing of Starlette: `app.RegistryApp` calls
-them first, as it calls the fast path, and Starlette's router reaches the same apps (a
-route whose endpoint is not a function is mounted as it is) when a request goes that way.
-
-Each answer is read from one snapshot, whose revision, change log and floor belong
-together, and sent as `answers.py` prepares it, once per snapshot for every follower
-that had the same revision (`Answers.changes`, `Answers.frames`). A waiting request holds
-no thread and is woken by the feed when a revision commits, and answers early (as at
-shutdown) when the server releases it: to make room for a new connection, or because its
-client has gone (`release.Release`). An event stream that falls further behind than its
-connection may buffer is cut by the server (`Release.room`); its client resumes with
-Last-Event-ID and loses nothing.
+Both are plain ASGI apps that `app.RegistryApp` calls before Starlette (whose router
+reaches the same apps otherwise), and a plain GET long-poll is held by the protocol with
+no task at all (`Changes.asked`, `Changes.held`). Each answer is read from one snapshot
+(its revision, change log and floor belong together) and sent as `answers.py` prepares
+it, once per snapshot for every follower that had the same revision. A waiting request
+holds no thread: the feed (`feed.Feed`) wakes it when a revision commits, and it answers
+early when the server releases it (`release.Release`: shutdown, the connection cap, its
+client gone). A stream that falls further behind than its connection may buffer is cut
+(`Release.room`); its client resumes with Last-Event-ID and loses nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +17,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 
 from . import answers, cursors
 from .answers import Answer
+from .cursors import Poll
 from .feed import Feed
 from .release import Outlet, Release, release_of
 
@@ -69,14 +66,6 @@ class Follow:
             # holds the scope: a reference cycle, which the collector alone would free,
             # and which `server.freeze_after_commit` could freeze for good. Cut it.
             release.outlet = None
-
-
-class Poll(NamedTuple):
-    """A long-poll to hold: its cursor, and how long it may wait."""
-
-    since: int
-    epoch: str | None
-    wait: float
 
 
 def changes_after(snap: Any, since: int, epoch: str | None) -> Answer:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from starlette.datastructures import QueryParams
 
@@ -68,6 +68,14 @@ def refused(snap: Snapshot, since: int, epoch: str | None, name: str) -> str | N
         f"{why}; list the registry again, unless your state has content hash {snap.content_hash}, and follow "
         f"changes from revision {snap.revision} of epoch {snap.epoch}"
     )
+
+
+class Poll(NamedTuple):
+    """A long-poll to hold (`changes.Changes.asked`): its cursor, and how long it may wait."""
+
+    since: int
+    epoch: str | None
+    wait: float
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
