@@ -144,3 +144,45 @@ def test_held_long_polls_whose_clients_leave_are_let_go_and_the_others_still_get
         assert orjson.loads(body)["revision"] == revision
     assert srv.stop() == 0
     assert "Traceback" not in srv.log() and "ERROR" not in srv.log(), srv.log()
+
+
+FAILING_HOLD = '''
+from droq_registry import changes
+
+_held = changes.Changes.held
+_calls = []
+
+
+def failing_once(*args, **kwargs):
+    _calls.append(1)
+    if len(_calls) == 1:
+        raise RuntimeError("injected: holding a long-poll failed")
+    return _held(*args, **kwargs)
+
+
+changes.Changes.held = staticmethod(failing_once)
+'''
+
+
+def test_a_long_poll_the_protocol_fails_to_hold_is_held_and_answered_by_the_app_instead(
+    tmp_path: Path, real_assets: Path, server: Callable[..., ServerProcess], sockets: list[socket.socket]
+) -> None:
+    (tmp_path / "inject").mkdir()
+    (tmp_path / "inject" / "sitecustomize.py").write_text(FAILING_HOLD)  # loaded by the server at start
+    srv = server(text_env(real_assets, tmp_path / "registry.db", LOG_LEVEL="warning",
+                          PYTHONPATH=str(tmp_path / "inject")), tmp_path / "server.log")
+    start = int(srv.get("/health").json()["revision"])
+    expected = plain(srv, start)
+    conn = Conn(srv.port)
+    sockets.append(conn.sock)
+    conn.ask(f"/api/v1/changes?since={start}&wait=0.3")  # the protocol fails: the app holds it
+    head, body = conn.answer()
+    assert (without_date(head), body) == expected
+    conn.ask(f"/api/v1/changes?since={start}&wait=0.3")  # and the next is held by the protocol
+    wait_until(lambda: metric(srv, FOLLOWING) == 1, timeout=DEADLINE)
+    head, body = conn.answer()
+    assert (without_date(head), body) == expected
+    assert counted(srv) >= 2
+    assert srv.stop() == 0
+    assert "injected: holding a long-poll failed" in srv.log()
+    assert "the app answers it" in srv.log()

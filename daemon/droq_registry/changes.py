@@ -105,7 +105,6 @@ class Changes(Follow):
         stopping), it answers then with what there is. `done(status)` follows its answer
         (0: none could be sent, and the connection should close)."""
         polled = Polled(registry, feed, release, poll.since, poll.epoch, inm)
-        feed.subscribe(polled)
 
         def over(_: bool) -> None:
             feed.unsubscribe(polled)
@@ -122,6 +121,7 @@ class Changes(Follow):
             done(status)
 
         feed.attend(release, polled.waiter, poll.wait, over)
+        feed.subscribe(polled)  # last: a request not held (`attend` failed) is never answered here
 
     async def serve(self, scope: Scope, receive: Any, send: Any) -> int:
         state = scope["app"].state

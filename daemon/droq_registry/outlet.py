@@ -106,9 +106,6 @@ class FollowerWrites:
         answers it through its outlet (`HotPath.hold`), as it answers one held by a task."""
         cycle = HeldCycle(keep_alive, self.on_response_complete)
         release = Release(FollowerOutlet(self, cycle))  # type: ignore[arg-type]  # a cycle's part
-        self.cycle = cycle
-        self.gate.following(self)
-        self.follow(release)
 
         def done(status: int) -> None:
             cycle.on_response = _nothing  # as uvicorn's task does when it ends
@@ -117,7 +114,12 @@ class FollowerWrites:
                 return
             self.count(waits.route, "GET", status, _clock() - started)
 
+        # First, as it may fail: then nothing here has changed, and uvicorn runs the app.
+        # (`done` runs in a later turn of the loop, never within `hold`.)
         self.reads.hold(waits, release, done)
+        self.cycle = cycle
+        self.gate.following(self)
+        self.follow(release)
         return True
 
     def release(self) -> None:
