@@ -219,8 +219,9 @@ def main() -> None:
             [f"podman stop, {args.followers} long-polls + {args.followers} event streams open",
              f"{common.fmt(statistics.median(s for s, _ in busy), 2)} s"],
             ["exit codes after podman stop", " ".join(str(c) for _, c in idle + busy)],
-            [f"change to visible through the bind mount, p50 / p99 of {args.changes}",
-             f"{common.fmt(common.percentile(visible, 50))} / {common.fmt(common.percentile(visible, 99))} ms"],
+            [f"change to visible through the bind mount, p50 / p99 of {args.changes} (the slowest, which change)",
+             (f"{common.fmt(common.percentile(visible, 50))} / {common.fmt(common.percentile(visible, 99))} ms "
+              f"({common.fmt(max(visible))} ms, #{visible.index(max(visible)) + 1})")],
             ["image size / base size / over the base",
              f"{inspect['Size'] / 1e6:.1f} / {base_size / 1e6:.1f} / {over:.1f} MB"],
         ],
@@ -229,7 +230,7 @@ def main() -> None:
     report.figures.update(
         build_from_nothing_s=from_nothing, nothing_to_ready_s=from_nothing + first_ready, cached_rebuild_s=cached,
         code_change_rebuild_s=changed, ready_s=readies, stop_idle=idle, stop_busy=busy,
-        visible_ms_p50=common.percentile(visible, 50), visible_ms_p99=common.percentile(visible, 99),
+        visible_ms_p50=common.percentile(visible, 50), visible_ms_p99=common.percentile(visible, 99), visible_ms=visible,
         image_bytes=inspect["Size"], base_bytes=base_size,
     )
     report.check("size over the base", over, 60, "MB")
