@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -169,6 +170,31 @@ def part_b(open_server: Opener, folder: Path, label: str, args: argparse.Namespa
     }
 
 
+def part_first(folder: Path, workdir: Path, args: argparse.Namespace) -> dict[str, object]:
+    """(first) A new node file written the moment /ready answers 200 (no settling), on a fresh
+    server each time: how long until its lookup answers 200."""
+    latencies: list[float] = []
+    for k in range(args.first_changes):
+        server = common.Server(assets_dir=folder, db_path=workdir / f"first-{k}.db", log_level="warning",
+                               resync_seconds=args.resync)
+        try:
+            server.start()
+            server.wait_ready(args.ready_timeout, interval=0.001)
+            conn = common.KeepAlive(server.port)
+            lookup = f"/api/v1/components/First{k}/node"
+            (folder / f"first-{k}.json").write_text(
+                json.dumps({"node_id": f"first-{k}", "name": "First", "components": {f"First{k}": "p.f"}})
+            )
+            t0 = time.perf_counter()
+            if wait_for(lambda conn=conn, lookup=lookup: conn.get(lookup)[0] == 200, args.timeout):
+                latencies.append((time.perf_counter() - t0) * 1000)
+            conn.close()
+        finally:
+            server.stop()
+            server.cleanup()
+    return {"changes": args.first_changes, "timeouts": args.first_changes - len(latencies), **common.spread(latencies)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.argument_parser(__doc__)
     parser.add_argument(
@@ -187,9 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--parts",
-        default="a,b,b-big",
-        help="which parts: a (big folder), b (real files), b-big (big folder); default all",
+        default="a,b,b-big,first",
+        help="which parts: a (big folder), b (real files), b-big (big folder), first (the first change "
+        "after /ready); default all",
     )
+    parser.add_argument("--first-changes", type=int, default=10,
+                        help="(first) fresh servers, each given a new file as /ready answers (default 10)")
     parser.add_argument(
         "--fill",
         choices=("chunks", "start"),
@@ -221,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     common.exit_on_sigterm()
     parts = set(args.parts.split(","))
-    if parts - {"a", "b", "b-big"}:
-        parser.error("--parts takes a, b, b-big")
+    if parts - {"a", "b", "b-big", "first"}:
+        parser.error("--parts takes a, b, b-big, first")
 
     report = common.Report(args.name, "Reconcile duration and change-to-visible latency")
     workdir = common.temp_workdir("reconcile")
@@ -349,6 +378,17 @@ def main(argv: list[str] | None = None) -> int:
                 ],
                 rows,
             )
+        if "first" in parts:
+            r = part_first(real, workdir, args)
+            print(f"(first) p50 {r['p50']:.1f} ms max {r['max']:.1f} ms ({r['timeouts']} timeouts)", flush=True)
+            report.table(
+                "(first) a new node file written as /ready first answers 200, each on a fresh server",
+                ["changes", "timeouts", "p50 ms", "max ms"],
+                [[r["changes"], r["timeouts"], common.fmt(r["p50"]), common.fmt(r["max"])]],
+            )
+            worst = float(r["max"]) if not r["timeouts"] else args.timeout * 1000  # type: ignore[arg-type]
+            report.check("(first) the first change after /ready: slowest", worst, 250.0, "ms")
+            report.figures["first"] = r
         filled = f"after start, {args.chunk} files at a time" if args.fill == "chunks" else "before start"
         report.note(
             "Server as in production: RELOAD=true, watcher step 10 ms / debounce 400 ms (defaults), "

@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from watchfiles import Change, awatch
 
 from .overflow import DRAIN_SECONDS, LostEvents, queue_limit
@@ -221,6 +222,12 @@ async def _follow(
     status.state = "watching"
     status.error = None
     async with batches:
+        # What changed between the last full scan and the watches starting was not seen:
+        # look again as soon as they have started (each watcher sets its watches up in its
+        # first step, which runs before this task's next), not only at their first batch,
+        # which comes a second later when nothing happens.
+        await anyio.lowlevel.checkpoint()
+        await writer.run()
         async for changes in batches:
             if isinstance(changes, Exception):
                 raise changes
@@ -231,8 +238,7 @@ async def _follow(
                 )
                 await writer.run()
             elif first:
-                # Events between the last full scan and the watch starting were not seen.
-                await writer.run()
+                await writer.run()  # again: a watch that took longer to set up has now
             elif changes:
                 await writer.run([os.path.abspath(path) for _, path in changes])
             first = False
