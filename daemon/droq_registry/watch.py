@@ -228,6 +228,8 @@ async def _follow(
         # which comes a second later when nothing happens.
         await anyio.lowlevel.checkpoint()
         await writer.run()
+        if _watched_elsewhere_now(reconciler, folder, identity, elsewhere, set()):
+            return  # that scan found the folder replaced, or new folders to watch: a new life
         async for changes in batches:
             if isinstance(changes, Exception):
                 raise changes
@@ -242,13 +244,21 @@ async def _follow(
             elif changes:
                 await writer.run([os.path.abspath(path) for _, path in changes])
             first = False
-            # The folder itself in the batch means it was removed (its watch is gone even if a
-            # new folder took its place, possibly with the same inode number).
-            if any(os.path.abspath(path) == folder for _, path in changes) or _identity(folder) != identity:
-                log.warning("assets folder %s was removed or replaced; watching again", folder)
+            if _watched_elsewhere_now(reconciler, folder, identity, elsewhere, changes):
                 return
-            if _folders_elsewhere(reconciler, folder) != elsewhere:
-                return
+
+
+def _watched_elsewhere_now(
+    reconciler: Reconciler, folder: str, identity: tuple[int, int] | None, elsewhere: list[str], changes: Batch
+) -> bool:
+    """Whether the watches must start again: the assets folder was removed or replaced, or
+    the folders of components files outside it are not those watched."""
+    # The folder itself in the batch means it was removed (its watch is gone even if a new
+    # folder took its place, possibly with the same inode number).
+    if any(os.path.abspath(path) == folder for _, path in changes) or _identity(folder) != identity:
+        log.warning("assets folder %s was removed or replaced; watching again", folder)
+        return True
+    return _folders_elsewhere(reconciler, folder) != elsewhere
 
 
 async def _pump(
