@@ -228,7 +228,7 @@ async def _follow(
         # which comes a second later when nothing happens.
         await anyio.lowlevel.checkpoint()
         await writer.run()
-        if _watched_elsewhere_now(reconciler, folder, identity, elsewhere, set()):
+        if _must_watch_again(reconciler, folder, identity, elsewhere, set()):
             return  # that scan found the folder replaced, or new folders to watch: a new life
         async for changes in batches:
             if isinstance(changes, Exception):
@@ -244,11 +244,11 @@ async def _follow(
             elif changes:
                 await writer.run([os.path.abspath(path) for _, path in changes])
             first = False
-            if _watched_elsewhere_now(reconciler, folder, identity, elsewhere, changes):
+            if _must_watch_again(reconciler, folder, identity, elsewhere, changes):
                 return
 
 
-def _watched_elsewhere_now(
+def _must_watch_again(
     reconciler: Reconciler, folder: str, identity: tuple[int, int] | None, elsewhere: list[str], changes: Batch
 ) -> bool:
     """Whether the watches must start again: the assets folder was removed or replaced, or
